@@ -1,0 +1,122 @@
+"""The kopf handlers of the Dynamo operator, registered on a registry built per configuration.
+
+- graph created / changed / operator restarted -> ``reconcile_graph`` and write its status;
+- a child Deployment changed -> roll its status up into the graph (deleted by hand -> recreate);
+- every minute -> reconcile again (drift, new pull secrets, LeaderWorkerSet status);
+- request (DGDR) created / changed -> validate and report, without inventing a profile.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from dynamo.deploy.spec import DGD_PLURAL, DGDR_PLURAL, GROUP, VERSION
+from dynamo.operator.apply import merge_patch
+from dynamo.operator.config import OperatorConfig
+from dynamo.operator.dgdr import request_status
+from dynamo.operator.kube import KubeClient
+from dynamo.operator.reconcile import graph_path, reconcile_graph, refresh_status
+from dynamo.operator.render import LABEL_GRAPH, LABEL_MANAGED_BY, MANAGED_BY
+
+log = logging.getLogger(__name__)
+
+STORAGE_PREFIX = "dynamo.nvidia.com"
+RESYNC_SECONDS = 60.0
+
+
+def login(config: OperatorConfig, settings: kopf.OperatorSettings, logger: Any) -> kopf.ConnectionInfo:
+    """Credentials: ``--api-server`` (dev/tests), else the pod's service account, else kubeconfig."""
+    if config.api_server:
+        return kopf.ConnectionInfo(server=config.api_server, insecure=True, default_namespace=config.namespace)
+    info = kopf.login_with_service_account(settings=settings)
+    if info is None:
+        try:
+            info = kopf.login_via_client(logger=logger, settings=settings)
+        except ImportError:
+            info = None
+    if info is None:
+        info = kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise kopf.LoginError("no credentials: not in a pod, no kubeconfig, and no --api-server given")
+    return info
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """Keep kopf's bookkeeping in annotations (our CRDs' status schema has no room for it)."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=STORAGE_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+
+
+def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """A registry with every handler of the operator, bound to ``config``."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def _login(settings: kopf.OperatorSettings, logger: Any, **_: Any) -> kopf.ConnectionInfo:
+        return login(config, settings, logger)
+
+    @kopf.on.startup(registry=registry)
+    async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+        configure(settings)
+        memo["client"] = KubeClient(login(config, settings, logger), relogin=lambda: login(config, settings, logger))
+        scope = f"namespace {config.namespace}" if config.namespace_restricted else "all namespaces"
+        logger.info("dynamo operator watching %s", scope)
+
+    @kopf.on.cleanup(registry=registry)
+    async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+        client = memo.get("client")
+        if client is not None:
+            await client.close()
+
+    @kopf.on.resume(GROUP, VERSION, DGD_PLURAL, registry=registry)
+    @kopf.on.create(GROUP, VERSION, DGD_PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, DGD_PLURAL, registry=registry)
+    async def graph_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+        """Reconcile a graph whose spec changed (or that we have not seen since start-up)."""
+        status = await reconcile_graph(body, memo["client"], config, logger)
+        patch.status.update(merge_patch(dict(body.get("status") or {}), status))
+
+    @kopf.timer(GROUP, VERSION, DGD_PLURAL, registry=registry, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, idle=10)
+    async def graph_resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+        """Periodic reconcile: repairs drift and picks up state no watch tells us about."""
+        status = await reconcile_graph(body, memo["client"], config, logger)
+        patch.status.update(merge_patch(dict(body.get("status") or {}), status))
+
+    @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
+    async def child_event(
+        type: str | None, body: kopf.Body, namespace: str | None, memo: kopf.Memo, logger: Any, **_: Any
+    ) -> None:
+        """A child Deployment changed: update the graph's status; recreate it if it was deleted."""
+        graph_name = (body.get("metadata", {}).get("labels") or {}).get(LABEL_GRAPH)
+        if not graph_name or not namespace:
+            return
+        client: KubeClient = memo["client"]
+        if type == "DELETED":
+            graph = await client.get(graph_path(namespace, graph_name))
+            if graph is not None and not graph["metadata"].get("deletionTimestamp"):
+                logger.info("deployment of graph %s was deleted; reconciling", graph_name)
+                status = await reconcile_graph(graph, client, config, logger)
+                await client.merge_patch(graph_path(namespace, graph_name, "status"), {"status": status})
+                return
+        await refresh_status(client, namespace, graph_name, logger)
+
+    @kopf.on.resume(GROUP, VERSION, DGDR_PLURAL, registry=registry)
+    @kopf.on.create(GROUP, VERSION, DGDR_PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, DGDR_PLURAL, registry=registry)
+    def request_changed(spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, logger: Any, **_: Any) -> None:
+        """Validate a DynamoGraphDeploymentRequest and say where it stands."""
+        new = request_status(dict(spec), dict(status))
+        patch.status.update(new)
+        for cond in new["conditions"]:
+            if cond["status"] == "False":
+                logger.warning("%s: %s", cond["reason"], cond["message"])
+
+    return registry
