@@ -1,0 +1,230 @@
+"""The mocker's KV block manager: which blocks the simulated GPU holds, shared and cached.
+
+Journey: engine stage. The scheduler asks it whether a sequence fits (admission), acquires and
+releases a sequence's blocks, and grows sequences block by block while they decode; every change
+to the set of cached blocks becomes a KV event for the router (via ``KvEventLog``).
+
+Model (after the reference mocker and vLLM's block pool):
+
+- A *full* block is keyed by its sequence (chained) hash and reference-counted while sequences use
+  it. At zero it moves to the *inactive* LRU: still cached, so a later prompt with the same prefix
+  hits it, until a new block needs its slot and the least recently used inactive block is evicted.
+- Blocks that are not (yet) hashed — the partial last block of a sequence, and every block when
+  prefix caching is off — are *anonymous*: counted, private to one sequence, freed on release.
+- Capacity: active full + anonymous + inactive <= ``num_blocks``.
+
+Events use the chained sequence hash as the engine block hash and the block's local token hash
+as ``tokens_hash``; ``stored`` carries the parent's engine hash.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import msgspec
+
+from dynamo.llm.kv_events import KvStored, StoredBlock
+from dynamo.mocker.event_log import KvEventLog
+
+logger = logging.getLogger(__name__)
+
+
+class KvBlockSnapshot(msgspec.Struct):
+    """Every cached block of a worker, as ``stored`` events ordered parents first (replay them
+    after a ``cleared`` to rebuild the worker's part of a router index), taken at ``last_event_id``."""
+
+    worker_id: int
+    dp_rank: int
+    last_event_id: int
+    blocks: list[KvStored]
+
+
+class KvManager:
+    """Reference-counted block pool with an LRU of cached inactive blocks."""
+
+    def __init__(self, num_blocks: int, block_size: int, events: KvEventLog, watermark: float = 0.0) -> None:
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.events = events
+        # Admission keeps this many blocks free for running sequences to grow into.
+        self.admission_limit = (1.0 - watermark) * num_blocks
+        self._active: dict[int, int] = {}  # seq hash -> reference count
+        self._inactive: dict[int, None] = {}  # seq hash -> None; insertion order = LRU order
+        # seq hash -> (local hash, parent seq hash, depth) of every cached full block
+        self._meta: dict[int, tuple[int, int | None, int]] = {}
+        self._anonymous = 0
+
+    # ----- accounting ---------------------------------------------------------------------------
+
+    @property
+    def num_active(self) -> int:
+        """Blocks in use by sequences (full and anonymous)."""
+        return len(self._active) + self._anonymous
+
+    @property
+    def num_inactive(self) -> int:
+        """Cached blocks no sequence uses (evictable)."""
+        return len(self._inactive)
+
+    @property
+    def num_free(self) -> int:
+        """Slots holding nothing."""
+        return self.num_blocks - len(self._active) - self._anonymous - len(self._inactive)
+
+    def ref_count(self, seq_hash: int) -> int:
+        """References to a full block (0 if inactive or absent)."""
+        return self._active.get(seq_hash, 0)
+
+    def is_cached(self, seq_hash: int) -> bool:
+        """Whether a full block is held, active or inactive."""
+        return seq_hash in self._active or seq_hash in self._inactive
+
+    def cached_prefix(self, seq_hashes: list[int]) -> int:
+        """How many leading blocks of ``seq_hashes`` are cached (a prefix-cache hit)."""
+        active, inactive = self._active, self._inactive
+        n = 0
+        for h in seq_hashes:
+            if h not in active and h not in inactive:
+                break
+            n += 1
+        return n
+
+    def blocks_to_activate(self, seq_hashes: list[int], num_anonymous: int) -> int:
+        """How many more blocks would be in use after acquiring ``seq_hashes`` plus
+        ``num_anonymous`` anonymous blocks (blocks some sequence already uses are shared)."""
+        active = self._active
+        return sum(1 for h in seq_hashes if h not in active) + num_anonymous
+
+    def can_admit(self, new_active_blocks: int) -> bool:
+        """Admission check: active + new blocks within capacity minus the watermark."""
+        return self.num_active + new_active_blocks <= self.admission_limit
+
+    # ----- sequence operations ------------------------------------------------------------------
+
+    def acquire(self, seq_hashes: list[int], local_hashes: list[int], num_anonymous: int) -> bool:
+        """Take references on a sequence's full blocks (in order, reusing cached ones) and
+        allocate ``num_anonymous`` anonymous blocks. All or nothing: returns False, changing
+        nothing, when there is no room even after evicting every other inactive block."""
+        active, inactive = self._active, self._inactive
+        reactivate = 0
+        new = 0
+        for h in seq_hashes:
+            if h in active:
+                continue
+            if h in inactive:
+                reactivate += 1
+            else:
+                new += 1
+        if new + num_anonymous > self.num_free + len(inactive) - reactivate:
+            return False
+        # Reactivate cached blocks first so that making room cannot evict them.
+        for h in seq_hashes:
+            if h in inactive:
+                del inactive[h]
+                active[h] = 0
+        evicted: list[int] = []
+        run: list[StoredBlock] = []
+        run_parent: int | None = None
+        parent: int | None = None
+        meta = self._meta
+        for i, h in enumerate(seq_hashes):
+            count = active.get(h)
+            if count is None:
+                if self.num_free <= 0:
+                    evicted.append(self._evict_one())
+                active[h] = 1
+                meta[h] = (local_hashes[i], parent, i)
+                if not run:
+                    run_parent = parent
+                run.append(StoredBlock(h, local_hashes[i]))
+            else:
+                active[h] = count + 1
+                if run:
+                    self._flush_run(evicted, run_parent, run)
+                    evicted, run = [], []
+            parent = h
+        if num_anonymous:
+            need = num_anonymous - self.num_free
+            for _ in range(need):
+                evicted.append(self._evict_one())
+            self._anonymous += num_anonymous
+        self._flush_run(evicted, run_parent, run)
+        return True
+
+    def _flush_run(self, evicted: list[int], parent: int | None, run: list[StoredBlock]) -> None:
+        if evicted:
+            self.events.removed(evicted)
+        if run:
+            self.events.stored(parent, run)
+
+    def _evict_one(self) -> int:
+        h = next(iter(self._inactive))
+        del self._inactive[h]
+        del self._meta[h]
+        return h
+
+    def release(self, seq_hashes: list[int], num_anonymous: int) -> None:
+        """Drop a sequence's references. Full blocks that nobody uses any more become inactive
+        (still cached); they are queued last block first, so a sequence's tail is evicted before
+        its prefix."""
+        active, inactive = self._active, self._inactive
+        for h in reversed(seq_hashes):
+            count = active[h] - 1
+            if count:
+                active[h] = count
+            else:
+                del active[h]
+                inactive[h] = None
+        self._anonymous -= num_anonymous
+        if self._anonymous < 0:  # pragma: no cover - accounting bug guard
+            raise AssertionError("anonymous block count went negative")
+
+    def allocate_anonymous(self) -> bool:
+        """Allocate one anonymous block (a sequence grew into a new block), evicting the LRU
+        inactive block if needed; False when the cache is full of active blocks (preempt)."""
+        if self.num_free <= 0:
+            if not self._inactive:
+                return False
+            self.events.removed([self._evict_one()])
+        self._anonymous += 1
+        return True
+
+    def promote(self, seq_hash: int, local_hash: int, parent_hash: int | None, depth: int) -> None:
+        """A sequence's anonymous last block filled up: it becomes the full block ``seq_hash``
+        (sharing an identical cached block if one exists, which frees the slot)."""
+        self._anonymous -= 1
+        count = self._active.get(seq_hash)
+        if count is not None:
+            self._active[seq_hash] = count + 1
+            return
+        if seq_hash in self._inactive:
+            del self._inactive[seq_hash]
+            self._active[seq_hash] = 1
+            return
+        self._active[seq_hash] = 1
+        self._meta[seq_hash] = (local_hash, parent_hash, depth)
+        self.events.stored(parent_hash, [StoredBlock(seq_hash, local_hash)])
+
+    # ----- whole-cache operations ---------------------------------------------------------------
+
+    def clear(self) -> None:
+        """Drop every cached inactive block (like vLLM's prefix-cache reset) and emit ``cleared``;
+        blocks still in use by running sequences are announced again as ``stored``."""
+        for h in self._inactive:
+            del self._meta[h]
+        self._inactive.clear()
+        self.events.cleared()
+        for stored in self._stored_events(self._active):
+            self.events.stored(stored.parent_hash, stored.blocks)
+
+    def snapshot(self) -> KvBlockSnapshot:
+        """The current block set, for a router resynchronising this worker."""
+        blocks = self._stored_events(self._meta)
+        return KvBlockSnapshot(worker_id=self.events.worker_id, dp_rank=self.events.dp_rank,
+                               last_event_id=self.events.last_event_id, blocks=blocks)
+
+    def _stored_events(self, hashes: Iterable[int]) -> list[KvStored]:
+        meta = self._meta
+        ordered = sorted(hashes, key=lambda h: meta[h][2])
+        return [KvStored(blocks=[StoredBlock(h, meta[h][0])], parent_hash=meta[h][1]) for h in ordered]
