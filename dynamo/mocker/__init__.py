@@ -1,0 +1,8 @@
+"""The mocker: a simulated vLLM-like engine for testing routing, disaggregation and planning at
+scale without GPUs. ``MockEngine`` is the engine core; the worker wiring lives in ``main.py``."""
+
+from dynamo.mocker.config import MockerConfig
+from dynamo.mocker.engine import MockEngine
+from dynamo.mocker.kv_manager import KvBlockSnapshot
+
+__all__ = ["KvBlockSnapshot", "MockEngine", "MockerConfig"]
