@@ -56,7 +56,9 @@ async def apply(client: KubeClient, desired: dict[str, Any]) -> tuple[str, dict[
     current = await client.get(path)
     if current is None:
         try:
-            return "created", await client.create(object_path(desired, with_name=False), _with_last_applied(desired))
+            return "created", await client.create(
+                object_path(desired, with_name=False), _with_last_applied(desired)
+            )
         except ApiError as exc:
             if exc.status != 409:
                 raise

@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=env.get("DYNAMO_OPERATOR_NAMESPACE") or None,
         help="the operator's namespace (default: POD_NAMESPACE or the service account's)",
     )
-    p.add_argument("--etcd-endpoints", default=env.get("ETCD_ENDPOINTS", ""), help="ETCD_ENDPOINTS for workloads")
+    p.add_argument(
+        "--etcd-endpoints", default=env.get("ETCD_ENDPOINTS", ""), help="ETCD_ENDPOINTS for workloads"
+    )
     p.add_argument("--nats-server", default=env.get("NATS_SERVER", ""), help="NATS_SERVER for workloads")
     p.add_argument(
         "--api-server",

@@ -50,6 +50,8 @@ def request_status(spec: Mapping[str, Any], previous: Mapping[str, Any] | None =
         "backend": backend,
         "conditions": [
             condition("Validated", True, "SpecValid", "the request is valid", prev),
-            condition("Profiled", False, "ProfilingNotImplemented", NOT_IMPLEMENTED.format(backend=backend), prev),
+            condition(
+                "Profiled", False, "ProfilingNotImplemented", NOT_IMPLEMENTED.format(backend=backend), prev
+            ),
         ],
     }

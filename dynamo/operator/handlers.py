@@ -1,8 +1,10 @@
 """The kopf handlers of the Dynamo operator, registered on a registry built per configuration.
 
 - graph created / changed / operator restarted -> ``reconcile_graph`` and write its status;
+- no timers or delete handlers, hence no finalizers: a graph deletes even with the operator gone
+  (owner references let the garbage collector remove its children);
 - a child Deployment changed -> roll its status up into the graph (deleted by hand -> recreate);
-- every minute -> reconcile again (drift, new pull secrets, LeaderWorkerSet status);
+- a docker-config secret appeared -> reconcile the graphs of its namespace (pull secret discovery);
 - request (DGDR) created / changed -> validate and report, without inventing a profile.
 """
 
@@ -17,20 +19,24 @@ from dynamo.deploy.spec import DGD_PLURAL, DGDR_PLURAL, GROUP, VERSION
 from dynamo.operator.apply import merge_patch
 from dynamo.operator.config import OperatorConfig
 from dynamo.operator.dgdr import request_status
-from dynamo.operator.kube import KubeClient
+from dynamo.operator.images import DOCKER_CONFIG_TYPES
+from dynamo.operator.kube import KubeClient, resource_path
 from dynamo.operator.reconcile import graph_path, reconcile_graph, refresh_status
 from dynamo.operator.render import LABEL_GRAPH, LABEL_MANAGED_BY, MANAGED_BY
+
+LWS_GROUP = "leaderworkerset.x-k8s.io"
 
 log = logging.getLogger(__name__)
 
 STORAGE_PREFIX = "dynamo.nvidia.com"
-RESYNC_SECONDS = 60.0
 
 
 def login(config: OperatorConfig, settings: kopf.OperatorSettings, logger: Any) -> kopf.ConnectionInfo:
     """Credentials: ``--api-server`` (dev/tests), else the pod's service account, else kubeconfig."""
     if config.api_server:
-        return kopf.ConnectionInfo(server=config.api_server, insecure=True, default_namespace=config.namespace)
+        return kopf.ConnectionInfo(
+            server=config.api_server, insecure=True, default_namespace=config.namespace
+        )
     info = kopf.login_with_service_account(settings=settings)
     if info is None:
         try:
@@ -42,6 +48,10 @@ def login(config: OperatorConfig, settings: kopf.OperatorSettings, logger: Any) 
     if info is None:
         raise kopf.LoginError("no credentials: not in a pod, no kubeconfig, and no --api-server given")
     return info
+
+
+def _is_docker_config(body: kopf.Body, **_: Any) -> bool:
+    return body.get("type") in DOCKER_CONFIG_TYPES
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -66,7 +76,9 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
         configure(settings)
-        memo["client"] = KubeClient(login(config, settings, logger), relogin=lambda: login(config, settings, logger))
+        memo["client"] = KubeClient(
+            login(config, settings, logger), relogin=lambda: login(config, settings, logger)
+        )
         scope = f"namespace {config.namespace}" if config.namespace_restricted else "all namespaces"
         logger.info("dynamo operator watching %s", scope)
 
@@ -79,22 +91,26 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     @kopf.on.resume(GROUP, VERSION, DGD_PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, DGD_PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, DGD_PLURAL, registry=registry)
-    async def graph_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    async def graph_changed(
+        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
+    ) -> None:
         """Reconcile a graph whose spec changed (or that we have not seen since start-up)."""
         status = await reconcile_graph(body, memo["client"], config, logger)
         patch.status.update(merge_patch(dict(body.get("status") or {}), status))
 
-    @kopf.timer(GROUP, VERSION, DGD_PLURAL, registry=registry, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, idle=10)
-    async def graph_resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-        """Periodic reconcile: repairs drift and picks up state no watch tells us about."""
-        status = await reconcile_graph(body, memo["client"], config, logger)
-        patch.status.update(merge_patch(dict(body.get("status") or {}), status))
+    async def _write_status(client: KubeClient, graph: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = graph["metadata"]
+        patch = merge_patch(dict(graph.get("status") or {}), status)
+        await client.merge_patch(graph_path(meta["namespace"], meta["name"], "status"), {"status": patch})
 
     @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
+    @kopf.on.event(
+        LWS_GROUP, "v1", "leaderworkersets", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry
+    )
     async def child_event(
         type: str | None, body: kopf.Body, namespace: str | None, memo: kopf.Memo, logger: Any, **_: Any
     ) -> None:
-        """A child Deployment changed: update the graph's status; recreate it if it was deleted."""
+        """A child workload changed: update the graph's status; recreate it if it was deleted."""
         graph_name = (body.get("metadata", {}).get("labels") or {}).get(LABEL_GRAPH)
         if not graph_name or not namespace:
             return
@@ -102,16 +118,32 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         if type == "DELETED":
             graph = await client.get(graph_path(namespace, graph_name))
             if graph is not None and not graph["metadata"].get("deletionTimestamp"):
-                logger.info("deployment of graph %s was deleted; reconciling", graph_name)
-                status = await reconcile_graph(graph, client, config, logger)
-                await client.merge_patch(graph_path(namespace, graph_name, "status"), {"status": status})
+                logger.info("a workload of graph %s was deleted; reconciling", graph_name)
+                await _write_status(client, graph, await reconcile_graph(graph, client, config, logger))
                 return
         await refresh_status(client, namespace, graph_name, logger)
+
+    @kopf.on.event("", "v1", "secrets", when=_is_docker_config, registry=registry)
+    async def pull_secret_event(
+        type: str | None, namespace: str | None, memo: kopf.Memo, logger: Any, **_: Any
+    ) -> None:
+        """A docker-config secret appeared or changed: graphs in its namespace may need it."""
+        if type not in ("ADDED", "MODIFIED") or not namespace:
+            return
+        client: KubeClient = memo["client"]
+        for graph in await client.list(resource_path(f"{GROUP}/{VERSION}", DGD_PLURAL, namespace)):
+            if graph["metadata"].get("deletionTimestamp"):
+                continue
+            graph.setdefault("apiVersion", f"{GROUP}/{VERSION}")
+            graph.setdefault("kind", "DynamoGraphDeployment")
+            await _write_status(client, graph, await reconcile_graph(graph, client, config, logger))
 
     @kopf.on.resume(GROUP, VERSION, DGDR_PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, DGDR_PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, DGDR_PLURAL, registry=registry)
-    def request_changed(spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, logger: Any, **_: Any) -> None:
+    def request_changed(
+        spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, logger: Any, **_: Any
+    ) -> None:
         """Validate a DynamoGraphDeploymentRequest and say where it stands."""
         new = request_status(dict(spec), dict(status))
         patch.status.update(new)

@@ -45,7 +45,11 @@ class ApiError(Exception):
 
 
 def resource_path(
-    api_version: str, plural: str, namespace: str | None, name: str | None = None, subresource: str | None = None
+    api_version: str,
+    plural: str,
+    namespace: str | None,
+    name: str | None = None,
+    subresource: str | None = None,
 ) -> str:
     """``/apis/apps/v1/namespaces/ns/deployments/name`` and friends."""
     base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"

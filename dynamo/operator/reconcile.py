@@ -30,7 +30,9 @@ def graph_path(namespace: str, name: str, subresource: str | None = None) -> str
     return resource_path(f"{GROUP}/{VERSION}", DGD_PLURAL, namespace, name, subresource)
 
 
-async def pull_secret_index(client: KubeClient, namespace: str, logger: logging.Logger) -> dict[str, list[str]]:
+async def pull_secret_index(
+    client: KubeClient, namespace: str, logger: logging.Logger
+) -> dict[str, list[str]]:
     """Registry host -> docker-config secret names in ``namespace`` (empty if we may not list secrets)."""
     try:
         secrets = await client.list(resource_path("v1", "secrets", namespace))
@@ -45,7 +47,9 @@ def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in refs)
 
 
-async def list_children(client: KubeClient, namespace: str, graph_name: str, uid: str) -> list[dict[str, Any]]:
+async def list_children(
+    client: KubeClient, namespace: str, graph_name: str, uid: str
+) -> list[dict[str, Any]]:
     """Every object of the kinds we create that carries this graph's label and owner reference."""
     children: list[dict[str, Any]] = []
     for api_version, kind in CHILD_KINDS:

@@ -155,10 +155,16 @@ def main_container(graph: Graph, service: Service, ctx: RenderContext) -> dict[s
         c["envFrom"] = env_from
     ports = _ports(service)
     taken = {p.get("containerPort") for p in ports} | {p.get("name") for p in ports}
-    ports += [p for p in c.get("ports") or [] if p.get("containerPort") not in taken and p.get("name") not in taken]
+    ports += [
+        p for p in c.get("ports") or [] if p.get("containerPort") not in taken and p.get("name") not in taken
+    ]
     c["ports"] = ports
     probes = service.probes()
-    for key, field_name in (("readiness", "readinessProbe"), ("liveness", "livenessProbe"), ("startup", "startupProbe")):
+    for key, field_name in (
+        ("readiness", "readinessProbe"),
+        ("liveness", "livenessProbe"),
+        ("startup", "startupProbe"),
+    ):
         if key in probes and field_name not in c:
             c[field_name] = probes[key]
     resources = container_resources(service, c.get("resources"))
@@ -197,7 +203,9 @@ def pod_template(graph: Graph, service: Service, ctx: RenderContext) -> dict[str
     pvc_names = {p.get("name") for p in graph.pvcs}
     for vm in service.volume_mounts:
         if vm.get("name") not in pvc_names:
-            raise SpecError(f"service {service.name} mounts {vm.get('name')!r}, which spec.pvcs does not name")
+            raise SpecError(
+                f"service {service.name} mounts {vm.get('name')!r}, which spec.pvcs does not name"
+            )
         volumes.append({"name": vm["name"], "persistentVolumeClaim": {"claimName": vm["name"]}})
     shm = _shared_memory(service)
     if shm is not None:
@@ -281,7 +289,12 @@ def frontend_service(graph: Graph, service: Service, ctx: RenderContext) -> dict
             "type": "ClusterIP",
             "selector": selector_labels(graph, service),
             "ports": [
-                {"name": FRONTEND_PORT_NAME, "port": FRONTEND_PORT, "targetPort": FRONTEND_PORT_NAME, "protocol": "TCP"}
+                {
+                    "name": FRONTEND_PORT_NAME,
+                    "port": FRONTEND_PORT,
+                    "targetPort": FRONTEND_PORT_NAME,
+                    "protocol": "TCP",
+                }
             ],
         },
     }

@@ -31,7 +31,13 @@ def condition(
     for old in previous or []:
         if old.get("type") == type_ and old.get("status") == status and old.get("lastTransitionTime"):
             stamp = old["lastTransitionTime"]
-    return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": stamp}
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": stamp,
+    }
 
 
 def workload_counts(obj: Mapping[str, Any] | None, desired: int) -> dict[str, int]:
@@ -80,7 +86,12 @@ def rollup(
     if failures:
         state, ok, reason, message = STATE_FAILED, False, "ServicesFailed", "; ".join(failures)
     elif waiting:
-        state, ok, reason, message = STATE_PENDING, False, "ServicesNotReady", "waiting for " + "; ".join(waiting)
+        state, ok, reason, message = (
+            STATE_PENDING,
+            False,
+            "ServicesNotReady",
+            "waiting for " + "; ".join(waiting),
+        )
     else:
         state, ok, reason, message = STATE_SUCCESSFUL, True, "AllServicesReady", "all services are ready"
     status: dict[str, Any] = {
@@ -96,4 +107,7 @@ def rollup(
 def failed_status(reason: str, message: str, previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Status for a graph the operator cannot deploy as written."""
     prev_conditions = list((previous or {}).get("conditions") or [])
-    return {"state": STATE_FAILED, "conditions": [condition("Ready", False, reason, message, prev_conditions)]}
+    return {
+        "state": STATE_FAILED,
+        "conditions": [condition("Ready", False, reason, message, prev_conditions)],
+    }
