@@ -346,3 +346,19 @@ async def test_stop_fails_in_flight_requests() -> None:
     assert rest[-1].finish_reason == FINISH_ERROR and rest[-1].error == "engine stopped"
     with pytest.raises(RuntimeError):
         await anext(eng.generate(request("b", prompt_of(4))))
+
+
+async def test_a_failing_loop_fails_requests_instead_of_hanging(monkeypatch: pytest.MonkeyPatch) -> None:
+    eng = await started(MockerConfig(**FAST))
+    try:
+        def boom(step):  # a bug in the simulation
+            raise ValueError("boom")
+
+        monkeypatch.setattr(eng.scheduler, "complete", boom)
+        outs = await asyncio.wait_for(collect(eng.generate(request("a", prompt_of(20)))), 5)
+        assert outs[-1].finish_reason == FINISH_ERROR and "boom" in (outs[-1].error or "")
+        assert not eng.running
+        with pytest.raises(RuntimeError):
+            await anext(eng.generate(request("b", prompt_of(4))))
+    finally:
+        await eng.stop()
