@@ -152,7 +152,6 @@ class Scheduler:
                 continue
             emit.append(seq)
             budget -= 1
-        decode_tokens = len(emit)
 
         # 2. Running chunked prefills.
         for seq in prefilling:
@@ -169,7 +168,7 @@ class Scheduler:
             budget = self._admit(now, budget, step)
 
         step.active_fraction = kv.num_active / kv.num_blocks
-        batch_tokens = decode_tokens + step.prefill_tokens
+        batch_tokens = cfg.max_num_batched_tokens - budget
         stats = self.stats
         if not step.is_empty:
             stats.steps += 1
