@@ -105,8 +105,10 @@ class ModelDeploymentCard(msgspec.Struct, kw_only=True):
         }
         if "tokenizer.json" not in files:
             raise ValueError(f"{folder} has no tokenizer.json (only HF fast tokenizers are supported)")
+        has_template = bool(tok_config.get("chat_template")) or "chat_template.jinja" in files
         card = cls(
             display_name=served_model_name or hub_name or folder.name,
+            model_type=["chat", "completions"] if has_template else ["completions"],
             source_path=str(folder),
             context_length=context_length,
             kv_cache_block_size=kv_cache_block_size,

@@ -1,0 +1,271 @@
+"""Preprocessing: a validated OpenAI request -> the tokenized ``PreprocessedRequest`` an engine runs.
+
+Journey: HTTP -> parse (``dynamo.llm.openai``) -> **preprocess (here: chat template, tokenize,
+sampling/stop mapping, context-length checks)** -> route -> request plane -> engine -> token ids
+back -> detokenize (``make_detokenizer``) -> SSE.
+
+One ``Preprocessor`` per served model, built from its deployment card and the card's files.
+The result is a ``PreprocessedOutput``: the wire request plus what stays in the frontend for the
+way back (stop strings, whether to keep them, prompt length, logprobs asked for).
+
+Defaults: chat ``max_tokens`` = context length - prompt length; completions ``max_tokens`` = 16
+(the OpenAI and vLLM default). Precedence for the extensions: top-level field, then ``nvext``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from tokenizers import Tokenizer
+
+from dynamo.llm.chat_template import ChatTemplate
+from dynamo.llm.detokenizer import Detokenizer
+from dynamo.llm.errors import RequestError, bad_request
+from dynamo.llm.model_card import ModelDeploymentCard
+from dynamo.llm.openai import ChatCompletionRequest, CompletionRequest, _SamplingFields
+from dynamo.llm.protocols import OutputOptions, PreprocessedRequest, SamplingOptions, StopConditions
+
+log = logging.getLogger(__name__)
+
+DETOKENIZER_PROMPT_TAIL = 8
+_T = TypeVar("_T")  # prompt tokens handed to the detokenizer as left context
+
+
+@dataclass(slots=True)
+class PreprocessedOutput:
+    """What ``preprocess_*`` returns.
+
+    ``request`` goes to the router and an engine. The rest stays in the frontend: ``stop_strings``
+    and ``include_stop_str_in_output`` for the detokenizer (engines only see stop token ids),
+    ``prompt_len`` for usage, ``logprobs`` (``None``: not asked for; ``n``: ``n`` alternatives per
+    token), ``backend_instance_id`` when the client pinned a worker (``nvext``).
+    """
+
+    request: PreprocessedRequest
+    prompt_len: int
+    stop_strings: list[str] = field(default_factory=list)
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    logprobs: int | None = None
+    backend_instance_id: int | None = None
+
+
+class Preprocessor:
+    """Turns OpenAI requests for one model into ``PreprocessedRequest``s."""
+
+    def __init__(
+        self,
+        card: ModelDeploymentCard,
+        tokenizer: Tokenizer,
+        chat_template: ChatTemplate | None,
+        tool_chat_template: ChatTemplate | None = None,
+    ) -> None:
+        self.card = card
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self._tool_template = tool_chat_template or chat_template
+        self.context_length = card.context_length
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @classmethod
+    def from_card(cls, card: ModelDeploymentCard, files: dict[str, bytes]) -> Preprocessor:
+        """Build from the card and its files (checked against the card's hashes first)."""
+        card.verify_files(files)
+        tokenizer = Tokenizer.from_str(files["tokenizer.json"].decode())
+        config: dict[str, Any] = {}
+        if raw := files.get("tokenizer_config.json"):
+            config = json.loads(raw)
+        jinja = files["chat_template.jinja"].decode() if "chat_template.jinja" in files else None
+        template = ChatTemplate.from_tokenizer_config(config, jinja)
+        tool_template = ChatTemplate.from_tokenizer_config(config, jinja, tools=True)
+        if template is None:
+            log.warning("model %s has no chat template: chat completions are refused", card.display_name)
+        return cls(card, tokenizer, template, tool_template)
+
+    # -- chat ---------------------------------------------------------------------------------
+
+    def render_chat(self, req: ChatCompletionRequest) -> str:
+        """The prompt text for a chat request (the template applied to its messages)."""
+        template = self._tool_template if req.tools else self.chat_template
+        if template is None:
+            raise bad_request(
+                f"Model '{self.card.display_name}' has no chat template; use /v1/completions.", "messages"
+            )
+        messages = template.prepare_messages([m.model_dump(exclude_none=True) for m in req.messages])
+        return template.render(
+            messages,
+            add_generation_prompt=req.add_generation_prompt,
+            continue_final_message=req.continue_final_message,
+            tools=req.tools,
+            extra=req.chat_template_kwargs,
+        )
+
+    def preprocess_chat(self, req: ChatCompletionRequest, request_id: str) -> PreprocessedOutput:
+        """Template + tokenize + map a chat request. ``RequestError`` (400) if it cannot be served."""
+        if req.response_format and req.response_format.get("type") not in (None, "text"):
+            raise bad_request("Structured output ('response_format') is not supported.", "response_format")
+        nvext = req.nvext
+        if nvext is not None and nvext.token_data is not None:
+            token_ids = self._check_ids(nvext.token_data, "nvext.token_data")
+        else:
+            # The template already writes any BOS the model wants: add no special tokens here.
+            token_ids = self.tokenizer.encode(self.render_chat(req), add_special_tokens=False).ids
+        max_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        return self._build(
+            req, request_id, token_ids, "messages", max_param, req.requested_max_tokens, logprobs
+        )
+
+    # -- completions --------------------------------------------------------------------------
+
+    def preprocess_completion(self, req: CompletionRequest, request_id: str) -> PreprocessedOutput:
+        """Tokenize + map a completion request (text or token-id prompt)."""
+        nvext = req.nvext
+        prompt = req.prompt
+        if nvext is not None and nvext.token_data is not None:
+            token_ids = self._check_ids(nvext.token_data, "nvext.token_data")
+        elif isinstance(prompt, str):
+            token_ids = self._encode_prompt(prompt, req.add_special_tokens)
+        elif prompt and isinstance(prompt[0], str):
+            token_ids = self._encode_prompt(str(prompt[0]), req.add_special_tokens)
+        elif prompt and isinstance(prompt[0], list):
+            token_ids = self._check_ids(list(prompt[0]), "prompt")
+        else:
+            token_ids = self._check_ids([int(t) for t in prompt if isinstance(t, int)], "prompt")
+        max_tokens = req.max_tokens
+        if "max_tokens" not in req.model_fields_set and max_tokens is not None:
+            # The default (16), not the client's ask: shrink it to what the context leaves.
+            max_tokens = min(max_tokens, max(self.context_length - len(token_ids), 1))
+        return self._build(req, request_id, token_ids, "prompt", "max_tokens", max_tokens, req.logprobs)
+
+    def _encode_prompt(self, text: str, add_special_tokens: bool) -> list[int]:
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        if not ids:
+            raise bad_request("'prompt' must not be empty.", "prompt")
+        return ids
+
+    def _check_ids(self, ids: list[int], param: str) -> list[int]:
+        if not ids:
+            raise bad_request(f"'{param}' must not be empty.", param)
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise bad_request(f"Token id {bad} is out of range for a vocabulary of {self.vocab_size}.", param)
+        return ids
+
+    # -- shared -------------------------------------------------------------------------------
+
+    def _build(
+        self,
+        req: _SamplingFields,
+        request_id: str,
+        token_ids: list[int],
+        prompt_param: str,
+        max_param: str,
+        max_tokens: int | None,
+        logprobs: int | None,
+    ) -> PreprocessedOutput:
+        if req.logit_bias:
+            raise bad_request("'logit_bias' is not supported.", "logit_bias")
+        prompt_len = len(token_ids)
+        context = self.context_length
+        if prompt_len >= context:
+            raise RequestError(
+                400,
+                f"This model's maximum context length is {context} tokens. However, your {prompt_param} "
+                f"resulted in {prompt_len} tokens. Please reduce the length of the {prompt_param}.",
+                param=prompt_param,
+                code="context_length_exceeded",
+            )
+        if max_tokens is None:
+            max_tokens = context - prompt_len
+        elif prompt_len + max_tokens > context:
+            raise RequestError(
+                400,
+                f"This model's maximum context length is {context} tokens. However, you requested "
+                f"{prompt_len + max_tokens} tokens ({prompt_len} in the {prompt_param}, {max_tokens} in "
+                f"the completion). Please reduce the length of the {prompt_param} or '{max_param}'.",
+                param=max_param,
+                code="context_length_exceeded",
+            )
+        nvext = req.nvext
+        stop_ids = req.stop_token_ids or []
+        if stop_ids:
+            self._check_ids(stop_ids, "stop_token_ids")
+        temperature = req.temperature
+        if nvext is not None and nvext.greed_sampling:
+            temperature = 0.0
+        top_k = _first(req.top_k, nvext.top_k if nvext else None)
+        request = PreprocessedRequest(
+            request_id=request_id,
+            model=self.card.display_name,
+            token_ids=token_ids,
+            sampling=SamplingOptions(
+                temperature=temperature,
+                top_p=req.top_p,
+                top_k=-1 if top_k == 0 else top_k,
+                min_p=_first(req.min_p, nvext.min_p if nvext else None),
+                seed=req.seed,
+                presence_penalty=req.presence_penalty,
+                frequency_penalty=req.frequency_penalty,
+                repetition_penalty=_first(
+                    req.repetition_penalty, nvext.repetition_penalty if nvext else None
+                ),
+            ),
+            stop=StopConditions(
+                max_tokens=max_tokens,
+                min_tokens=_first(req.min_tokens, nvext.min_tokens if nvext else None) or 0,
+                stop_token_ids=list(stop_ids),
+                ignore_eos=bool(_first(req.ignore_eos, nvext.ignore_eos if nvext else None)),
+            ),
+            output=OutputOptions(logprobs=logprobs),
+            eos_token_ids=list(self.card.eos_token_ids),
+            annotations=list(nvext.annotations or []) if nvext else [],
+        )
+        return PreprocessedOutput(
+            request=request,
+            prompt_len=prompt_len,
+            stop_strings=req.stop_strings(),
+            include_stop_str_in_output=req.include_stop_str_in_output,
+            skip_special_tokens=req.skip_special_tokens,
+            logprobs=logprobs,
+            backend_instance_id=_instance_id(nvext.backend_instance_id) if nvext else None,
+        )
+
+    # -- the way back -------------------------------------------------------------------------
+
+    def make_detokenizer(self, out: PreprocessedOutput) -> Detokenizer:
+        """A detokenizer for this request's output, primed with the prompt's last tokens."""
+        return Detokenizer(
+            self.tokenizer,
+            out.request.token_ids[-DETOKENIZER_PROMPT_TAIL:],
+            skip_special_tokens=out.skip_special_tokens,
+            stop_strings=out.stop_strings,
+            include_stop_str_in_output=out.include_stop_str_in_output,
+        )
+
+    def token_text(self, token_id: int) -> str:
+        """One token as text (for logprobs); special tokens are kept."""
+        text: str = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        return text
+
+
+def _first(*values: _T | None) -> _T | None:
+    for value in values:
+        if value is not None:
+            return value
+    return None
+
+
+def _instance_id(value: int | str | None) -> int | None:
+    """``backend_instance_id``: an int, or the hex string instance ids are printed as."""
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        return int(value.removeprefix("0x"), 16)
+    except ValueError:
+        raise bad_request(
+            "'backend_instance_id' must be an integer or a hex string.", "nvext.backend_instance_id"
+        ) from None
