@@ -232,10 +232,14 @@ def parse_service(name: str, raw: Mapping[str, Any]) -> Service:
         raise SpecError(f"{where} must be a map")
     component_type = raw.get("componentType")
     if component_type not in COMPONENT_TYPES:
-        raise SpecError(f"{where}.componentType must be one of {', '.join(COMPONENT_TYPES)}, got {component_type!r}")
+        raise SpecError(
+            f"{where}.componentType must be one of {', '.join(COMPONENT_TYPES)}, got {component_type!r}"
+        )
     sub = raw.get("subComponentType")
     if sub is not None and sub not in SUB_COMPONENT_TYPES:
-        raise SpecError(f"{where}.subComponentType must be one of {', '.join(SUB_COMPONENT_TYPES)}, got {sub!r}")
+        raise SpecError(
+            f"{where}.subComponentType must be one of {', '.join(SUB_COMPONENT_TYPES)}, got {sub!r}"
+        )
     replicas = raw.get("replicas", 1)
     if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
         raise SpecError(f"{where}.replicas must be a whole number >= 0, got {replicas!r}")
