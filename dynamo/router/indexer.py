@@ -41,7 +41,6 @@ import xxhash
 from dynamo.llm.kv_events import (
     HASH_SEED,
     KvEventBatch,
-    KvEventData,
     KvRemoved,
     KvStored,
     StoredBlock,
@@ -128,6 +127,8 @@ class KvIndexer:
         ``early_exit`` stops as soon as one worker is left (its score is then a lower bound).
         """
         nodes = self._nodes
+        xxh3 = _xxh3
+        pack = _pack_pair
         if not local_hashes:
             return OverlapScores()
         key = local_hashes[0]
@@ -140,7 +141,7 @@ class KvIndexer:
         while depth < n:
             if early_exit and not active & (active - 1):
                 break
-            key = _xxh3(_pack_pair(key, local_hashes[depth]), seed=HASH_SEED)
+            key = xxh3(pack(key, local_hashes[depth]), HASH_SEED)
             still = active & nodes.get(key, 0)
             if still != active:
                 self._score_bits(scores, active ^ still, depth)
@@ -224,7 +225,8 @@ class KvIndexer:
 
     def apply(self, batch: KvEventBatch) -> None:
         """Apply one worker's events in order (see the module docstring for event-id handling)."""
-        state = self._worker(worker_key(batch.worker_id, batch.dp_rank))
+        key = batch.worker_id if not batch.dp_rank else worker_key(batch.worker_id, batch.dp_rank)
+        state = self._workers.get(key) or self._worker(key)
         stats = self.stats
         for event in batch.events:
             event_id = event.event_id
@@ -245,7 +247,13 @@ class KvIndexer:
             else:
                 self._note_gap(state, last, event_id)
             stats.events += 1
-            self._apply_data(state, event.data, event_id)
+            data = event.data
+            if isinstance(data, KvStored):
+                self._store(state, data.parent_hash, data.blocks, event_id)
+            elif isinstance(data, KvRemoved):
+                self._remove(state, data.block_hashes)
+            else:
+                self._cleared(state)
 
     def resync(self, snapshot: KvEventBatch) -> None:
         """Replace everything known about a worker with a snapshot it sent (a resync answer).
@@ -279,16 +287,11 @@ class KvIndexer:
             state.last_event_id,
         )
 
-    def _apply_data(self, state: _Worker, data: KvEventData, event_id: int) -> None:
-        if type(data) is KvStored:
-            self._store(state, data.parent_hash, data.blocks, event_id)
-        elif type(data) is KvRemoved:
-            self._remove(state, data.block_hashes)
-        else:
-            self._drop_all_blocks(state)
-            if state.resync is not None and state.resync.after_event_id is None and not state.ahead:
-                # The worker's cache is empty and we know it: the snapshot is no longer needed.
-                state.resync = None
+    def _cleared(self, state: _Worker) -> None:
+        self._drop_all_blocks(state)
+        if state.resync is not None and state.resync.after_event_id is None and not state.ahead:
+            # The worker's cache is empty and we know it: the snapshot is no longer needed.
+            state.resync = None
 
     def _note_gap(self, state: _Worker, last: int, event_id: int) -> None:
         self.stats.event_id_gaps += 1
@@ -351,28 +354,28 @@ class KvIndexer:
                 return False
         nodes = self._nodes
         bit = state.bit
+        xxh3 = _xxh3
+        pack = _pack_pair
         for block in blocks:
             if parent is None:
                 node = block.tokens_hash
             else:
-                node = _xxh3(_pack_pair(parent, block.tokens_hash), seed=HASH_SEED)
-            held = engine_blocks.get(block.block_hash)
-            if held is None:
-                mask = nodes.get(node, 0)
-                if mask & bit:
-                    state.aliases[node] = state.aliases.get(node, 0) + 1
-                else:
-                    nodes[node] = mask | bit
-                engine_blocks[block.block_hash] = node
-            elif held != node:
+                node = xxh3(pack(parent, block.tokens_hash), HASH_SEED)
+            # One probe of the (cache-cold) engine map: insert, and learn whether the key was new.
+            size = len(engine_blocks)
+            held = engine_blocks.setdefault(block.block_hash, node)
+            if len(engine_blocks) == size:
+                if held == node:
+                    parent = node
+                    continue  # stored again: nothing changes
                 # The engine reused a block hash for other content: move the block.
                 self._release(state, held)
-                mask = nodes.get(node, 0)
-                if mask & bit:
-                    state.aliases[node] = state.aliases.get(node, 0) + 1
-                else:
-                    nodes[node] = mask | bit
                 engine_blocks[block.block_hash] = node
+            mask = nodes.get(node, 0)
+            if mask & bit:
+                state.aliases[node] = state.aliases.get(node, 0) + 1
+            else:
+                nodes[node] = mask | bit
             parent = node
         self.stats.stored_blocks += len(blocks)
         return True
