@@ -1,0 +1,108 @@
+"""Internal wire types between the frontend (preprocessor/router) and engine workers.
+
+Journey: HTTP -> preprocess (OpenAI request -> ``PreprocessedRequest``) -> route -> request plane
+-> engine -> ``EngineOutput`` chunks back -> detokenize -> SSE.
+
+These are ``msgspec.Struct`` types: they cross the request plane as msgpack maps and are cheap to
+build and convert on the token path (no pydantic here). Unknown fields are ignored on decode so
+newer frontends and older workers interoperate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class SamplingOptions(msgspec.Struct, omit_defaults=True):
+    """Sampling knobs, already validated by the frontend."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+
+
+class StopConditions(msgspec.Struct, omit_defaults=True):
+    """What ends generation on the engine side. Stop *strings* are applied by the frontend's
+    detokenizer, which closes the stream (cancelling the engine request) when one matches."""
+
+    max_tokens: int | None = None
+    min_tokens: int = 0
+    stop_token_ids: list[int] = []
+    ignore_eos: bool = False
+
+
+class OutputOptions(msgspec.Struct, omit_defaults=True):
+    """Extra outputs the engine should return."""
+
+    logprobs: int | None = None  # number of top logprobs per token; 0 = only the sampled token's
+
+
+class PreprocessedRequest(msgspec.Struct, omit_defaults=True):
+    """A tokenized request as sent to an engine worker."""
+
+    request_id: str
+    model: str
+    token_ids: list[int]
+    sampling: SamplingOptions = msgspec.field(default_factory=SamplingOptions)
+    stop: StopConditions = msgspec.field(default_factory=StopConditions)
+    output: OutputOptions = msgspec.field(default_factory=OutputOptions)
+    eos_token_ids: list[int] = []
+    # Disaggregation: parameters handed from a prefill worker to a decode worker (engine-specific).
+    kv_transfer_params: dict[str, Any] | None = None
+    # Disaggregation: run this request as a prefill-only request (one token, keep KV for transfer).
+    prefill_only: bool = False
+    annotations: list[str] = []
+
+
+class TokenLogprob(msgspec.Struct, array_like=True):
+    """Log probability of one token; ``top`` lists (token_id, logprob) alternatives."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = []
+
+
+class EngineOutput(msgspec.Struct, omit_defaults=True):
+    """One streamed chunk from an engine: new token ids since the previous chunk.
+
+    ``finish_reason`` is set on the last chunk: ``stop`` (EOS or stop token), ``length``
+    (max_tokens or context), ``cancelled`` or ``error``. ``cached_tokens`` and ``prompt_tokens``
+    are reported once, on the first chunk, when the engine knows them.
+    """
+
+    token_ids: list[int] = []
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    logprobs: list[TokenLogprob] | None = None
+    cached_tokens: int | None = None
+    prompt_tokens: int | None = None
+    kv_transfer_params: dict[str, Any] | None = None
+    error: str | None = None
+
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+FINISH_CANCELLED = "cancelled"
+FINISH_ERROR = "error"
+
+
+_request_decoder = msgspec.msgpack.Decoder(PreprocessedRequest)
+
+
+def request_from_wire(payload: Any) -> PreprocessedRequest:
+    """Build a ``PreprocessedRequest`` from what the request plane delivered (builtins or bytes)."""
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return _request_decoder.decode(payload)
+    return msgspec.convert(payload, PreprocessedRequest)
+
+
+def output_from_wire(payload: Any) -> EngineOutput:
+    """Build an ``EngineOutput`` from a decoded request-plane item."""
+    return msgspec.convert(payload, EngineOutput)

