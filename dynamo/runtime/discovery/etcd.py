@@ -1,0 +1,169 @@
+"""Discovery in etcd (production): one lease per process, kept alive in the background.
+
+Every key is put under the lease, so a process that dies disappears when its lease expires. If
+the keep-alive finds the lease gone (etcd restarted with a new member, a partition longer than the
+TTL) it grants a new lease and re-registers every key this process owns. Watches re-list and
+diff after a dropped stream, then resume from the listed revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator
+from urllib.parse import urlparse
+
+import aetcd
+
+from dynamo.runtime.discovery.base import Discovery, WatchEvent, diff_views
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAY = 0.5
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """``http://host:port`` (or ``host:port``) -> (host, port)."""
+    url = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+    if not url.hostname:
+        raise ValueError(f"invalid etcd endpoint {endpoint!r}")
+    return url.hostname, url.port or 2379
+
+
+class EtcdDiscovery(Discovery):
+    """Discovery backed by an etcd v3 server (first reachable of ``endpoints``)."""
+
+    def __init__(self, endpoints: tuple[str, ...] | list[str], ttl: float = 10.0) -> None:
+        super().__init__(ttl)
+        self.endpoints = [parse_endpoint(e) for e in endpoints]
+        self._client: aetcd.Client | None = None
+        self._lease = 0
+        self._keepalive: asyncio.Task[None] | None = None
+        self._lease_lock = asyncio.Lock()
+
+    @property
+    def lease_id(self) -> int:
+        return self._lease
+
+    @property
+    def client(self) -> aetcd.Client:
+        if self._client is None:
+            raise RuntimeError("EtcdDiscovery.start() was not called")
+        return self._client
+
+    async def start(self) -> None:
+        last: Exception | None = None
+        for host, port in self.endpoints:
+            client = aetcd.Client(host=host, port=port, timeout=max(2, math.ceil(self.ttl / 2)))
+            try:
+                await asyncio.wait_for(client.connect(), timeout=5)
+                await asyncio.wait_for(client.status(), timeout=5)
+            except Exception as exc:  # grpc and aetcd raise assorted types here
+                last = exc
+                with contextlib.suppress(Exception):
+                    await client.close()
+                continue
+            self._client = client
+            break
+        if self._client is None:
+            where = ", ".join(f"{h}:{p}" for h, p in self.endpoints)
+            raise ConnectionError(f"cannot reach etcd at {where} (ETCD_ENDPOINTS): {last}")
+        await self._grant()
+        self._keepalive = asyncio.create_task(self._keep_alive(), name="etcd-lease-keepalive")
+
+    async def _grant(self) -> None:
+        lease = await self.client.lease(max(1, math.ceil(self.ttl)))
+        self._lease = lease.id
+        log.debug("etcd lease %x granted (ttl %ss)", self._lease, lease.ttl)
+
+    async def _keep_alive(self) -> None:
+        interval = max(0.2, self.ttl / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                reply = await asyncio.wait_for(self.client.refresh_lease(self._lease), timeout=interval * 2)
+                if reply is not None and reply.TTL > 0:
+                    continue
+                log.warning("etcd lease %x expired; re-creating it", self._lease)
+            except Exception as exc:  # grpc and aetcd surface transport failures as several types
+                log.warning("etcd keep-alive failed (%s); retrying", exc or type(exc).__name__)
+                continue
+            await self._recreate_lease()
+
+    async def _recreate_lease(self) -> None:
+        while True:
+            try:
+                async with self._lease_lock:
+                    await self._grant()
+                    await self._reregister()
+                return
+            except Exception as exc:
+                log.warning("re-creating the etcd lease failed (%s); retrying", exc)
+                await asyncio.sleep(RETRY_DELAY)
+
+    async def close(self) -> None:
+        if self._keepalive:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+            self._keepalive = None
+        if self._client is not None:
+            try:
+                await asyncio.wait_for(self._client.revoke_lease(self._lease), timeout=3)
+            except Exception as exc:
+                log.warning("could not revoke etcd lease %x: %s", self._lease, exc)
+            with contextlib.suppress(Exception):
+                await self._client.close()
+            self._client = None
+
+    async def _put(self, key: str, value: bytes) -> None:
+        async with self._lease_lock:
+            await self.client.put(key.encode(), value, lease=self._lease)
+
+    async def _delete(self, key: str) -> None:
+        await self.client.delete(key.encode())
+
+    async def _get_with_revision(self, prefix: str) -> tuple[dict[str, bytes], int]:
+        result = await self.client.get_prefix(prefix.encode())
+        view = {kv.key.decode(): kv.value for kv in result}
+        revision = result.header.revision if getattr(result, "header", None) else 0
+        return view, revision
+
+    async def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        view, _ = await self._get_with_revision(prefix)
+        return view
+
+    async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
+        view: dict[str, bytes] = {}
+        while True:
+            try:
+                current, revision = await self._get_with_revision(prefix)
+            except Exception as exc:
+                log.debug("etcd list %s failed (%s); retrying", prefix, exc)
+                await asyncio.sleep(RETRY_DELAY)
+                continue
+            for event in diff_views(view, current):
+                yield event
+            view = current
+            watch = None
+            try:
+                watch = await self.client.watch_prefix(prefix.encode(), start_revision=revision + 1)
+                async for ev in watch:
+                    key = ev.kv.key.decode()
+                    if ev.kind == "PUT":
+                        view[key] = ev.kv.value
+                        yield WatchEvent("put", key, ev.kv.value)
+                    elif view.pop(key, None) is not None:
+                        yield WatchEvent("delete", key)
+                log.debug("etcd watch on %s ended; re-listing", prefix)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("etcd watch on %s broke (%s); re-listing", prefix, exc or type(exc).__name__)
+                await asyncio.sleep(RETRY_DELAY)
+            finally:
+                if watch is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(watch.cancel(), timeout=1)

@@ -1,0 +1,36 @@
+"""Event plane: fire-and-forget publish/subscribe of typed events between processes.
+
+KV cache events and load metrics travel here (subjects in ``dynamo.llm.kv_events``). A subject
+ending in ``.>`` subscribes to everything under that prefix. Delivery is at-most-once: consumers
+that need every event detect gaps by event id and resynchronise.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """True if ``subject`` is ``pattern`` or lies under a ``prefix.>`` pattern."""
+    if pattern.endswith(".>"):
+        return subject.startswith(pattern[:-1])
+    return subject == pattern
+
+
+class EventPlane(abc.ABC):
+    """Publish bytes on a subject; subscribe to a subject (or ``prefix.>``)."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(self, subject: str, payload: bytes) -> None:
+        """Send ``payload`` to every current subscriber of ``subject`` (never blocks for long)."""
+
+    @abc.abstractmethod
+    def subscribe(self, subject: str) -> AsyncIterator[tuple[str, bytes]]:
+        """``(subject, payload)`` pairs as they arrive, until the iterator is closed."""

@@ -1,0 +1,272 @@
+"""Caller side of the TCP request plane: open response streams to worker instances.
+
+One connection per worker address, shared by every concurrent stream and reused across
+requests. A ``ResponseStream`` is an async iterator of response items; closing it early (or the
+task reading it being cancelled) sends ``CANCEL`` so the worker stops generating. The reader
+returns flow-control credit as it consumes, so a slow reader holds the worker back instead of
+growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+from typing import Any
+
+import msgspec
+
+from dynamo.runtime.request_plane.framing import (
+    STREAM_WINDOW,
+    FrameKind,
+    FrameParser,
+    ProtocolError,
+    encode_frame,
+)
+
+log = logging.getLogger(__name__)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder()
+
+CONNECT_TIMEOUT = 10.0
+_CREDIT_BATCH = STREAM_WINDOW // 2
+
+
+class RequestPlaneError(Exception):
+    """Base of request-plane failures seen by a caller."""
+
+
+class InstanceUnreachable(RequestPlaneError):
+    """No connection could be made to the instance: nothing was sent, retrying elsewhere is safe."""
+
+
+class StreamBroken(RequestPlaneError):
+    """The connection dropped while the stream was open (the worker may have died)."""
+
+
+class RemoteError(RequestPlaneError):
+    """The worker answered with an error frame."""
+
+    def __init__(self, message: str, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def retryable(self) -> bool:
+        """True when the worker refused before doing any work (draining, unknown endpoint)."""
+        return self.code in ("draining", "not_found")
+
+
+class ResponseStream:
+    """The responses of one request, in order. Iterate with ``async for``; ``aclose`` cancels."""
+
+    __slots__ = ("_conn", "_consumed", "_done", "_error", "_items", "_waiter", "received_any", "sid")
+
+    def __init__(self, conn: _ClientConnection, sid: int) -> None:
+        self._conn = conn
+        self.sid = sid
+        self._items: collections.deque[Any] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = False
+        self._error: BaseException | None = None
+        self._consumed = 0
+        self.received_any = False
+
+    # --- fed by the connection --------------------------------------------------------------
+    def _push(self, items: list[Any]) -> None:
+        self._items.extend(items)
+        self.received_any = True
+        self._wake()
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        if not self._done:
+            self._done = True
+            self._error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- consumer side ----------------------------------------------------------------------
+    def __aiter__(self) -> ResponseStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        while True:
+            if self._items:
+                self._consumed += 1
+                if self._consumed >= _CREDIT_BATCH:
+                    self._conn._send(FrameKind.CREDIT, self.sid, _encoder.encode(self._consumed))
+                    self._consumed = 0
+                return self._items.popleft()
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._waiter = self._conn._loop.create_future()
+            try:
+                await self._waiter
+            except asyncio.CancelledError:
+                await self.aclose()
+                raise
+            finally:
+                self._waiter = None
+
+    def drain_ready(self) -> list[Any]:
+        """Take every item already received without waiting (for batching SSE writes)."""
+        if not self._items:
+            return []
+        items = list(self._items)
+        self._items.clear()
+        self._consumed += len(items)
+        if self._consumed >= _CREDIT_BATCH:
+            self._conn._send(FrameKind.CREDIT, self.sid, _encoder.encode(self._consumed))
+            self._consumed = 0
+        return items
+
+    @property
+    def finished(self) -> bool:
+        return self._done and not self._items
+
+    async def aclose(self) -> None:
+        """Stop the stream; the worker's handler is cancelled if it is still running."""
+        if not self._done:
+            self._done = True
+            self._conn._send(FrameKind.CANCEL, self.sid)
+        self._conn.streams.pop(self.sid, None)
+
+
+class _ClientConnection(asyncio.Protocol):
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.parser = FrameParser()
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, ResponseStream] = {}
+        self._ids = itertools.count(1)
+        self._loop = asyncio.get_running_loop()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transport is not a subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        reason = StreamBroken(f"connection to {self.address} lost" + (f": {exc}" if exc else ""))
+        for stream in list(self.streams.values()):
+            stream._finish(reason)
+        self.streams.clear()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for kind, sid, payload in self.parser.feed(data):
+                stream = self.streams.get(sid)
+                if kind == FrameKind.DATA:
+                    if stream is not None:
+                        items = _decoder.decode(payload)
+                        if not isinstance(items, list):
+                            raise ProtocolError("DATA frame payload is not an array")
+                        stream._push(items)
+                elif kind == FrameKind.END:
+                    if stream is not None:
+                        stream._finish()
+                        del self.streams[sid]
+                elif kind == FrameKind.ERROR:
+                    if stream is not None:
+                        info = _decoder.decode(payload)
+                        if not isinstance(info, dict):
+                            info = {"message": str(info)}
+                        stream._finish(RemoteError(str(info.get("message")), str(info.get("code", "error"))))
+                        del self.streams[sid]
+                else:
+                    raise ProtocolError(f"unexpected frame kind {kind} from a worker")
+        except (ProtocolError, msgspec.DecodeError) as exc:
+            log.error("closing request-plane connection to %s: %s", self.address, exc)
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _send(self, kind: FrameKind, sid: int, payload: bytes = b"") -> None:
+        if self.closed:
+            return
+        self._out.append(encode_frame(kind, sid, payload))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(self._out)
+        self._out = []
+
+    def open_stream(self, endpoint: str, body: Any, headers: dict[str, Any]) -> ResponseStream:
+        sid = next(self._ids)
+        stream = ResponseStream(self, sid)
+        self.streams[sid] = stream
+        self._send(FrameKind.REQUEST, sid, _encoder.encode([endpoint, headers, body]))
+        return stream
+
+
+class RequestPlaneClient:
+    """Pool of request-plane connections, one per worker address."""
+
+    def __init__(self, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.connect_timeout = connect_timeout
+        self._conns: dict[str, _ClientConnection] = {}
+        self._connecting: dict[str, asyncio.Future[_ClientConnection]] = {}
+
+    async def _connection(self, address: str) -> _ClientConnection:
+        conn = self._conns.get(address)
+        if conn is not None and not conn.closed:
+            return conn
+        pending = self._connecting.get(address)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[_ClientConnection] = loop.create_future()
+        self._connecting[address] = fut
+        try:
+            host, _, port = address.rpartition(":")
+            try:
+                _, proto = await asyncio.wait_for(
+                    loop.create_connection(lambda: _ClientConnection(address), host.strip("[]"), int(port)),
+                    timeout=self.connect_timeout,
+                )
+            except (TimeoutError, OSError, ValueError) as exc:
+                err = InstanceUnreachable(f"cannot connect to {address}: {exc or type(exc).__name__}")
+                fut.set_exception(err)
+                fut.exception()  # mark retrieved
+                raise err from exc
+            self._conns[address] = proto
+            fut.set_result(proto)
+            return proto
+        finally:
+            self._connecting.pop(address, None)
+
+    async def stream(
+        self, address: str, endpoint: str, body: Any, headers: dict[str, Any] | None = None
+    ) -> ResponseStream:
+        """Send one request to ``endpoint`` at ``address`` and return its response stream.
+
+        Raises ``InstanceUnreachable`` when no connection can be made.
+        """
+        conn = await self._connection(address)
+        return conn.open_stream(endpoint, body, headers or {})
+
+    def forget(self, address: str) -> None:
+        """Close the pooled connection to an address (its instance went away)."""
+        conn = self._conns.pop(address, None)
+        if conn is not None and conn.transport is not None and not conn.streams:
+            conn.transport.close()
+
+    async def close(self) -> None:
+        for conn in list(self._conns.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        self._conns.clear()
+        await asyncio.sleep(0)

@@ -1,0 +1,76 @@
+"""Frames of the TCP request plane.
+
+A frame is ``u32 payload length | u8 kind | u64 stream id | payload``; payloads are msgpack.
+Many streams share one connection; each stream is one request and a sequence of responses ended
+by ``END`` or ``ERROR``. ``DATA`` carries a msgpack *array* of response items, so a burst of items
+costs one frame. ``CREDIT`` returns flow-control credit (items consumed) to the sender.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from enum import IntEnum
+
+HEADER = struct.Struct(">IBQ")
+HEADER_SIZE = HEADER.size
+MAX_PAYLOAD = 32 * 1024 * 1024  # 32 MiB, as the reference
+STREAM_WINDOW = 512  # items a worker may send ahead of the reader on one stream
+
+
+class FrameKind(IntEnum):
+    REQUEST = 1
+    CANCEL = 2
+    DATA = 3
+    END = 4
+    ERROR = 5
+    CREDIT = 6
+
+
+_KINDS = frozenset(int(k) for k in FrameKind)
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame; the connection must be closed."""
+
+
+def encode_frame(kind: FrameKind, stream_id: int, payload: bytes = b"") -> bytes:
+    """One frame as bytes."""
+    return HEADER.pack(len(payload), kind, stream_id) + payload
+
+
+class FrameParser:
+    """Incremental frame parser: ``feed`` bytes, iterate complete frames."""
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+
+    def feed(self, data: bytes) -> Iterator[tuple[int, int, bytes]]:
+        """Add received bytes and yield ``(kind, stream_id, payload)`` for each complete frame.
+
+        Raises ``ProtocolError`` on an oversized frame or an unknown kind.
+        """
+        buf = self._buf
+        buf += data
+        pos = self._pos
+        end = len(buf)
+        unpack = HEADER.unpack_from
+        try:
+            while end - pos >= HEADER_SIZE:
+                length, kind, stream_id = unpack(buf, pos)
+                if length > MAX_PAYLOAD:
+                    raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_PAYLOAD}-byte limit")
+                if kind not in _KINDS:
+                    raise ProtocolError(f"unknown frame kind {kind}")
+                start = pos + HEADER_SIZE
+                if end - start < length:
+                    break
+                pos = start + length
+                yield kind, stream_id, bytes(buf[start:pos])
+        finally:
+            if pos:
+                del buf[:pos]
+            self._pos = 0
