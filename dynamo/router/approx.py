@@ -83,6 +83,10 @@ class ApproxKvIndexer:
         """Forget a worker. Its queued entries stay until they expire; they are no-ops then."""
         self._index.remove_worker(worker)
 
+    def workers(self) -> list[int]:
+        """Keys of the workers with blocks assumed cached (or not yet forgotten)."""
+        return self._index.workers()
+
     def expire(self) -> int:
         """Drop what has outlived the TTL now; returns how many entries went."""
         return self._expire(self._clock())

@@ -27,7 +27,7 @@ from dynamo.router.overlap import OverlapScores
 from dynamo.router.selector import AllWorkersBusy, Selection, SelectorConfig, WorkerSelector, describe
 from dynamo.router.sequences import ActiveSequences
 from dynamo.router.sync_events import RouterSyncEvent
-from dynamo.router.worker_key import worker_key
+from dynamo.router.worker_key import split_worker_key, worker_key
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +113,13 @@ class KvRouter:
         self.index.remove_worker(worker)
         self.sequences.remove_worker(worker)
         self.total_blocks.pop(worker, None)
+
+    def remove_instance(self, instance_id: int) -> None:
+        """An instance left: ``remove_worker`` for each of its data-parallel ranks."""
+        keys = {*self.index.workers(), *self.sequences.workers(), *self.total_blocks}
+        for key in keys:
+            if split_worker_key(key)[0] == instance_id:
+                self.remove_worker(key)
 
     # ----- event plane ------------------------------------------------------------------------
 

@@ -35,6 +35,10 @@ class PrefixIndex(Protocol):
         """Score a prompt given its chained sequence hashes (cheaper: no hashing)."""
         ...
 
+    def workers(self) -> list[int]:
+        """Keys of the workers the index holds blocks (or event state) for."""
+        ...
+
     def remove_worker(self, worker: int) -> None:
         """Forget everything about a worker."""
         ...

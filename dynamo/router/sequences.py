@@ -97,6 +97,10 @@ class ActiveSequences:
         request = self._requests.get(request_id)
         return request.worker if request is not None else None
 
+    def workers(self) -> list[int]:
+        """Keys of the workers that have had requests routed to them."""
+        return list(self._workers)
+
     def __len__(self) -> int:
         return len(self._requests)
 

@@ -109,6 +109,21 @@ def test_remove_worker_drops_its_cache_and_load() -> None:
     assert r.sequences.active_requests(0x22) == 0
 
 
+def test_remove_instance_drops_all_its_ranks() -> None:
+    r = router()
+    p = prompt(14)
+    for rank in (0, 1, 2):
+        batch = cache_event(0x11, 1, p)
+        batch.dp_rank = rank
+        r.on_kv_events(batch)
+    r.on_kv_events(cache_event(0x22, 1, p))
+    r.select(p, "a", [worker_key(0x11, 2)])
+    r.remove_instance(0x11)
+    assert r.find_overlap(p).scores == {0x22: 8}
+    assert r.sequences.active_requests(worker_key(0x11, 2)) == 0
+    assert 0x11 not in r.total_blocks and 0x22 in r.total_blocks
+
+
 def test_resync_requests_reach_the_callback() -> None:
     requests: list[ResyncRequest] = []
     r = KvRouter(KvRouterConfig(block_size=BS), on_resync_needed=requests.append)
