@@ -71,8 +71,8 @@ class Discovery(abc.ABC):
 
     async def put(self, key: str, value: bytes) -> None:
         """Write ``key`` bound to this process's lease; re-written after a lease loss."""
-        self._owned[key] = value
         await self._put(key, value)
+        self._owned[key] = value
 
     async def delete(self, key: str) -> None:
         """Remove a key this process wrote."""

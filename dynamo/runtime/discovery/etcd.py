@@ -97,7 +97,7 @@ class EtcdDiscovery(Discovery):
             try:
                 async with self._lease_lock:
                     await self._grant()
-                    await self._reregister()
+                await self._reregister()
                 return
             except Exception as exc:
                 log.warning("re-creating the etcd lease failed (%s); retrying", exc)

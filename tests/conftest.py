@@ -1,0 +1,91 @@
+"""Session-wide fixtures: real etcd and NATS servers, a clean environment, process hygiene.
+
+Servers are started on free 127.0.0.1 ports with temp data dirs and their addresses are passed
+explicitly; the environment's ETCD_ENDPOINTS / NATS_SERVER / DYN_* settings are removed so a
+developer's shell cannot change what the tests see. Every process a test starts is stopped at the
+end of the session, and the log tail of each is printed when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import ManagedProcess
+from tests.support.servers import EtcdServer, NatsServer
+
+_SCRUBBED = (
+    "ETCD_ENDPOINTS",
+    "NATS_SERVER",
+    "DYN_NAMESPACE",
+    "DYN_DISCOVERY_BACKEND",
+    "DYN_REQUEST_PLANE",
+    "DYN_EVENT_PLANE",
+    "DYN_SYSTEM_PORT",
+    "DYN_HTTP_PORT",
+    "DYN_ROUTER_MODE",
+    "DYN_LOG",
+    "DYN_TCP_RPC_PORT",
+    "DYN_ADVERTISE_HOST",
+    "POD_IP",
+)
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="dynamo-tests-"))
+for _name in _SCRUBBED:
+    os.environ.pop(_name, None)
+# Single-machine defaults point at a per-session directory, never the user's cache.
+os.environ["DYN_FILE_DISCOVERY_DIR"] = str(_SESSION_TMP / "discovery")
+os.environ.setdefault("DYN_TCP_RPC_HOST", "127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def log_dir() -> Path:
+    path = _SESSION_TMP / "logs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def etcd(log_dir: Path) -> Iterator[EtcdServer]:
+    """A real etcd server for the session."""
+    server = EtcdServer(log_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def nats(log_dir: Path) -> Iterator[NatsServer]:
+    """A real nats-server (JetStream on) for the session."""
+    server = NatsServer(log_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def tmp_discovery_dir(tmp_path: Path) -> Path:
+    """A fresh file-discovery root for one test."""
+    return tmp_path / "discovery"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and ManagedProcess.registry:
+        for proc in list(ManagedProcess.registry):
+            report.sections.append((f"log tail: {proc.name} (pid {proc.pid})", proc.tail(60)))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for proc in list(ManagedProcess.registry):
+        proc.stop(grace=5)

@@ -1,0 +1,1 @@
+"""Shared test support: real etcd / NATS servers on free ports, and managed child processes."""
