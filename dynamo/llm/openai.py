@@ -250,8 +250,12 @@ def _to_request_error(exc: ValidationError) -> RequestError:
         # was expected instead.
         expected = "; or ".join(dict.fromkeys(e["msg"] for e in errors))
         return bad_request(f"Invalid value for '{params[0]}': {expected}.", params[0], code="invalid_value")
-    # Otherwise the deepest location is the most specific (a union member that got furthest).
-    error, param = max(zip(errors, params, strict=True), key=lambda ep: len(ep[0]["loc"]))
+    # Otherwise the deepest location is the most specific (the union member that got furthest),
+    # and a broken constraint says more than a type mismatch from another member.
+    error, param = max(
+        zip(errors, params, strict=True),
+        key=lambda ep: (len(ep[0]["loc"]), not ep[0]["type"].endswith("_type")),
+    )
     if error["type"] == "missing":
         return bad_request(f"Missing required field '{param}'.", param, code="missing_required_parameter")
     return bad_request(f"Invalid value for '{param}': {error['msg']}.", param, code="invalid_value")
