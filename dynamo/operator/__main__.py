@@ -22,6 +22,10 @@ async def run(
     settings = kopf.OperatorSettings()
     configure(settings)
     namespaces = config.watched_namespaces
+    if namespaces:
+        # A restricted operator has a Role: it may not list namespaces or CRDs cluster-wide, so it
+        # serves its own namespace and the resources found at start-up (restart it after adding CRDs).
+        settings.scanning.disabled = True
     await kopf.operator(
         registry=build_registry(config),
         settings=settings,
