@@ -4,10 +4,11 @@ Setup: 64 workers holding 1,000,000 (worker, block) pairs in total, built from K
 events the way engines report them: each worker caches prompts made of one of 32 shared system
 prefixes (8-64 blocks) followed by a private continuation; one 256-block document is cached on
 every worker (the deepest possible walk). Queries are 4,096-token prompts (block size 16: 256
-blocks). Event application replays 100,000 fresh events (stores extending cached prompts and
-removals of cached blocks) on that tree, on one core.
+blocks), distinct per call unless noted. Event application replays 100,000 fresh events per row
+(stores extending cached prompts, removals of cached blocks) on that tree, on one core; a
+KvRouter.select row shows the whole per-request cost with 64 candidates.
 
-Run: ``.venv/bin/python benchmarks/indexer_bench.py`` (about a minute). Prints numbers only.
+Run: ``.venv/bin/python benchmarks/indexer_bench.py`` (about 30 s). Prints numbers only.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import random
 import resource
 import statistics
 import struct
+import sys
 import time
 from collections.abc import Callable
 
@@ -38,6 +40,7 @@ from dynamo.llm.kv_events import (
     encode,
 )
 from dynamo.router.indexer import KvIndexer
+from dynamo.router.kv_router import KvRouter, KvRouterConfig
 
 BLOCK_SIZE = 16
 PROMPT_TOKENS = 4096
@@ -157,6 +160,21 @@ def time_calls(fn: Callable[[], object], iterations: int) -> tuple[float, float,
     return percentiles(samples)
 
 
+def index_bytes(index: KvIndexer) -> int:
+    """Bytes held by the index's tables and the ints in them (each object counted once)."""
+    seen: set[int] = set()
+    total = sys.getsizeof(index._nodes)
+    tables = [index._nodes] + [w.blocks for w in index._workers.values()]
+    for table in tables[1:]:
+        total += sys.getsizeof(table)
+    for table in tables:
+        for obj in (*table.keys(), *table.values()):
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                total += sys.getsizeof(obj)
+    return total
+
+
 def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -195,10 +213,15 @@ def main() -> None:
     del build
     gc.collect()
     pairs = sum(index.tree_size(w) for w in fleet.workers)
+    rss = rss_mib()
+    size = index_bytes(index)
     print(
         f"tree: {pairs:,} (worker, block) pairs, {index.num_nodes:,} nodes; built from stored events in "
-        f"{build_s:.2f} s ({pairs / build_s / 1e6:.2f} M blocks/s); "
-        f"process max RSS {rss_mib():.0f} MiB (+{rss_mib() - rss_before:.0f} MiB)"
+        f"{build_s:.2f} s ({pairs / build_s / 1e6:.2f} M blocks/s)"
+    )
+    print(
+        f"memory: index {size / 2**20:.0f} MiB ({size / pairs:.0f} B per pair); "
+        f"process max RSS {rss:.0f} MiB (+{rss - rss_before:.0f} MiB with the event generator's state)"
     )
 
     # ----- hashing a prompt --------------------------------------------------------------------
@@ -241,6 +264,32 @@ def main() -> None:
     print(
         f"  {'distinct cached conversations, local hashes':44s} {p[0]:8.1f} {p[1]:8.1f} {p[2]:8.1f}   (hashes as it walks)"
     )
+
+    # ----- the whole routing decision ----------------------------------------------------------
+    router = KvRouter(KvRouterConfig(block_size=BLOCK_SIZE))
+    router.index = index
+    candidates = list(fleet.workers)
+    for w in candidates:
+        router.add_worker(w, total_blocks=16384)
+    cold_tokens = [[rng.randrange(32000) for _ in range(PROMPT_TOKENS)] for _ in range(16)]
+    print()
+    print(
+        f"KvRouter.select for a {PROMPT_TOKENS}-token prompt, {len(candidates)} candidates, µs p50 / p99 / mean:"
+    )
+    print("  (hashing + find_matches + scoring + load accounting; each request then finished, untimed)")
+    for name, token_lists in (
+        ("prompt all workers cache", [document_tokens]),
+        ("unseen prompt", cold_tokens),
+    ):
+        samples = []
+        for i in range(n):
+            tokens = token_lists[i % len(token_lists)]
+            start_ns = time.perf_counter_ns()
+            router.select(tokens, "r", candidates)
+            samples.append(time.perf_counter_ns() - start_ns)
+            router.on_finished("r")
+        p = percentiles(samples)
+        print(f"  {name:44s} {p[0]:8.1f} {p[1]:8.1f} {p[2]:8.1f}")
 
     # ----- event application -------------------------------------------------------------------
     # Rounds generated up front, each continuing from the state the previous one leaves: events of
