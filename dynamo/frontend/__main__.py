@@ -1,0 +1,3 @@
+from dynamo.frontend.main import main
+
+main()

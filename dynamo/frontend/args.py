@@ -1,0 +1,175 @@
+"""Flags of ``python3 -m dynamo.frontend`` (every flag also has an environment variable)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+from dynamo.runtime import RuntimeConfig, add_runtime_args
+
+ROUTER_MODES = ("round-robin", "random", "kv")
+DISAGG_STRATEGIES = ("prefill_first", "decode_first")
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The frontend's argument parser."""
+    p = argparse.ArgumentParser(
+        prog="python3 -m dynamo.frontend",
+        description="OpenAI-compatible HTTP frontend: discovers workers, preprocesses, routes, streams.",
+    )
+    p.add_argument(
+        "--http-host",
+        default=os.environ.get("DYN_HTTP_HOST", "0.0.0.0"),
+        help="listen address (env DYN_HTTP_HOST)",
+    )
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=_env_int("DYN_HTTP_PORT", 8000),
+        help="listen port (env DYN_HTTP_PORT, default 8000)",
+    )
+    p.add_argument(
+        "--router-mode",
+        choices=ROUTER_MODES,
+        default=os.environ.get("DYN_ROUTER_MODE", "round-robin"),
+        help="how a worker is chosen (env DYN_ROUTER_MODE, default round-robin)",
+    )
+    p.add_argument(
+        "--max-inflight-requests",
+        type=int,
+        default=_env_int("DYN_MAX_INFLIGHT_REQUESTS", 2048),
+        help="per model; beyond it requests get 429 with Retry-After (env DYN_MAX_INFLIGHT_REQUESTS)",
+    )
+    p.add_argument(
+        "--max-body-size",
+        type=int,
+        default=_env_int("DYN_MAX_BODY_SIZE", 32 * 1024 * 1024),
+        help="largest request body in bytes; larger gets 413",
+    )
+    p.add_argument(
+        "--migration-limit",
+        type=int,
+        default=None,
+        help="times a broken stream is resumed on another worker (env DYN_MIGRATION_LIMIT; "
+        "default: the model card's)",
+    )
+    kv = p.add_argument_group("KV router (--router-mode kv)")
+    kv.add_argument(
+        "--kv-overlap-score-weight",
+        type=float,
+        default=1.0,
+        help="weight of prefill cost against decode load",
+    )
+    kv.add_argument(
+        "--router-temperature",
+        type=float,
+        default=0.0,
+        help="0 picks the best worker; >0 samples a softmax over costs",
+    )
+    kv.add_argument(
+        "--no-kv-events",
+        dest="use_kv_events",
+        action="store_false",
+        help="predict cache contents from routing decisions instead of KV events",
+    )
+    kv.add_argument(
+        "--router-ttl",
+        type=float,
+        default=120.0,
+        help="--no-kv-events: seconds a routed prefix is assumed cached",
+    )
+    kv.add_argument(
+        "--active-decode-blocks-threshold",
+        type=float,
+        default=None,
+        help="refuse a worker whose active KV blocks exceed this fraction of its total",
+    )
+    kv.add_argument(
+        "--active-prefill-tokens-threshold",
+        type=int,
+        default=None,
+        help="refuse a worker with more queued prefill tokens than this",
+    )
+    kv.add_argument(
+        "--router-replica-sync",
+        action="store_true",
+        help="share active-load predictions with other frontends over the event plane",
+    )
+    kv.add_argument(
+        "--kv-cache-block-size", type=int, default=None, help="override the block size from the model card"
+    )
+    d = p.add_argument_group("disaggregation")
+    d.add_argument(
+        "--disaggregation-strategy",
+        choices=DISAGG_STRATEGIES,
+        default=os.environ.get("DISAGGREGATION_STRATEGY", "prefill_first"),
+        help="env DISAGGREGATION_STRATEGY (default prefill_first)",
+    )
+    d.add_argument(
+        "--max-local-prefill-length",
+        type=int,
+        default=_env_int("DYN_MAX_LOCAL_PREFILL_LENGTH", 256),
+        help="uncached prompt tokens below which the decode worker prefills locally",
+    )
+    add_runtime_args(p)
+    p.set_defaults(use_kv_events=True)
+    return p
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Parsed frontend settings."""
+
+    http_host: str
+    http_port: int
+    router_mode: str
+    namespace_filter: str | None
+    max_inflight_requests: int
+    max_body_size: int
+    migration_limit: int | None
+    kv_overlap_score_weight: float
+    router_temperature: float
+    use_kv_events: bool
+    router_ttl: float
+    active_decode_blocks_threshold: float | None
+    active_prefill_tokens_threshold: int | None
+    router_replica_sync: bool
+    kv_cache_block_size: int | None
+    disaggregation_strategy: str
+    max_local_prefill_length: int
+    runtime: RuntimeConfig
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> FrontendConfig:
+        if args.router_mode not in ROUTER_MODES:
+            raise ValueError(f"unknown router mode {args.router_mode!r} (use {', '.join(ROUTER_MODES)})")
+        migration = args.migration_limit
+        if migration is None and os.environ.get("DYN_MIGRATION_LIMIT"):
+            migration = int(os.environ["DYN_MIGRATION_LIMIT"])
+        return cls(
+            http_host=args.http_host,
+            http_port=args.http_port,
+            router_mode=args.router_mode,
+            # The frontend serves every Dynamo namespace unless --namespace restricts it.
+            namespace_filter=args.namespace,
+            max_inflight_requests=args.max_inflight_requests,
+            max_body_size=args.max_body_size,
+            migration_limit=migration,
+            kv_overlap_score_weight=args.kv_overlap_score_weight,
+            router_temperature=args.router_temperature,
+            use_kv_events=args.use_kv_events,
+            router_ttl=args.router_ttl,
+            active_decode_blocks_threshold=args.active_decode_blocks_threshold,
+            active_prefill_tokens_threshold=args.active_prefill_tokens_threshold,
+            router_replica_sync=args.router_replica_sync,
+            kv_cache_block_size=args.kv_cache_block_size,
+            disaggregation_strategy=args.disaggregation_strategy,
+            max_local_prefill_length=args.max_local_prefill_length,
+            runtime=RuntimeConfig.from_args(args),
+        )

@@ -1,0 +1,228 @@
+"""The frontend's view of what is served: models, their cards, tokenizers and live instances.
+
+Journey: workers register (card + instance record) -> **the model watcher here** builds one
+``ServedModel`` per model name (preprocessor from the card's files, an instance router per pool)
+-> HTTP handlers look models up by name. A model appears with its first live instance and goes
+with its last. A card whose checksum differs from the one already serving that name is refused
+(a model cannot change under a running name). Card files come from the local disk when the
+frontend shares the worker's filesystem, else from the worker over the request plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import msgspec
+
+from dynamo.frontend.args import FrontendConfig
+from dynamo.frontend.routing import InstanceRouter
+from dynamo.llm import kv_events
+from dynamo.llm.model_card import ModelDeploymentCard
+from dynamo.llm.preprocessor import Preprocessor
+from dynamo.llm.worker import files_endpoint_name
+from dynamo.router import KvRouterConfig
+from dynamo.runtime import DistributedRuntime, EndpointId, InstanceRecord
+from dynamo.runtime.runtime import CARDS_PREFIX, INSTANCES_PREFIX, parse_key
+
+log = logging.getLogger(__name__)
+
+PREFILL_COMPONENT = "prefill"
+RECONCILE_INTERVAL = 30.0
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """One model name and everything needed to serve it."""
+
+    name: str
+    card: ModelDeploymentCard
+    preprocessor: Preprocessor
+    router: InstanceRouter  # aggregated / decode workers
+    prefill_router: InstanceRouter  # prefill workers (disaggregation)
+    records: dict[int, InstanceRecord] = field(default_factory=dict)
+    inflight: int = 0
+
+    @property
+    def has_workers(self) -> bool:
+        return bool(self.router.instances)
+
+
+class ModelManager:
+    """Watches discovery and keeps ``models`` up to date."""
+
+    def __init__(self, runtime: DistributedRuntime, config: FrontendConfig) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.models: dict[str, ServedModel] = {}
+        self._cards: dict[tuple[EndpointId, int], ModelDeploymentCard] = {}
+        self._records: dict[tuple[EndpointId, int], InstanceRecord] = {}
+        self._owner: dict[int, ServedModel] = {}  # instance id -> model
+        self._loading: dict[str, asyncio.Future[ServedModel | None]] = {}
+        self._lock = asyncio.Lock()
+        self.changed = asyncio.Event()
+
+    async def start(self) -> None:
+        self.runtime.spawn(self._watch(CARDS_PREFIX, self._on_card), "watch-model-cards")
+        self.runtime.spawn(self._watch(INSTANCES_PREFIX, self._on_instance), "watch-instances")
+        if self.config.router_mode == "kv":
+            self.runtime.spawn(self._follow_kv_events(), "kv-events")
+
+    def get(self, name: str) -> ServedModel | None:
+        return self.models.get(name)
+
+    def _wanted(self, ep: EndpointId) -> bool:
+        return self.config.namespace_filter is None or ep.namespace == self.config.namespace_filter
+
+    async def _watch(self, prefix: str, handle) -> None:  # type: ignore[no-untyped-def]
+        async for event in self.runtime.discovery.watch_prefix(prefix):
+            parsed = parse_key(event.key, prefix)
+            if parsed is None or not self._wanted(parsed[0]):
+                continue
+            try:
+                async with self._lock:
+                    await handle(parsed, event.value if event.kind == "put" else None)
+            except Exception:
+                log.exception("failed to apply discovery event for %s", event.key)
+            self.changed.set()
+
+    async def _on_card(self, key: tuple[EndpointId, int], value: bytes | None) -> None:
+        if value is None:
+            self._cards.pop(key, None)
+        else:
+            try:
+                self._cards[key] = ModelDeploymentCard.from_json(value)
+            except ValueError as exc:
+                log.error("ignoring model card of instance %x: %s", key[1], exc)
+                return
+        await self._reconcile(key)
+
+    async def _on_instance(self, key: tuple[EndpointId, int], value: bytes | None) -> None:
+        if value is None:
+            self._records.pop(key, None)
+        else:
+            try:
+                self._records[key] = msgspec.json.decode(value, type=InstanceRecord)
+            except msgspec.DecodeError as exc:
+                log.error("ignoring malformed instance record %x: %s", key[1], exc)
+                return
+        await self._reconcile(key)
+
+    async def _reconcile(self, key: tuple[EndpointId, int]) -> None:
+        endpoint, iid = key
+        card = self._cards.get(key)
+        record = self._records.get(key)
+        if card is None or record is None:
+            self._remove_instance(iid)
+            return
+        model = self.models.get(card.display_name)
+        if model is not None and model.card.checksum != card.checksum:
+            log.error(
+                "refusing instance %x: its card for '%s' differs from the one being served (checksum %s != %s)",
+                iid,
+                card.display_name,
+                card.checksum[:12],
+                model.card.checksum[:12],
+            )
+            return
+        if model is None:
+            model = await self._load_model(card, record)
+            if model is None:
+                return
+            self.models[card.display_name] = model
+            log.info("model '%s' is now served", card.display_name)
+        is_prefill = endpoint.component == PREFILL_COMPONENT or card.runtime.disaggregation_role == "prefill"
+        pool = model.prefill_router if is_prefill else model.router
+        pool.add(iid, card.runtime.total_kv_blocks)
+        model.records[iid] = record
+        self._owner[iid] = model
+        log.info(
+            "instance %x of '%s' added (%s, %s)",
+            iid,
+            model.name,
+            "prefill" if is_prefill else "serving",
+            record.address,
+        )
+
+    def _remove_instance(self, iid: int) -> None:
+        model = self._owner.pop(iid, None)
+        if model is None:
+            return
+        model.router.remove(iid)
+        model.prefill_router.remove(iid)
+        record = model.records.pop(iid, None)
+        if record is not None:
+            self.runtime.request_client.forget(record.address)
+        log.info("instance %x of '%s' removed", iid, model.name)
+        if not model.records:
+            self.models.pop(model.name, None)
+            log.info("model '%s' has no workers left and is no longer served", model.name)
+
+    async def _load_model(self, card: ModelDeploymentCard, record: InstanceRecord) -> ServedModel | None:
+        files = await asyncio.to_thread(card.try_read_local_files)
+        if files is None:
+            try:
+                files = await self._fetch_files(card, record)
+            except Exception as exc:
+                log.error(
+                    "cannot fetch the files of model '%s' from %s: %s", card.display_name, record.address, exc
+                )
+                return None
+        try:
+            preprocessor = await asyncio.to_thread(Preprocessor.from_card, card, files)
+        except Exception as exc:
+            log.error("cannot build the preprocessor of model '%s': %s", card.display_name, exc)
+            return None
+        return ServedModel(
+            name=card.display_name,
+            card=card,
+            preprocessor=preprocessor,
+            router=self._make_router(card),
+            prefill_router=self._make_router(card),
+        )
+
+    def _make_router(self, card: ModelDeploymentCard) -> InstanceRouter:
+        cfg = self.config
+        kv_config = KvRouterConfig(
+            block_size=cfg.kv_cache_block_size or card.kv_cache_block_size,
+            overlap_weight=cfg.kv_overlap_score_weight,
+            temperature=cfg.router_temperature,
+            active_decode_blocks_threshold=cfg.active_decode_blocks_threshold,
+            active_prefill_tokens_threshold=cfg.active_prefill_tokens_threshold,
+            use_kv_events=cfg.use_kv_events,
+            ttl_s=cfg.router_ttl,
+        )
+        return InstanceRouter(cfg.router_mode, kv_config)
+
+    async def _fetch_files(self, card: ModelDeploymentCard, record: InstanceRecord) -> dict[str, bytes]:
+        stream = await self.runtime.request_client.stream(
+            record.address, files_endpoint_name(record.endpoint_id), {"names": list(card.files)}
+        )
+        files: dict[str, bytes] = {}
+        async for item in stream:
+            files.update(item)
+        card.verify_files(files)
+        return files
+
+    # --- KV events and load metrics for the KV router --------------------------------------
+    async def _follow_kv_events(self) -> None:
+        events = await self.runtime.event_plane()
+        async for subject, payload in events.subscribe("dynamo.>"):
+            try:
+                if subject.endswith(".kv_events"):
+                    batch = kv_events.decode_event_batch(payload)
+                    model = self._owner.get(batch.worker_id)
+                    if model is not None:
+                        for pool in (model.router, model.prefill_router):
+                            if pool.kv is not None and batch.worker_id in pool.instances:
+                                pool.kv.on_kv_events(batch)
+                elif subject.endswith(".load_metrics"):
+                    metrics = kv_events.decode_load_metrics(payload)
+                    model = self._owner.get(metrics.worker_id)
+                    if model is not None:
+                        for pool in (model.router, model.prefill_router):
+                            if pool.kv is not None:
+                                pool.kv.on_load_metrics(metrics)
+            except Exception as exc:
+                log.debug("ignoring event on %s: %s", subject, exc)

@@ -1,0 +1,205 @@
+"""Engine outputs -> OpenAI responses (journey: engine -> **detokenize + format** -> HTTP).
+
+A ``ResponseBuilder`` per request turns batches of engine outputs into chat or completion
+chunks. Several tokens that arrive together become one SSE event (one write), which is what
+keeps the frontend off the critical path at high request rates. The same builder accumulates the
+non-streaming response. No pydantic here: chunks are plain dicts encoded by msgspec.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from dynamo.llm.detokenizer import Detokenizer
+from dynamo.llm.preprocessor import PreprocessedOutput, Preprocessor
+
+_json = msgspec.json.Encoder()
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(obj: Any) -> bytes:
+    """One server-sent event carrying ``obj`` as JSON."""
+    return b"data: " + _json.encode(obj) + b"\n\n"
+
+
+class ResponseBuilder:
+    """Builds one request's OpenAI response from engine output batches."""
+
+    def __init__(
+        self,
+        kind: str,  # "chat" | "completion"
+        response_id: str,
+        model: str,
+        pre: PreprocessedOutput,
+        preprocessor: Preprocessor,
+        include_usage: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.id = response_id
+        self.model = model
+        self.created = int(time.time())
+        self.pre = pre
+        self.preprocessor = preprocessor
+        self.detok: Detokenizer = preprocessor.make_detokenizer(pre)
+        self.include_usage = include_usage
+        self.object = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        self.completion_tokens = 0
+        self.cached_tokens: int | None = None
+        self.finish_reason: str | None = None
+        self.text_parts: list[str] = []
+        self.logprob_entries: list[Any] = []
+        self._sent_role = False
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    # --- core -------------------------------------------------------------------------------
+    def consume(self, batch: list[dict[str, Any]]) -> tuple[str, list[Any] | None]:
+        """Feed a batch of engine outputs; returns (new text, new logprob entries or None)."""
+        ids: list[int] = []
+        logprobs: list[Any] | None = None
+        finish: str | None = None
+        for out in batch:
+            new = out.get("token_ids")
+            if new:
+                ids.extend(new)
+            if self.cached_tokens is None and out.get("cached_tokens") is not None:
+                self.cached_tokens = out["cached_tokens"]
+            lp = out.get("logprobs")
+            if lp:
+                logprobs = (logprobs or []) + lp
+            if out.get("finish_reason") is not None:
+                finish = out["finish_reason"]
+                if finish == "error":
+                    raise RuntimeError(out.get("error") or "the engine failed this request")
+        self.completion_tokens += len(ids)
+        result = self.detok.add(ids)
+        text = result.text
+        if result.stopped:
+            self.finish_reason = "stop"
+        elif finish is not None:
+            text += self.detok.flush()
+            self.finish_reason = "length" if finish == "length" else "stop"
+        return text, logprobs
+
+    def usage(self) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "prompt_tokens": self.pre.prompt_len,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.pre.prompt_len + self.completion_tokens,
+        }
+        if self.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return usage
+
+    # --- logprobs ---------------------------------------------------------------------------
+    def _chat_logprobs(self, entries: list[Any]) -> dict[str, Any]:
+        text = self.preprocessor.token_text
+        content = []
+        for token_id, logprob, *rest in entries:
+            tok = text(token_id)
+            top = rest[0] if rest else []
+            content.append(
+                {
+                    "token": tok,
+                    "logprob": logprob,
+                    "bytes": list(tok.encode()),
+                    "top_logprobs": [
+                        {"token": text(t), "logprob": lp, "bytes": list(text(t).encode())} for t, lp in top
+                    ],
+                }
+            )
+        return {"content": content}
+
+    def _completion_logprobs(self, entries: list[Any]) -> dict[str, Any]:
+        text = self.preprocessor.token_text
+        tokens, token_logprobs, top_logprobs = [], [], []
+        for token_id, logprob, *rest in entries:
+            tokens.append(text(token_id))
+            token_logprobs.append(logprob)
+            top_logprobs.append({text(t): lp for t, lp in (rest[0] if rest else [])})
+        return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs}
+
+    # --- streaming --------------------------------------------------------------------------
+    def chunk(self, text: str, logprobs: list[Any] | None) -> bytes:
+        """The SSE event(s) for new text (and, when finished, the final and usage events)."""
+        if not text and not logprobs and self.finish_reason is None:
+            return b""
+        if self.kind == "chat":
+            delta: dict[str, Any] = {"content": text}
+            if not self._sent_role:
+                delta = {"role": "assistant", "content": text}
+                self._sent_role = True
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": delta,
+                "logprobs": None,
+                "finish_reason": self.finish_reason,
+            }
+            if logprobs and self.pre.logprobs is not None:
+                choice["logprobs"] = self._chat_logprobs(logprobs)
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": self.finish_reason}
+            if logprobs and self.pre.logprobs is not None:
+                choice["logprobs"] = self._completion_logprobs(logprobs)
+        body = {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        }
+        if self.include_usage:
+            body["usage"] = None
+        out = sse(body)
+        if self.finish_reason is not None and self.include_usage:
+            out += sse(
+                {
+                    "id": self.id,
+                    "object": self.object,
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [],
+                    "usage": self.usage(),
+                }
+            )
+        return out
+
+    # --- non-streaming ----------------------------------------------------------------------
+    def add_to_full(self, text: str, logprobs: list[Any] | None) -> None:
+        if text:
+            self.text_parts.append(text)
+        if logprobs:
+            self.logprob_entries.extend(logprobs)
+
+    def full_response(self) -> dict[str, Any]:
+        text = "".join(self.text_parts)
+        want_lp = self.pre.logprobs is not None and self.logprob_entries
+        if self.kind == "chat":
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": self._chat_logprobs(self.logprob_entries) if want_lp else None,
+                "finish_reason": self.finish_reason or "stop",
+            }
+            obj = "chat.completion"
+        else:
+            choice = {
+                "index": 0,
+                "text": text,
+                "logprobs": self._completion_logprobs(self.logprob_entries) if want_lp else None,
+                "finish_reason": self.finish_reason or "stop",
+            }
+            obj = "text_completion"
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": self.usage(),
+        }

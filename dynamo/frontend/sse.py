@@ -1,0 +1,73 @@
+"""A lean ASGI response for server-sent events that notices client disconnects.
+
+When the client goes away, the task producing events is cancelled, which closes the engine
+stream and so cancels the work on the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Callable
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class SSEResponse(Response):
+    """Streams ``events`` (bytes) to the client; ``on_done(disconnected)`` runs at the end."""
+
+    def __init__(
+        self,
+        events: AsyncGenerator[bytes, None],
+        on_done: Callable[[bool], None],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        # Not Response.__init__: there is no body to render; set what Starlette/FastAPI read.
+        self.events = events
+        self.on_done = on_done
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = list(_HEADERS) + [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        writer = asyncio.current_task()
+        disconnected = False
+
+        async def watch_disconnect() -> None:
+            nonlocal disconnected
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    disconnected = True
+                    if writer is not None:
+                        writer.cancel()
+                    return
+
+        watcher = asyncio.create_task(watch_disconnect())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for chunk in self.events:
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not disconnected:
+                raise
+            log.debug("client disconnected; request cancelled")
+        except OSError:
+            disconnected = True
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await self.events.aclose()
+            self.on_done(disconnected)

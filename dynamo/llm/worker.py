@@ -1,0 +1,162 @@
+"""What every engine worker (vLLM, SGLang, TRT-LLM, mocker) does around its engine.
+
+Journey: the frontend's ``PreprocessedRequest`` arrives on the request plane -> **this module's
+handler** -> ``engine.generate`` -> ``EngineOutput`` chunks stream back. Around that it registers
+the model deployment card (and serves the card's files, so a frontend on another machine can build
+the tokenizer), relays the engine's KV events and periodic load metrics to the event plane, turns
+``/health`` ready, logs ``Worker ... initialized`` (readiness probes grep for it), and on SIGTERM
+deregisters, drains and stops the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Protocol
+
+from dynamo.llm import kv_events
+from dynamo.llm.kv_events import KvEventBatch, LoadMetrics
+from dynamo.llm.model_card import ModelDeploymentCard
+from dynamo.llm.protocols import EngineOutput, PreprocessedRequest, request_from_wire
+from dynamo.runtime import DistributedRuntime, EndpointId, RequestContext
+from dynamo.runtime.runtime import handler_name
+
+log = logging.getLogger(__name__)
+
+FILES_SUFFIX = "/files"
+KV_REPLAY_SUFFIX = "/kv_replay"
+LOAD_METRICS_INTERVAL = 1.0
+KV_EVENT_HISTORY = 1024
+
+
+class Engine(Protocol):
+    """The engine side every worker adapts to."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def generate(self, req: PreprocessedRequest) -> AsyncIterator[EngineOutput]: ...
+
+    def load_metrics(self) -> LoadMetrics: ...
+
+
+def files_endpoint_name(endpoint: EndpointId) -> str:
+    """Request-plane name of the handler that serves a card's files."""
+    return handler_name(endpoint) + FILES_SUFFIX
+
+
+def kv_replay_endpoint_name(endpoint: EndpointId) -> str:
+    """Request-plane name of the handler that replays recent KV events (router resync)."""
+    return handler_name(endpoint) + KV_REPLAY_SUFFIX
+
+
+class KvEventRelay:
+    """Takes KV event batches from an engine (sync ``sink``) and publishes them in order.
+
+    Keeps the last ``KV_EVENT_HISTORY`` events so a router that missed some (a gap in event ids)
+    or started late can ask for them.
+    """
+
+    def __init__(self, runtime: DistributedRuntime, endpoint: EndpointId) -> None:
+        self.runtime = runtime
+        self.subject = kv_events.kv_events_subject(endpoint.namespace, endpoint.component)
+        self._queue: asyncio.Queue[KvEventBatch] = asyncio.Queue()
+        self.history: collections.deque[kv_events.KvEvent] = collections.deque(maxlen=KV_EVENT_HISTORY)
+        self._task: asyncio.Task[None] | None = None
+
+    def sink(self, batch: KvEventBatch) -> None:
+        """Hand a batch over (called from the engine; never blocks)."""
+        self.history.extend(batch.events)
+        self._queue.put_nowait(batch)
+
+    def start(self) -> None:
+        self._task = self.runtime.spawn(self._publish(), "kv-event-relay")
+
+    async def _publish(self) -> None:
+        events = await self.runtime.event_plane()
+        while True:
+            batch = await self._queue.get()
+            try:
+                await events.publish(self.subject, kv_events.encode(batch))
+            except Exception as exc:
+                log.warning("could not publish KV events: %s", exc)
+
+    def replay(self, since_event_id: int) -> list[kv_events.KvEvent] | None:
+        """Events after ``since_event_id``; None when they are no longer all held."""
+        if self.history and self.history[0].event_id > since_event_id + 1:
+            return None
+        return [e for e in self.history if e.event_id > since_event_id]
+
+
+async def serve_engine(
+    runtime: DistributedRuntime,
+    endpoint: EndpointId,
+    card: ModelDeploymentCard,
+    engine: Engine,
+    *,
+    relay: KvEventRelay | None = None,
+    worker_name: str = "Worker",
+) -> None:
+    """Register ``engine`` under ``endpoint`` with ``card`` and start its background publishers.
+
+    The engine must already be started. Returns once the instance is discoverable and ready.
+    """
+    files = card.read_files()
+
+    async def generate(request: Any, ctx: RequestContext) -> AsyncGenerator[EngineOutput, None]:
+        req = request_from_wire(request)
+        async for out in engine.generate(req):
+            yield out
+
+    async def serve_files(request: Any, ctx: RequestContext) -> AsyncGenerator[dict[str, bytes], None]:
+        names = request.get("names") if isinstance(request, dict) else None
+        yield {n: files[n] for n in (names or files) if n in files}
+
+    async def kv_replay(request: Any, ctx: RequestContext) -> AsyncGenerator[Any, None]:
+        since = int(request.get("since_event_id", -1)) if isinstance(request, dict) else -1
+        events = relay.replay(since) if relay is not None else None
+        yield {"events": events}
+
+    server = await runtime.request_server()
+    server.register(files_endpoint_name(endpoint), serve_files)
+    server.register(kv_replay_endpoint_name(endpoint), kv_replay)
+    if relay is not None:
+        relay.start()
+    runtime.spawn(_publish_load(runtime, endpoint, engine), "load-metrics")
+    await runtime.serve_endpoint(endpoint, generate, model_card=card.to_json())
+    runtime.set_ready()
+    log.info(
+        "%s %x initialized: serving model '%s' on %s",
+        worker_name,
+        runtime.instance_id,
+        card.display_name,
+        endpoint,
+    )
+
+
+async def _publish_load(runtime: DistributedRuntime, endpoint: EndpointId, engine: Engine) -> None:
+    events = await runtime.event_plane()
+    subject = kv_events.load_metrics_subject(endpoint.namespace, endpoint.component)
+    while True:
+        await asyncio.sleep(LOAD_METRICS_INTERVAL)
+        try:
+            metrics = engine.load_metrics()
+            metrics.worker_id = runtime.instance_id
+            await events.publish(subject, kv_events.encode(metrics))
+        except Exception as exc:
+            log.debug("load metrics not published: %s", exc)
+
+
+async def run_until_shutdown(runtime: DistributedRuntime, engine: Engine) -> None:
+    """Wait for SIGTERM/SIGINT, then deregister, drain, stop the engine and revoke the lease."""
+    runtime.install_signal_handlers()
+    await runtime.wait_for_shutdown()
+    try:
+        await runtime.shutdown()
+    finally:
+        with contextlib.suppress(Exception):
+            await engine.stop()

@@ -1,0 +1,3 @@
+from dynamo.mocker.main import main
+
+main()
