@@ -89,3 +89,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for proc in list(ManagedProcess.registry):
         proc.stop(grace=5)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir() -> Path:
+    """SmolLM2's tokenizer and config (no weights, no torch), prepared once into the model cache."""
+    from dynamo.models import prepare_model
+
+    return prepare_model("smollm2", tokenizer_only=True, progress=False)

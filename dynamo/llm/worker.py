@@ -17,6 +17,8 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Protocol
 
+from prometheus_client import Counter, Gauge
+
 from dynamo.llm import kv_events
 from dynamo.llm.kv_events import KvEventBatch, LoadMetrics
 from dynamo.llm.model_card import ModelDeploymentCard
@@ -106,11 +108,24 @@ async def serve_engine(
     The engine must already be started. Returns once the instance is discoverable and ready.
     """
     files = card.read_files()
+    inflight = Gauge("dynamo_worker_inflight_requests", "requests being generated", registry=runtime.metrics)
+    handled = Counter("dynamo_worker_requests", "requests by outcome (completed, cancelled, error)", ["outcome"],
+                      registry=runtime.metrics)
 
     async def generate(request: Any, ctx: RequestContext) -> AsyncGenerator[EngineOutput, None]:
         req = request_from_wire(request)
-        async for out in engine.generate(req):
-            yield out
+        inflight.inc()
+        outcome = "error"
+        try:
+            async for out in engine.generate(req):
+                yield out
+            outcome = "completed"
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
+        finally:
+            inflight.dec()
+            handled.labels(outcome).inc()
 
     async def serve_files(request: Any, ctx: RequestContext) -> AsyncGenerator[dict[str, bytes], None]:
         names = request.get("names") if isinstance(request, dict) else None
