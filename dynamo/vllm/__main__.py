@@ -1,0 +1,3 @@
+from dynamo.vllm.main import main
+
+main()
