@@ -28,10 +28,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from vllm import SamplingParams, TokensPrompt
+from vllm import SamplingParams
 from vllm.config.kv_events import KVEventsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import GracefulHTTPError, VLLMClientError
+from vllm.inputs import tokens_input
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -355,7 +356,8 @@ class VllmEngine:
             return
         vllm_id = f"{req.request_id}-{secrets.token_hex(4)}"
         num_top = req.output.logprobs or 0
-        prompt = TokensPrompt(prompt_token_ids=list(req.token_ids))
+        # Already tokenized: a rendered token input skips vLLM's (deprecated) raw-prompt path and its thread hop.
+        prompt = tokens_input(list(req.token_ids))
         finished = False
         first = True
         n_out = 0

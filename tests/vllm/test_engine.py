@@ -249,6 +249,14 @@ async def test_prefill_only_request_returns_one_token(vllm_engine: VllmEngine, q
     assert chunks[-1].finish_reason == "length"
 
 
+async def test_too_long_prompt_ends_with_an_error_chunk(vllm_engine: VllmEngine):
+    chunks = await collect(vllm_engine, make_request([100] * 3000, "too-long", max_tokens=5))
+    assert len(chunks) == 1
+    assert chunks[0].finish_reason == "error"
+    assert chunks[0].error is not None and "3000" in chunks[0].error  # vLLM names the prompt length
+    assert vllm_engine.num_requests_in_flight == 0
+
+
 async def test_model_card_values_and_load(vllm_engine: VllmEngine):
     assert vllm_engine.kv_cache_block_size == 128
     assert vllm_engine.context_length == 2048
