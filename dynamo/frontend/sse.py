@@ -37,7 +37,9 @@ class SSEResponse(Response):
         self.on_done = on_done
         self.status_code = 200
         self.background = None
-        self.raw_headers = list(_HEADERS) + [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        self.raw_headers = list(_HEADERS) + [
+            (k.lower().encode(), v.encode()) for k, v in (headers or {}).items()
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         writer = asyncio.current_task()

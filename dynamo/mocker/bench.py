@@ -36,8 +36,12 @@ async def run(config: MockerConfig, requests: int, concurrency: int, isl: int, o
         nonlocal chunks, tokens
         while queue:
             i = queue.pop()
-            req = PreprocessedRequest(request_id=f"r{i}", model="bench", token_ids=prompts[i],
-                                      stop=StopConditions(max_tokens=osl, ignore_eos=True))
+            req = PreprocessedRequest(
+                request_id=f"r{i}",
+                model="bench",
+                token_ids=prompts[i],
+                stop=StopConditions(max_tokens=osl, ignore_eos=True),
+            )
             async for out in engine.generate(req):
                 chunks += 1
                 tokens += len(out.token_ids)
@@ -78,7 +82,9 @@ def main() -> None:
         result = uvloop.run(coro)
     else:
         result = asyncio.run(coro)
-    logger.info("%s", " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    logger.info(
+        "%s", " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
+    )
 
 
 if __name__ == "__main__":

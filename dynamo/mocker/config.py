@@ -90,32 +90,85 @@ class MockerConfig:
         """Add the mocker flags (vLLM-compatible names) to ``parser``."""
         d = cls()
         g = parser.add_argument_group("mocker engine")
-        g.add_argument("--num-gpu-blocks-override", dest="num_gpu_blocks", type=int, default=d.num_gpu_blocks,
-                       help=f"KV cache size in blocks (default {d.num_gpu_blocks})")
-        g.add_argument("--block-size", type=int, default=d.block_size,
-                       help=f"tokens per KV block (default {d.block_size})")
-        g.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs,
-                       help=f"most sequences in one batch (default {d.max_num_seqs})")
-        g.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
-                       help=f"token budget of one step (default {d.max_num_batched_tokens})")
-        g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
-                       default=d.enable_prefix_caching, help="reuse cached prompt blocks (default on)")
-        g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction,
-                       default=d.enable_chunked_prefill, help="split long prompts across steps (default on)")
-        g.add_argument("--speedup-ratio", type=float, default=d.speedup_ratio,
-                       help="divide all simulated times by this (default 1.0)")
-        g.add_argument("--decode-speedup-ratio", type=float, default=d.decode_speedup_ratio,
-                       help="further divide decode step times, e.g. to model speculative decoding (default 1.0)")
-        g.add_argument("--watermark", type=float, default=d.watermark,
-                       help="fraction of KV blocks kept free at admission (default 0.01)")
-        g.add_argument("--is-prefill-worker", action="store_true", default=False,
-                       help="disaggregated prefill worker: prefill, return one token and KV transfer params")
-        g.add_argument("--is-decode-worker", action="store_true", default=False,
-                       help="disaggregated decode worker: pull the prefill's KV instead of computing it")
-        g.add_argument("--kv-transfer-bandwidth", type=float, default=d.kv_transfer_bandwidth,
-                       help="simulated KV transfer bandwidth in GB/s, 0 = instant (default 64)")
-        g.add_argument("--kv-bytes-per-token", type=int, default=d.kv_bytes_per_token,
-                       help=f"KV cache bytes per token for the transfer model (default {d.kv_bytes_per_token})")
+        g.add_argument(
+            "--num-gpu-blocks-override",
+            dest="num_gpu_blocks",
+            type=int,
+            default=d.num_gpu_blocks,
+            help=f"KV cache size in blocks (default {d.num_gpu_blocks})",
+        )
+        g.add_argument(
+            "--block-size",
+            type=int,
+            default=d.block_size,
+            help=f"tokens per KV block (default {d.block_size})",
+        )
+        g.add_argument(
+            "--max-num-seqs",
+            type=int,
+            default=d.max_num_seqs,
+            help=f"most sequences in one batch (default {d.max_num_seqs})",
+        )
+        g.add_argument(
+            "--max-num-batched-tokens",
+            type=int,
+            default=d.max_num_batched_tokens,
+            help=f"token budget of one step (default {d.max_num_batched_tokens})",
+        )
+        g.add_argument(
+            "--enable-prefix-caching",
+            action=argparse.BooleanOptionalAction,
+            default=d.enable_prefix_caching,
+            help="reuse cached prompt blocks (default on)",
+        )
+        g.add_argument(
+            "--enable-chunked-prefill",
+            action=argparse.BooleanOptionalAction,
+            default=d.enable_chunked_prefill,
+            help="split long prompts across steps (default on)",
+        )
+        g.add_argument(
+            "--speedup-ratio",
+            type=float,
+            default=d.speedup_ratio,
+            help="divide all simulated times by this (default 1.0)",
+        )
+        g.add_argument(
+            "--decode-speedup-ratio",
+            type=float,
+            default=d.decode_speedup_ratio,
+            help="further divide decode step times, e.g. to model speculative decoding (default 1.0)",
+        )
+        g.add_argument(
+            "--watermark",
+            type=float,
+            default=d.watermark,
+            help="fraction of KV blocks kept free at admission (default 0.01)",
+        )
+        g.add_argument(
+            "--is-prefill-worker",
+            action="store_true",
+            default=False,
+            help="disaggregated prefill worker: prefill, return one token and KV transfer params",
+        )
+        g.add_argument(
+            "--is-decode-worker",
+            action="store_true",
+            default=False,
+            help="disaggregated decode worker: pull the prefill's KV instead of computing it",
+        )
+        g.add_argument(
+            "--kv-transfer-bandwidth",
+            type=float,
+            default=d.kv_transfer_bandwidth,
+            help="simulated KV transfer bandwidth in GB/s, 0 = instant (default 64)",
+        )
+        g.add_argument(
+            "--kv-bytes-per-token",
+            type=int,
+            default=d.kv_bytes_per_token,
+            help=f"KV cache bytes per token for the transfer model (default {d.kv_bytes_per_token})",
+        )
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> MockerConfig:

@@ -36,12 +36,16 @@ def accept_transfer(request_id: str, params: Any, prompt_len: int) -> dict[str, 
     """Validate the params a decode worker received; None (with the reason logged) means fall back
     to a local prefill."""
     if not isinstance(params, dict):
-        logger.warning("request %s: kv_transfer_params is %s, not a mapping; prefilling locally",
-                       request_id, type(params).__name__)
+        logger.warning(
+            "request %s: kv_transfer_params is %s, not a mapping; prefilling locally",
+            request_id,
+            type(params).__name__,
+        )
         return None
     num_tokens = params.get("num_tokens")
     if num_tokens is not None and num_tokens != prompt_len:
         # E.g. the frontend appended the prefill's first token to the prompt: still a transfer.
-        logger.debug("request %s: prefill KV covers %r tokens, prompt has %d", request_id, num_tokens,
-                     prompt_len)
+        logger.debug(
+            "request %s: prefill KV covers %r tokens, prompt has %d", request_id, num_tokens, prompt_len
+        )
     return params

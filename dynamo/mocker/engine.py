@@ -81,8 +81,16 @@ class MockEngine:
         logger.info(
             "mocker engine %x (dp %d, %s) started: %d KV blocks x %d tokens, max %d seqs, %d batched "
             "tokens, prefix caching %s, chunked prefill %s, speedup %g (decode x%g)",
-            self.worker_id, self.dp_rank, c.worker_mode, c.num_gpu_blocks, c.block_size, c.max_num_seqs,
-            c.max_num_batched_tokens, c.enable_prefix_caching, c.enable_chunked_prefill, c.speedup_ratio,
+            self.worker_id,
+            self.dp_rank,
+            c.worker_mode,
+            c.num_gpu_blocks,
+            c.block_size,
+            c.max_num_seqs,
+            c.max_num_batched_tokens,
+            c.enable_prefix_caching,
+            c.enable_chunked_prefill,
+            c.speedup_ratio,
             c.decode_speedup_ratio,
         )
 
@@ -151,7 +159,8 @@ class MockEngine:
                         out.error = seq.error
                     elif seq.prefill_only:
                         out.kv_transfer_params = make_transfer_params(
-                            self.worker_id, self.dp_rank, self.config.block_size, seq)
+                            self.worker_id, self.dp_rank, self.config.block_size, seq
+                        )
                 yield out
                 if finish is not None:
                     return
@@ -200,8 +209,17 @@ class MockEngine:
             if eos_at > max_new:
                 eos_at = 0
         eos_token = req.eos_token_ids[0] if req.eos_token_ids else self.eos_token_id
-        return Sequence(req.request_id, prompt, cfg.block_size, max_new, sampler, eos_at=eos_at,
-                        eos_token=eos_token, prefill_only=prefill_only, transfer_in=transfer_in)
+        return Sequence(
+            req.request_id,
+            prompt,
+            cfg.block_size,
+            max_new,
+            sampler,
+            eos_at=eos_at,
+            eos_token=eos_token,
+            prefill_only=prefill_only,
+            transfer_in=transfer_in,
+        )
 
     # ----- state for the worker, the router and the planner --------------------------------------
 

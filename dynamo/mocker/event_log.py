@@ -28,8 +28,9 @@ class KvEventLog:
     chain, or a ``removed`` that follows a ``removed``, is merged into it (same event id).
     """
 
-    def __init__(self, worker_id: int, sink: KvEventSink | None, dp_rank: int = 0,
-                 history: int = DEFAULT_HISTORY) -> None:
+    def __init__(
+        self, worker_id: int, sink: KvEventSink | None, dp_rank: int = 0, history: int = DEFAULT_HISTORY
+    ) -> None:
         self.worker_id = worker_id
         self.dp_rank = dp_rank
         self._sink = sink
@@ -84,8 +85,12 @@ class KvEventLog:
         try:
             self._sink(KvEventBatch(worker_id=self.worker_id, events=events, dp_rank=self.dp_rank))
         except Exception:
-            logger.exception("KV event sink failed; %d events dropped (ids %d..%d)", len(events),
-                             events[0].event_id, events[-1].event_id)
+            logger.exception(
+                "KV event sink failed; %d events dropped (ids %d..%d)",
+                len(events),
+                events[0].event_id,
+                events[-1].event_id,
+            )
 
     def since(self, event_id: int) -> list[KvEvent] | None:
         """Events with id > ``event_id``, oldest first; None when some of them are no longer kept

@@ -221,8 +221,12 @@ class KvManager:
     def snapshot(self) -> KvBlockSnapshot:
         """The current block set, for a router resynchronising this worker."""
         blocks = self._stored_events(self._meta)
-        return KvBlockSnapshot(worker_id=self.events.worker_id, dp_rank=self.events.dp_rank,
-                               last_event_id=self.events.last_event_id, blocks=blocks)
+        return KvBlockSnapshot(
+            worker_id=self.events.worker_id,
+            dp_rank=self.events.dp_rank,
+            last_event_id=self.events.last_event_id,
+            blocks=blocks,
+        )
 
     def _stored_events(self, hashes: Iterable[int]) -> list[KvStored]:
         meta = self._meta

@@ -197,8 +197,9 @@ class Scheduler:
             victim = next(reversed(running))
             if victim is seq and len(running) == 1 and not self.transferring:
                 # Alone and still out of memory: it can never grow; end it like a context limit.
-                logger.warning("request %s: out of KV cache at %d tokens; finishing it", seq.request_id,
-                               seq.num_tokens)
+                logger.warning(
+                    "request %s: out of KV cache at %d tokens; finishing it", seq.request_id, seq.num_tokens
+                )
                 self._finish(seq, FINISH_LENGTH)
                 step.finished.append(seq)
                 return False
@@ -243,8 +244,11 @@ class Scheduler:
             if total_blocks > kv.admission_limit:
                 # Cannot fit even into an empty cache (should not happen within the context limit).
                 waiting.popleft()
-                logger.warning("request %s needs %d KV blocks, more than the cache admits; finishing it",
-                               seq.request_id, total_blocks)
+                logger.warning(
+                    "request %s needs %d KV blocks, more than the cache admits; finishing it",
+                    seq.request_id,
+                    total_blocks,
+                )
                 self._finish(seq, FINISH_LENGTH)
                 step.finished.append(seq)
                 continue

@@ -38,7 +38,9 @@ class TokenSampler:
         self._avoid = avoid
         self._pool: list[int] | None = None
         if vocab_size is None:
-            pool = [t for t in dict.fromkeys(prompt) if t not in avoid] if avoid else list(dict.fromkeys(prompt))
+            pool = (
+                [t for t in dict.fromkeys(prompt) if t not in avoid] if avoid else list(dict.fromkeys(prompt))
+            )
             if pool:
                 self._pool = pool
                 self._avoid = frozenset()
@@ -141,8 +143,10 @@ class Sequence:
         self.waiter: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
-        return (f"Sequence({self.request_id!r}, state={self.state}, tokens={self.num_tokens}, "
-                f"generated={self.generated}/{self.max_new_tokens})")
+        return (
+            f"Sequence({self.request_id!r}, state={self.state}, tokens={self.num_tokens}, "
+            f"generated={self.generated}/{self.max_new_tokens})"
+        )
 
     def wake(self) -> None:
         """Wake the request's consumer if it waits for output."""

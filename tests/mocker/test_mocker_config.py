@@ -16,7 +16,12 @@ def parse(*argv: str) -> MockerConfig:
 def test_reference_defaults() -> None:
     c = parse()
     assert c == MockerConfig()
-    assert (c.num_gpu_blocks, c.block_size, c.max_num_seqs, c.max_num_batched_tokens) == (16384, 64, 256, 8192)
+    assert (c.num_gpu_blocks, c.block_size, c.max_num_seqs, c.max_num_batched_tokens) == (
+        16384,
+        64,
+        256,
+        8192,
+    )
     assert c.enable_prefix_caching and c.enable_chunked_prefill
     assert (c.speedup_ratio, c.decode_speedup_ratio, c.watermark) == (1.0, 1.0, 0.01)
     assert not c.is_prefill_worker and not c.is_decode_worker
@@ -26,10 +31,25 @@ def test_reference_defaults() -> None:
 
 def test_flags() -> None:
     c = parse(
-        "--num-gpu-blocks-override", "100", "--block-size", "16", "--max-num-seqs", "8",
-        "--max-num-batched-tokens", "512", "--no-enable-prefix-caching", "--no-enable-chunked-prefill",
-        "--speedup-ratio", "10", "--decode-speedup-ratio", "2", "--watermark", "0.05",
-        "--is-decode-worker", "--kv-transfer-bandwidth", "12.5",
+        "--num-gpu-blocks-override",
+        "100",
+        "--block-size",
+        "16",
+        "--max-num-seqs",
+        "8",
+        "--max-num-batched-tokens",
+        "512",
+        "--no-enable-prefix-caching",
+        "--no-enable-chunked-prefill",
+        "--speedup-ratio",
+        "10",
+        "--decode-speedup-ratio",
+        "2",
+        "--watermark",
+        "0.05",
+        "--is-decode-worker",
+        "--kv-transfer-bandwidth",
+        "12.5",
     )
     assert (c.num_gpu_blocks, c.block_size, c.max_num_seqs, c.max_num_batched_tokens) == (100, 16, 8, 512)
     assert not c.enable_prefix_caching and not c.enable_chunked_prefill

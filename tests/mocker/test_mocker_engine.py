@@ -31,8 +31,9 @@ SPECIAL = {0, 1, 2, 3}
 
 
 def request(rid: str, prompt: list[int], max_tokens: int | None = 8, **stop) -> PreprocessedRequest:
-    return PreprocessedRequest(request_id=rid, model="mock", token_ids=prompt,
-                               stop=StopConditions(max_tokens=max_tokens, **stop))
+    return PreprocessedRequest(
+        request_id=rid, model="mock", token_ids=prompt, stop=StopConditions(max_tokens=max_tokens, **stop)
+    )
 
 
 def prompt_of(n: int, base: int = 10) -> list[int]:
@@ -53,9 +54,15 @@ def events() -> list[KvEventBatch]:
 
 
 async def started(config: MockerConfig, events: list[KvEventBatch] | None = None, **kw) -> MockEngine:
-    eng = MockEngine(config, worker_id=0xABC, vocab_size=VOCAB, eos_token_id=EOS,
-                     kv_event_sink=events.append if events is not None else None,
-                     special_token_ids=SPECIAL, **kw)
+    eng = MockEngine(
+        config,
+        worker_id=0xABC,
+        vocab_size=VOCAB,
+        eos_token_id=EOS,
+        kv_event_sink=events.append if events is not None else None,
+        special_token_ids=SPECIAL,
+        **kw,
+    )
     await eng.start()
     return eng
 
@@ -82,10 +89,12 @@ async def test_streams_max_tokens_valid_ids(events: list[KvEventBatch]) -> None:
 async def test_output_is_deterministic_per_seed() -> None:
     eng = await started(MockerConfig(**FAST))
     try:
+
         def req(rid: str, seed: int) -> PreprocessedRequest:
             r = request(rid, prompt_of(20), max_tokens=30)
             r.sampling = SamplingOptions(seed=seed)
             return r
+
         a = tokens(await collect(eng.generate(req("a", 7))))
         b = tokens(await collect(eng.generate(req("b", 7))))
         c = tokens(await collect(eng.generate(req("c", 8))))
@@ -136,8 +145,9 @@ async def test_wall_time_scales_with_speedup() -> None:
 
 
 async def test_decode_speedup_only_speeds_up_decode() -> None:
-    eng = await started(MockerConfig(speedup_ratio=1e6, decode_speedup_ratio=4.0, num_gpu_blocks=1000,
-                                     block_size=16))
+    eng = await started(
+        MockerConfig(speedup_ratio=1e6, decode_speedup_ratio=4.0, num_gpu_blocks=1000, block_size=16)
+    )
     try:
         await collect(eng.generate(request("a", prompt_of(16), max_tokens=3)))
     finally:
@@ -210,9 +220,12 @@ async def test_preemption_under_memory_pressure_completes_every_request() -> Non
     cfg = MockerConfig(speedup_ratio=1000.0, num_gpu_blocks=40, block_size=16, watermark=0.0)
     eng = await started(cfg)
     try:
-        results = await asyncio.gather(*(
-            collect(eng.generate(request(f"r{i}", prompt_of(40, base=10 + i), max_tokens=80)))
-            for i in range(8)))
+        results = await asyncio.gather(
+            *(
+                collect(eng.generate(request(f"r{i}", prompt_of(40, base=10 + i), max_tokens=80)))
+                for i in range(8)
+            )
+        )
     finally:
         await eng.stop()
     assert eng.stats.preemptions > 0
@@ -285,9 +298,17 @@ async def test_no_events_without_a_sink_and_load_metrics() -> None:
 async def test_prefill_to_decode_handoff_with_transfer_time() -> None:
     prefill = await started(MockerConfig(**FAST, is_prefill_worker=True))
     # 0.2 s of real transfer time: 1000 tokens * 1 MB at 5 GB/s = 200 ms simulated, speedup 1
-    decode = await started(MockerConfig(num_gpu_blocks=1000, block_size=16, is_decode_worker=True,
-                                        kv_transfer_bandwidth=5.0, kv_bytes_per_token=1_000_000,
-                                        speedup_ratio=1.0, decode_speedup_ratio=1000.0))
+    decode = await started(
+        MockerConfig(
+            num_gpu_blocks=1000,
+            block_size=16,
+            is_decode_worker=True,
+            kv_transfer_bandwidth=5.0,
+            kv_bytes_per_token=1_000_000,
+            speedup_ratio=1.0,
+            decode_speedup_ratio=1000.0,
+        )
+    )
     try:
         prompt = prompt_of(1000)
         p_out = await collect(prefill.generate(request("r", prompt, max_tokens=50)))
@@ -351,6 +372,7 @@ async def test_stop_fails_in_flight_requests() -> None:
 async def test_a_failing_loop_fails_requests_instead_of_hanging(monkeypatch: pytest.MonkeyPatch) -> None:
     eng = await started(MockerConfig(**FAST))
     try:
+
         def boom(step):  # a bug in the simulation
             raise ValueError("boom")
 

@@ -67,7 +67,9 @@ def test_prefix_hit_reuses_blocks_and_stops_at_first_miss() -> None:
     assert kv.acquire(h_abc, loc_abc, 0)
     ev = events(kv, batches)
     # only the new block is stored, chained to its cached parent
-    assert [e.data for e in ev] == [KvStored(blocks=[StoredBlock(h_abc[2], loc_abc[2])], parent_hash=h_abc[1])]
+    assert [e.data for e in ev] == [
+        KvStored(blocks=[StoredBlock(h_abc[2], loc_abc[2])], parent_hash=h_abc[1])
+    ]
     assert kv.num_inactive == 0 and kv.num_active == 3
 
 
@@ -122,7 +124,9 @@ def test_partial_block_promoted_with_parent_and_dedup() -> None:
     events(kv, batches)
     kv.promote(h[2], loc[2], h[1], 2)
     assert kv.num_active == 3 and kv.ref_count(h[2]) == 1
-    assert [e.data for e in events(kv, batches)] == [KvStored(blocks=[StoredBlock(h[2], loc[2])], parent_hash=h[1])]
+    assert [e.data for e in events(kv, batches)] == [
+        KvStored(blocks=[StoredBlock(h[2], loc[2])], parent_hash=h[1])
+    ]
     # another sequence filling an identical block shares it (frees its slot, no event)
     kv.acquire(h[:2], loc[:2], 1)
     kv.promote(h[2], loc[2], h[1], 2)
@@ -168,11 +172,15 @@ def test_clear_and_snapshot() -> None:
     snap = kv.snapshot()
     assert snap.worker_id == 7 and snap.last_event_id == kv.events.last_event_id
     assert [(s.blocks[0].block_hash, s.parent_hash) for s in snap.blocks] == [
-        (h_abc[0], None), (h_abc[1], h_abc[0]), (h_abc[2], h_abc[1])]
+        (h_abc[0], None),
+        (h_abc[1], h_abc[0]),
+        (h_abc[2], h_abc[1]),
+    ]
     events(kv, batches)
     kv.clear()
     ev = [e.data for e in events(kv, batches)]
     assert ev[0] == KvCleared()
-    assert ev[1:] == [KvStored(blocks=[StoredBlock(h_ab[0], loc_ab[0]), StoredBlock(h_ab[1], loc_ab[1])],
-                               parent_hash=None)]
+    assert ev[1:] == [
+        KvStored(blocks=[StoredBlock(h_ab[0], loc_ab[0]), StoredBlock(h_ab[1], loc_ab[1])], parent_hash=None)
+    ]
     assert not kv.is_cached(h_abc[2]) and kv.num_inactive == 0
