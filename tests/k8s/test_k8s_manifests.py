@@ -396,3 +396,19 @@ def test_helm_platform_says_what_is_missing(helm: Path) -> None:
     proc = run(args, ok=False)
     assert proc.returncode != 0
     assert "global.etcd.endpoints is required when global.etcd.install is false" in proc.stderr
+
+
+def test_helm_packages_install_as_the_guide_says(helm: Path, tmp_path: Path) -> None:
+    """`helm package` gives dynamo-crds-<version>.tgz and dynamo-platform-<version>.tgz, which the
+    guide's `helm install dynamo-platform dynamo-platform-${RELEASE_VERSION}.tgz ...` takes."""
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for chart in ("dynamo-crds", "dynamo-platform"):
+        run([helm, "package", ROOT / "deploy" / "helm" / chart, "--destination", tmp_path])
+        assert (tmp_path / f"{chart}-{version}.tgz").is_file()
+        chart_yaml = yaml.safe_load((ROOT / "deploy" / "helm" / chart / "Chart.yaml").read_text())
+        assert chart_yaml["version"] == chart_yaml["appVersion"] == version
+    out = run([
+        helm, "template", "dynamo-platform", tmp_path / f"dynamo-platform-{version}.tgz",
+        "--namespace", "dynamo-system", "--set", "dynamo-operator.namespaceRestriction.enabled=true",
+    ]).stdout
+    assert "kind: Role\n" in out and "kind: ClusterRole\n" not in out
