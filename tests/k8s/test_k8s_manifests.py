@@ -407,8 +407,16 @@ def test_helm_packages_install_as_the_guide_says(helm: Path, tmp_path: Path) -> 
         assert (tmp_path / f"{chart}-{version}.tgz").is_file()
         chart_yaml = yaml.safe_load((ROOT / "deploy" / "helm" / chart / "Chart.yaml").read_text())
         assert chart_yaml["version"] == chart_yaml["appVersion"] == version
-    out = run([
-        helm, "template", "dynamo-platform", tmp_path / f"dynamo-platform-{version}.tgz",
-        "--namespace", "dynamo-system", "--set", "dynamo-operator.namespaceRestriction.enabled=true",
-    ]).stdout
+    out = run(
+        [
+            helm,
+            "template",
+            "dynamo-platform",
+            tmp_path / f"dynamo-platform-{version}.tgz",
+            "--namespace",
+            "dynamo-system",
+            "--set",
+            "dynamo-operator.namespaceRestriction.enabled=true",
+        ]
+    ).stdout
     assert "kind: Role\n" in out and "kind: ClusterRole\n" not in out
