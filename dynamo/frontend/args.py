@@ -171,5 +171,6 @@ class FrontendConfig:
             kv_cache_block_size=args.kv_cache_block_size,
             disaggregation_strategy=args.disaggregation_strategy,
             max_local_prefill_length=args.max_local_prefill_length,
-            runtime=RuntimeConfig.from_args(args),
+            # The frontend serves /health, /live and /metrics on its HTTP port: no status server.
+            runtime=RuntimeConfig.from_args(args).with_(system_port=None),
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from dynamo.llm.disagg import DisaggDecodeEngine
 from dynamo.llm.model_card import ModelDeploymentCard, RuntimeFacts
 from dynamo.llm.worker import KvEventRelay, serve_engine
 from dynamo.mocker.config import MockerConfig
@@ -114,7 +115,12 @@ async def run(args: argparse.Namespace) -> int:
             )
             await engine.start()
             workers.append((runtime, engine))
-            await serve_engine(runtime, endpoint, card, engine, relay=relay, worker_name="Mocker worker")
+            served = (
+                DisaggDecodeEngine(engine, runtime.request_client, runtime.metrics)
+                if config.is_decode_worker
+                else engine
+            )
+            await serve_engine(runtime, endpoint, card, served, relay=relay, worker_name="Mocker worker")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         import signal
@@ -136,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         import uvloop
 
         code = uvloop.run(run(args))
-    except (ValueError, ConnectionError) as exc:
+    except (ValueError, OSError) as exc:  # bad settings, unreachable etcd/NATS, port in use
         log.error("%s", exc)
         code = 2
     sys.exit(code)

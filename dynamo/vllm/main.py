@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sys
 
+from dynamo.llm.disagg import DisaggDecodeEngine
 from dynamo.llm.model_card import ModelDeploymentCard, RuntimeFacts
 from dynamo.llm.worker import KvEventRelay, run_until_shutdown, serve_engine
 from dynamo.runtime import DistributedRuntime, RuntimeConfig
@@ -58,7 +59,12 @@ async def run(config: WorkerConfig) -> int:
                 else config.disaggregation_mode,
             ),
         )
-        await serve_engine(runtime, endpoint, card, engine, relay=relay, worker_name="VllmWorker")
+        # A decode worker pulls the prefill worker's KV, or calls one itself (decode_first), and
+        # prefills locally when either fails.
+        serving: VllmEngine | DisaggDecodeEngine = engine
+        if config.is_decode:
+            serving = DisaggDecodeEngine(engine, runtime.request_client, runtime.metrics)
+        await serve_engine(runtime, endpoint, card, serving, relay=relay, worker_name="VllmWorker")
     except Exception as exc:
         log.error("vLLM worker failed to register: %s", exc)
         await runtime.shutdown()
@@ -75,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         import uvloop
 
         code = uvloop.run(run(config))
-    except (ValueError, ConnectionError) as exc:
+    except (ValueError, OSError) as exc:  # bad settings, unreachable etcd/NATS, port in use
         log.error("%s", exc)
         code = 2
     sys.exit(code)
