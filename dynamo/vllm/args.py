@@ -27,6 +27,7 @@ from dynamo.runtime.config import add_runtime_args
 from dynamo.runtime.names import EndpointId, default_namespace
 
 if TYPE_CHECKING:
+    from vllm.config.kv_transfer import KVTransferConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -187,6 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_kv_transfer_config(is_cpu: bool) -> KVTransferConfig:
+    """vLLM's NixlConnector for a prefill or decode worker that was given no ``--kv-transfer-config``.
+
+    ``kv_both`` (either side of a transfer), KV buffers in host memory on the CPU build (where the
+    connector pulls blocks of 128 tokens), and a failed KV load ends the request with an error so
+    the decode worker can prefill it locally and count why (``dynamo.llm.disagg``). The engine
+    picks the side-channel port and UCX settings when it starts (``dynamo.vllm.engine``).
+    """
+    from vllm.config.kv_transfer import KVTransferConfig
+
+    config = KVTransferConfig(kv_connector="NixlConnector", kv_role="kv_both", kv_load_failure_policy="fail")
+    if is_cpu:
+        config.kv_buffer_device = "cpu"
+    return config
+
+
 def _default_endpoint(namespace: str, mode: str) -> str:
     component = PREFILL_COMPONENT if mode == "prefill" else BACKEND_COMPONENT
     return f"dyn://{namespace}.{component}.{GENERATE_ENDPOINT}"
@@ -244,6 +261,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         env_defaults["PYTHONHASHSEED"] = "0"
 
     mode: DisaggregationMode = args.disaggregation_mode
+    if mode != "agg" and engine_args.kv_transfer_config is None:
+        engine_args.kv_transfer_config = default_kv_transfer_config(is_cpu)
     if args.endpoint:
         endpoint_id = EndpointId.parse(args.endpoint, args.namespace or default_namespace())
         if args.namespace and args.namespace != endpoint_id.namespace:
