@@ -11,17 +11,20 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+
+from prometheus_client import Counter
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from dynamo.frontend.args import FrontendConfig
-from dynamo.frontend.generation import Generation
+from dynamo.frontend.disagg import PrefillRouter
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.models import ModelManager, ServedModel
 from dynamo.frontend.responses import DONE, ResponseBuilder, sse
@@ -40,12 +43,38 @@ from dynamo.runtime import DistributedRuntime
 log = logging.getLogger(__name__)
 
 LARGE_BODY = 64 * 1024  # preprocess bodies above this off the event loop
+# The hot routes, served without FastAPI's routing, dependency solving and middleware (FrontendApp).
+COMPLETION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 
 
 def error_response(exc: RequestError) -> Response:
     return Response(
         exc.to_body(), status_code=exc.status, media_type="application/json", headers=exc.headers()
     )
+
+
+class _ModelMetrics:
+    """One model's metric children, looked up once instead of ``labels()`` on every request."""
+
+    def __init__(self, m: FrontendMetrics, name: str) -> None:
+        self.name = name
+        self.inflight = m.inflight.labels(name)
+        self.isl = m.isl.labels(name)
+        self.osl = m.osl.labels(name)
+        self.ttft = m.ttft.labels(name)
+        self.itl = m.itl.labels(name)
+        self.duration = m.duration.labels(name)
+        self.cached = m.cached.labels(name)
+        self.kv_hit_rate = m.kv_hit_rate.labels(name)
+        self._requests = m.requests
+        self._by_status: dict[tuple[str, str, str], Counter] = {}
+
+    def requests(self, endpoint: str, request_type: str, status: str) -> Counter:
+        key = (endpoint, request_type, status)
+        child = self._by_status.get(key)
+        if child is None:
+            child = self._by_status[key] = self._requests.labels(self.name, endpoint, request_type, status)
+        return child
 
 
 class FrontendService:
@@ -56,6 +85,14 @@ class FrontendService:
         self.runtime = runtime
         self.models = ModelManager(runtime, config)
         self.metrics = FrontendMetrics(runtime.metrics)
+        self.prefill = PrefillRouter(config, self.metrics, runtime.metrics)
+        self._model_metrics: dict[str, _ModelMetrics] = {}
+
+    def model_metrics(self, name: str) -> _ModelMetrics:
+        mm = self._model_metrics.get(name)
+        if mm is None:
+            mm = self._model_metrics[name] = _ModelMetrics(self.metrics, name)
+        return mm
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.config.max_body_size
@@ -129,10 +166,11 @@ class FrontendService:
     ) -> Response:
         m = self.metrics
         name = model.name
+        mm = self.model_metrics(name)
         migration = self.config.migration_limit
         if migration is None:
             migration = model.card.migration_limit
-        gen = Generation(
+        gen = self.prefill.generation(  # disaggregated when the model has prefill workers
             self.runtime.request_client,
             model,
             pre.request,
@@ -142,8 +180,8 @@ class FrontendService:
         )
         request_type = "stream" if stream else "unary"
         model.inflight += 1
-        m.inflight.labels(name).inc()
-        m.isl.labels(name).observe(pre.prompt_len)
+        mm.inflight.inc()
+        mm.isl.observe(pre.prompt_len)
         batches = gen.batches()
         finished = False
 
@@ -153,14 +191,14 @@ class FrontendService:
                 return
             finished = True
             model.inflight -= 1
-            m.inflight.labels(name).dec()
-            m.requests.labels(name, endpoint, request_type, status).inc()
-            m.duration.labels(name).observe(time.monotonic() - started)
-            m.osl.labels(name).observe(builder.completion_tokens)
+            mm.inflight.dec()
+            mm.requests(endpoint, request_type, status).inc()
+            mm.duration.observe(time.monotonic() - started)
+            mm.osl.observe(builder.completion_tokens)
             if builder.cached_tokens:
-                m.cached.labels(name).inc(builder.cached_tokens)
+                mm.cached.inc(builder.cached_tokens)
             if model.router.kv is not None:
-                m.kv_hit_rate.labels(name).set(model.router.kv.counters.hit_rate)
+                mm.kv_hit_rate.set(model.router.kv.counters.hit_rate)
 
         try:
             first = await batches.__anext__()  # errors before the first output get a proper status
@@ -172,7 +210,7 @@ class FrontendService:
             done("503")
             return error_response(service_unavailable("the worker ended the stream without output"))
         ttft = time.monotonic() - started
-        m.ttft.labels(name).observe(ttft)
+        mm.ttft.observe(ttft)
         headers = {}
         if request.headers.get("x-dynamo-routing-debug") and gen.instance_id is not None:
             headers["x-dynamo-instance"] = f"{gen.instance_id:x}; overlap_blocks={gen.overlap_blocks}"
@@ -195,9 +233,7 @@ class FrontendService:
             finally:
                 await batches.aclose()
             if builder.completion_tokens > 1:
-                m.itl.labels(name).observe(
-                    (time.monotonic() - started - ttft) / (builder.completion_tokens - 1)
-                )
+                mm.itl.observe((time.monotonic() - started - ttft) / (builder.completion_tokens - 1))
             done("200")
             return JSONResponse(builder.full_response(), headers=headers)
 

@@ -1,0 +1,319 @@
+"""The frontend's prefill router: disaggregated prefill/decode for models with prefill workers.
+
+Journey: preprocess -> **here: decide where the prompt is prefilled** -> (prefill_first: run the
+prefill on a prefill worker, take its ``kv_transfer_params``) -> route to a decode worker
+(``Generation``: failover, migration) -> tokens back -> detokenize. The client sees one ordinary
+stream; TTFT counts from its request, so it includes the remote prefill and the KV transfer.
+
+Decision per request, when the model has prefill workers and the client did not pin an instance:
+
+- **local** (prefill on the decode worker) when the prompt's uncached part -- its length minus the
+  blocks the best decode worker already caches (KV router mode) -- is below
+  ``--max-local-prefill-length`` (default 256 tokens: on a CPU a prefill that short costs less
+  than the round trip, and NIXL moves whole 128-token blocks only), or when every prefill worker
+  is above ``--active-prefill-tokens-threshold`` (KV router mode);
+- else **remote**: a prefill worker is picked (KV-aware across the prefill pool in KV mode), and
+  then, by ``--disaggregation-strategy`` / ``DISAGGREGATION_STRATEGY``:
+  ``prefill_first`` runs the prefill here and sends the request with the returned transfer
+  parameters to a decode worker (KV-aware across the decode pool); ``decode_first`` sends the
+  request to a decode worker naming the chosen prefill worker, and the decode worker calls it.
+
+Failures never fail the request: an unreachable prefill worker is skipped for another; when none
+answers, it errs, or it is slower than ``DYN_PREFILL_TIMEOUT``, the request is prefilled locally;
+a decode worker that could not load the KV prefills locally too and says so on its first chunk
+(``dynamo.llm.disagg``). Each fallback is logged with its reason and counted in
+``dynamo_frontend_disagg_fallback{model,reason}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import msgspec
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from dynamo.frontend.args import FrontendConfig
+from dynamo.frontend.generation import Generation
+from dynamo.frontend.metrics import FrontendMetrics
+from dynamo.frontend.models import ServedModel
+from dynamo.frontend.routing import AllWorkersBusy, NoWorkers
+from dynamo.llm.disagg import (
+    PREFILL_UNREACHABLE,
+    REMOTE_PREFILL_KEY,
+    DisaggTimeouts,
+    PrefillFailed,
+    fallback_reason,
+    run_remote_prefill,
+)
+from dynamo.llm.protocols import PreprocessedRequest
+from dynamo.runtime.request_plane import RequestPlaneClient
+from dynamo.runtime.runtime import handler_name
+
+log = logging.getLogger(__name__)
+
+_PREFILL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+# Decisions (label values of dynamo_frontend_disagg_requests{prefill=...}).
+REMOTE = "remote"
+LOCAL_SHORT = "local_short"
+LOCAL_BUSY = "local_busy"
+
+
+class DisaggMetrics:
+    """Where prompts were prefilled, and what the remote prefills cost."""
+
+    def __init__(self, registry: CollectorRegistry, fallbacks: Counter) -> None:
+        p = "dynamo_frontend_disagg_"
+        self.fallbacks = fallbacks
+        self.requests = Counter(
+            p + "requests",
+            "requests of models with prefill workers, by where the prompt was meant to be prefilled",
+            ["model", "prefill"],
+            registry=registry,
+        )
+        self.prefill_seconds = Histogram(
+            p + "prefill_seconds",
+            "remote prefill time seen by the frontend (prefill_first)",
+            ["model"],
+            buckets=_PREFILL_BUCKETS,
+            registry=registry,
+        )
+        self.prefill_cached_tokens = Counter(
+            p + "prefill_cached_tokens",
+            "prompt tokens the prefill workers found in their prefix caches (prefill_first)",
+            ["model"],
+            registry=registry,
+        )
+
+
+class PrefillRouter:
+    """One per frontend: decides per request and builds the request's ``Generation``."""
+
+    def __init__(
+        self,
+        config: FrontendConfig,
+        metrics: FrontendMetrics,
+        registry: CollectorRegistry,
+        timeouts: DisaggTimeouts | None = None,
+    ) -> None:
+        self.strategy = config.disaggregation_strategy
+        self.max_local_prefill_length = config.max_local_prefill_length
+        self.timeouts = timeouts or DisaggTimeouts.from_env()
+        self.metrics = DisaggMetrics(registry, metrics.disagg_fallbacks)
+
+    def generation(
+        self,
+        client: RequestPlaneClient,
+        model: ServedModel,
+        request: PreprocessedRequest,
+        *,
+        pinned: int | None = None,
+        migration_limit: int = 0,
+        on_migration: Any = None,
+    ) -> Generation | DisaggGeneration:
+        """A plain ``Generation`` when nothing is disaggregated (no prefill workers, or the client
+        pinned an instance), else a ``DisaggGeneration``."""
+        if pinned is not None or not model.prefill_router.instances:
+            return Generation(
+                client,
+                model,
+                request,
+                pinned=pinned,
+                migration_limit=migration_limit,
+                on_migration=on_migration,
+            )
+        return DisaggGeneration(self, client, model, request, migration_limit, on_migration)
+
+    def uncached_tokens(self, model: ServedModel, token_ids: list[int]) -> int:
+        """Prompt tokens the best decode worker does not cache (all of them outside KV mode)."""
+        kv = model.router.kv
+        if kv is None:
+            return len(token_ids)
+        scores = kv.find_overlap(token_ids).scores
+        best = max(scores.values(), default=0)
+        return max(0, len(token_ids) - best * kv.config.block_size)
+
+    def fallback(self, model: str, request_id: str, reason: str, detail: str) -> None:
+        log.warning(
+            "request %s: prefilling on the decode worker instead (%s: %s)", request_id, reason, detail
+        )
+        self.metrics.fallbacks.labels(model, reason).inc()
+
+
+class DisaggGeneration:
+    """A request of a model with prefill workers; iterate ``batches()`` like a ``Generation``."""
+
+    def __init__(
+        self,
+        router: PrefillRouter,
+        client: RequestPlaneClient,
+        model: ServedModel,
+        request: PreprocessedRequest,
+        migration_limit: int,
+        on_migration: Any,
+    ) -> None:
+        self.router = router
+        self.client = client
+        self.model = model
+        self.request = request
+        self.migration_limit = migration_limit
+        self.on_migration = on_migration
+        self.inner: Generation | None = None
+        self.prefill_instance_id: int | None = None
+        self.prefill_overlap_blocks = 0
+
+    @property
+    def instance_id(self) -> int | None:
+        """The decode instance serving the stream."""
+        return self.inner.instance_id if self.inner is not None else None
+
+    @property
+    def overlap_blocks(self) -> int:
+        return self.inner.overlap_blocks if self.inner is not None else 0
+
+    @property
+    def produced(self) -> list[int]:
+        return self.inner.produced if self.inner is not None else []
+
+    async def batches(self) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """Batches of the decode worker's outputs; the prefill (if remote) happens first."""
+        router = self.router
+        model = self.model
+        request = self.request
+        rid = request.request_id
+        prefill_pool = model.prefill_router
+        booked = False  # decode_first: the prefill worker's load is released at the first token
+        uncached = router.uncached_tokens(model, request.token_ids)
+        if uncached < router.max_local_prefill_length:
+            router.metrics.requests.labels(model.name, LOCAL_SHORT).inc()
+            log.debug("request %s: %d uncached prompt tokens, prefilling locally", rid, uncached)
+        elif router.strategy == "decode_first":
+            target = self._pick_prefill_worker()
+            if target is not None:
+                booked = True
+                request = msgspec.structs.replace(request, kv_transfer_params={REMOTE_PREFILL_KEY: target})
+        else:
+            params = await self._prefill_first()
+            if params is not None:
+                request = msgspec.structs.replace(request, kv_transfer_params=params)
+        self.inner = Generation(
+            self.client,
+            model,
+            request,
+            migration_limit=self.migration_limit,
+            on_migration=self.on_migration,
+        )
+        first = True
+        try:
+            async for batch in self.inner.batches():
+                if first:
+                    first = False
+                    if booked:
+                        booked = False
+                        prefill_pool.on_finished(rid)
+                    reason = fallback_reason(batch[0]) if batch else None
+                    if reason is not None:
+                        # The decode worker logged the details with this request id.
+                        log.warning(
+                            "request %s: decode worker %x prefilled locally (%s)",
+                            rid,
+                            self.instance_id or 0,
+                            reason,
+                        )
+                        router.metrics.fallbacks.labels(model.name, reason).inc()
+                yield batch
+        finally:
+            if booked:
+                prefill_pool.on_finished(rid)
+
+    def _pick_prefill_worker(self) -> dict[str, Any] | None:
+        """decode_first: the prefill worker the decode worker should call, or None (local)."""
+        router = self.router
+        model = self.model
+        rid = self.request.request_id
+        pool = model.prefill_router
+        tried: set[int] = set()
+        while True:
+            try:
+                choice = pool.select(self.request.token_ids, rid, exclude=tried)
+            except AllWorkersBusy:
+                router.metrics.requests.labels(model.name, LOCAL_BUSY).inc()
+                log.info("request %s: every prefill worker is busy, prefilling locally", rid)
+                return None
+            except NoWorkers:
+                router.fallback(model.name, rid, PREFILL_UNREACHABLE, "no live prefill worker")
+                return None
+            record = model.records.get(choice.instance_id)
+            if record is None:
+                pool.on_finished(rid)
+                tried.add(choice.instance_id)
+                continue
+            router.metrics.requests.labels(model.name, REMOTE).inc()
+            self.prefill_instance_id = choice.instance_id
+            self.prefill_overlap_blocks = choice.overlap_blocks
+            return {
+                "address": record.address,
+                "handler": handler_name(record.endpoint_id),
+                "instance_id": choice.instance_id,
+            }
+
+    async def _prefill_first(self) -> dict[str, Any] | None:
+        """Run the prefill on a prefill worker; its ``kv_transfer_params``, or None (local)."""
+        router = self.router
+        model = self.model
+        request = self.request
+        rid = request.request_id
+        pool = model.prefill_router
+        tried: set[int] = set()
+        counted = False
+        while True:
+            try:
+                choice = pool.select(request.token_ids, rid, exclude=tried)
+            except AllWorkersBusy:
+                router.metrics.requests.labels(model.name, LOCAL_BUSY).inc()
+                log.info("request %s: every prefill worker is busy, prefilling locally", rid)
+                return None
+            except NoWorkers:
+                router.fallback(model.name, rid, PREFILL_UNREACHABLE, "no reachable prefill worker")
+                return None
+            iid = choice.instance_id
+            if not counted:
+                counted = True
+                router.metrics.requests.labels(model.name, REMOTE).inc()
+            record = model.records.get(iid)
+            try:
+                if record is None:
+                    raise PrefillFailed(PREFILL_UNREACHABLE, f"instance {iid:x} is gone")
+                self.prefill_instance_id = iid
+                self.prefill_overlap_blocks = choice.overlap_blocks
+                result = await run_remote_prefill(
+                    self.client,
+                    record.address,
+                    handler_name(record.endpoint_id),
+                    request,
+                    router.timeouts.prefill_s,
+                )
+            except PrefillFailed as exc:
+                if exc.reason == PREFILL_UNREACHABLE:
+                    # Nothing was sent: another prefill worker may take it.
+                    log.warning("request %s: prefill instance %x unreachable (%s)", rid, iid, exc.detail)
+                    pool.mark_unreachable(iid)
+                    tried.add(iid)
+                    continue
+                router.fallback(model.name, rid, exc.reason, f"prefill instance {iid:x}: {exc.detail}")
+                return None
+            finally:
+                pool.on_finished(rid)
+            router.metrics.prefill_seconds.labels(model.name).observe(result.seconds)
+            if result.cached_tokens:
+                router.metrics.prefill_cached_tokens.labels(model.name).inc(result.cached_tokens)
+            log.debug(
+                "request %s: prefilled on instance %x in %.3f s (%d tokens cached there)",
+                rid,
+                iid,
+                result.seconds,
+                result.cached_tokens,
+            )
+            return result.kv_transfer_params
