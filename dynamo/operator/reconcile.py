@@ -24,6 +24,8 @@ CHILD_KINDS = (
     ("v1", "Service"),
 )
 WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
+# Ready-condition reasons set by a reconcile that could not deploy the spec as written.
+BLOCKING_REASONS = {"InvalidSpec", "ApplyFailed"}
 
 
 def graph_path(namespace: str, name: str, subresource: str | None = None) -> str:
@@ -97,8 +99,16 @@ async def reconcile_graph(
         try:
             action, live = await apply(client, obj)
         except ApiError as exc:
-            logger.error("cannot apply %s %s: %s", obj["kind"], obj["metadata"]["name"], exc)
-            return failed_status("ApplyFailed", f"{obj['kind']} {obj['metadata']['name']}: {exc}", previous)
+            if exc.status >= 500 or exc.status in (409, 429):
+                raise  # temporary: kopf retries the handler with backoff
+            message = f"{obj['kind']} {obj['metadata']['name']}: {exc}"
+            if obj["kind"] == "LeaderWorkerSet" and exc.status == 404:
+                message = (
+                    f"service {by_name.get(obj['metadata']['name'])} uses multinode, which needs LeaderWorkerSet "
+                    "(leaderworkerset.x-k8s.io) installed in the cluster; it is not"
+                )
+            logger.error("cannot apply %s", message)
+            return failed_status("ApplyFailed", message, previous)
         if action != "unchanged":
             logger.info("%s %s %s", action, obj["kind"], obj["metadata"]["name"])
         if obj["kind"] in WORKLOAD_KINDS:
@@ -146,11 +156,27 @@ async def refresh_status(
     by_name = {c["metadata"]["name"]: c for c in children if c["kind"] in WORKLOAD_KINDS}
     workloads = {svc: by_name.get(name) for svc, name in names.items()}
     previous = body.get("status") or {}
+    reasons = {c.get("reason") for c in previous.get("conditions") or [] if c.get("type") == "Ready"}
+    if reasons & BLOCKING_REASONS:
+        return None  # the last reconcile could not deploy the spec: keep saying why until it changes
     status = rollup(graph, workloads, previous, body["metadata"].get("generation"))
     if _same_status(previous, status):
         return status
-    patch = merge_patch(previous, status)
-    await client.merge_patch(graph_path(namespace, graph_name, "status"), {"status": patch})
+    patch: dict[str, Any] = {"status": merge_patch(previous, status)}
+    # Only if the graph is as we read it: a reconcile may have written a newer verdict meanwhile.
+    if body["metadata"].get("resourceVersion"):
+        patch["metadata"] = {"resourceVersion": body["metadata"]["resourceVersion"]}
+    try:
+        await client.merge_patch(graph_path(namespace, graph_name, "status"), patch)
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+        logger.debug(
+            "graph %s/%s changed while computing its status; the next event recomputes it",
+            namespace,
+            graph_name,
+        )
+        return None
     logger.debug("graph %s/%s status: %s", namespace, graph_name, status["state"])
     return status
 

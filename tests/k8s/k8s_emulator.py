@@ -43,7 +43,7 @@ def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
 
 
 async def wait_for(
-    check: Callable[[], Awaitable[Any]], timeout: float = 15.0, what: str = "condition"
+    check: Callable[[], Awaitable[Any]], timeout: float = 30.0, what: str = "condition"
 ) -> Any:
     """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout

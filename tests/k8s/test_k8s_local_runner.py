@@ -152,7 +152,7 @@ def test_runner_reports_a_crash_with_the_log_tail_and_stops_the_rest(tmp_path: P
     marker = tmp_path / "marker.txt"
     graph = write_graph(
         tmp_path / "graph.yaml",
-        {"Frontend": frontend(marker), "Worker": worker(1, "--crash-after 1.0")},
+        {"Frontend": frontend(marker), "Worker": worker(1, "--crash-after 3.0")},
     )
     with runner([str(graph), "--port", "0", "--grace", "5"], tmp_path / "out.txt", clean_env) as r:
         r.wait_for_text("is ready", 30)

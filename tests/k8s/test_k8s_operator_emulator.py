@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import kmock
+import kmock as kmock_lib
 import kopf
 import pytest
 import yaml
@@ -19,7 +20,7 @@ from k8s_emulator import declare_resources, operator_running, wait_for
 
 from dynamo.operator.config import OperatorConfig
 from dynamo.operator.kube import KubeClient, resource_path
-from dynamo.operator.reconcile import reconcile_graph
+from dynamo.operator.reconcile import reconcile_graph, refresh_status
 
 ROOT = Path(__file__).resolve().parents[2]
 DGD = "nvidia.com/v1alpha1"
@@ -316,3 +317,27 @@ async def test_emulator_reconcile_as_a_plain_function_is_idempotent(api, config)
     again = {d["metadata"]["name"]: d for d in await api.list(deploy_path("ns1"))}
     assert first["state"] == second["state"] == "pending"
     assert deps == again
+
+
+async def test_emulator_multinode_without_leaderworkerset_says_what_to_install(api, config, kmock) -> None:
+    """reconcile_graph as a plain function. A real API server answers 404 for a resource whose CRD is
+    not installed; kmock would store anything posted, so the test makes it answer as the server would."""
+    import logging
+
+    (
+        kmock[kmock_lib.resource("leaderworkerset.x-k8s.io/v1/leaderworkersets")]
+        << kmock_lib.KubernetesResourceNotFoundError
+    )
+    body = graph_body()
+    body["spec"]["services"]["VllmDecodeWorker"]["multinode"] = {"nodeCount": 2}
+    await api.create(dgd_path("ns1"), body)
+    st = await reconcile_graph(body, api, config, logging.getLogger("test"))
+    assert st["state"] == "failed" and st["conditions"][0]["reason"] == "ApplyFailed"
+    message = st["conditions"][0]["message"]
+    assert "service VllmDecodeWorker uses multinode, which needs LeaderWorkerSet" in message
+
+    # A child's event must not paper over that verdict with a plain "pending".
+    await api.merge_patch(dgd_path("ns1", "vllm-agg") + "/status", {"status": st})
+    assert await refresh_status(api, "ns1", "vllm-agg", logging.getLogger("test")) is None
+    after = (await api.get(dgd_path("ns1", "vllm-agg")))["status"]
+    assert after["conditions"][0]["message"] == message
