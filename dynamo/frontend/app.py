@@ -13,13 +13,12 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import cached_property
 from typing import Any
-
-from prometheus_client import Counter
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -54,26 +53,51 @@ def error_response(exc: RequestError) -> Response:
 
 
 class _ModelMetrics:
-    """One model's metric children, looked up once instead of ``labels()`` on every request."""
+    """One model's metric children, each looked up on first use (as ``labels()`` would create it)
+    and then kept, instead of ``labels()`` on every request."""
 
     def __init__(self, m: FrontendMetrics, name: str) -> None:
         self.name = name
-        self.inflight = m.inflight.labels(name)
-        self.isl = m.isl.labels(name)
-        self.osl = m.osl.labels(name)
-        self.ttft = m.ttft.labels(name)
-        self.itl = m.itl.labels(name)
-        self.duration = m.duration.labels(name)
-        self.cached = m.cached.labels(name)
-        self.kv_hit_rate = m.kv_hit_rate.labels(name)
-        self._requests = m.requests
+        self._m = m
         self._by_status: dict[tuple[str, str, str], Counter] = {}
+
+    @cached_property
+    def inflight(self) -> Gauge:
+        return self._m.inflight.labels(self.name)
+
+    @cached_property
+    def isl(self) -> Histogram:
+        return self._m.isl.labels(self.name)
+
+    @cached_property
+    def osl(self) -> Histogram:
+        return self._m.osl.labels(self.name)
+
+    @cached_property
+    def ttft(self) -> Histogram:
+        return self._m.ttft.labels(self.name)
+
+    @cached_property
+    def itl(self) -> Histogram:
+        return self._m.itl.labels(self.name)
+
+    @cached_property
+    def duration(self) -> Histogram:
+        return self._m.duration.labels(self.name)
+
+    @cached_property
+    def cached(self) -> Counter:
+        return self._m.cached.labels(self.name)
+
+    @cached_property
+    def kv_hit_rate(self) -> Gauge:
+        return self._m.kv_hit_rate.labels(self.name)
 
     def requests(self, endpoint: str, request_type: str, status: str) -> Counter:
         key = (endpoint, request_type, status)
         child = self._by_status.get(key)
         if child is None:
-            child = self._by_status[key] = self._requests.labels(self.name, endpoint, request_type, status)
+            child = self._by_status[key] = self._m.requests.labels(self.name, *key)
         return child
 
 
@@ -238,15 +262,19 @@ class FrontendService:
             return JSONResponse(builder.full_response(), headers=headers)
 
         async def events() -> AsyncGenerator[bytes, None]:
+            # The last event(s) and [DONE] go out together, in the write that ends the body.
             last = time.monotonic()
-            itl = m.itl.labels(name)
-            batch: list[dict[str, Any]] | None = first
+            itl = mm.itl
+            batch: list[dict[str, Any]] = first
+            final = DONE
             try:
-                while batch is not None:
+                while True:
                     before = builder.completion_tokens
                     text, lps = builder.consume(batch)
                     out = builder.chunk(text, lps)
-                    if out:
+                    if builder.done:
+                        final = out + DONE
+                    elif out:
                         yield out
                     now = time.monotonic()
                     n = builder.completion_tokens - before
@@ -259,25 +287,54 @@ class FrontendService:
             except StopAsyncIteration:
                 if not builder.done:
                     builder.finish_reason = "stop"
-                    yield builder.chunk("", None)
+                    final = builder.chunk("", None) + DONE
             except (RequestError, RuntimeError) as exc:
                 err = (
                     exc
                     if isinstance(exc, RequestError)
                     else RequestError(500, str(exc), type="internal_error", code="engine_error")
                 )
-                yield sse(err.to_dict())
-            yield DONE
+                final = sse(err.to_dict()) + DONE
+            finally:
+                await batches.aclose()
+            yield final
 
-        return SSEResponse(events(), lambda disconnected: done("499" if disconnected else "200"), headers)
+        return SSEResponse(
+            events(), lambda disconnected: done("499" if disconnected else "200"), headers, last_event=DONE
+        )
 
 
 def _parse(kind: str, body: bytes) -> Any:
     return parse_chat_request(body) if kind == "chat" else parse_completion_request(body)
 
 
-def create_app(config: FrontendConfig, runtime: DistributedRuntime | None = None) -> FastAPI:
-    """The FastAPI application; the runtime is created in its lifespan unless given."""
+class FrontendApp:
+    """The ASGI entry point. ``POST /v1/chat/completions`` and ``POST /v1/completions`` go straight
+    to the service: no FastAPI routing, dependency solving or middleware on the hot path (errors
+    keep the OpenAI shape). Everything else, the lifespan included, is the FastAPI app ``api``."""
+
+    def __init__(self, api: FastAPI, service: Callable[[], FrontendService]) -> None:
+        self.api = api
+        self._service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            kind = COMPLETION_PATHS.get(scope["path"])
+            if kind is not None:
+                try:
+                    response = await self._service().handle(Request(scope, receive), kind)
+                except Exception:
+                    log.exception("unexpected error")
+                    response = error_response(
+                        RequestError(500, "internal server error", type="internal_error")
+                    )
+                await response(scope, receive, send)
+                return
+        await self.api(scope, receive, send)
+
+
+def create_app(config: FrontendConfig, runtime: DistributedRuntime | None = None) -> FrontendApp:
+    """The application; the runtime is created in its lifespan unless given."""
     holder: dict[str, FrontendService] = {}
 
     @asynccontextmanager
@@ -372,4 +429,4 @@ def create_app(config: FrontendConfig, runtime: DistributedRuntime | None = None
     async def metrics() -> Response:
         return Response(generate_latest(svc().runtime.metrics), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return FrontendApp(app, svc)

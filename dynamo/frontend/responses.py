@@ -52,6 +52,15 @@ class ResponseBuilder:
         self.text_parts: list[str] = []
         self.logprob_entries: list[Any] = []
         self._sent_role = False
+        # The bytes around the text of a plain streamed chunk (no logprobs, not finished), so that
+        # each such event costs one string encode; identical to encoding the full dict.
+        head = _json.encode(
+            {"id": self.id, "object": self.object, "created": self.created, "model": self.model}
+        )
+        field = b'"delta":{"content":' if kind == "chat" else b'"text":'
+        self._text_head = b"data: " + head[:-1] + b',"choices":[{"index":0,' + field
+        self._text_tail = (b"}" if kind == "chat" else b"") + b',"logprobs":null,"finish_reason":null}]'
+        self._text_tail += b',"usage":null}\n\n' if include_usage else b"}\n\n"
 
     @property
     def done(self) -> bool:
@@ -127,8 +136,11 @@ class ResponseBuilder:
     # --- streaming --------------------------------------------------------------------------
     def chunk(self, text: str, logprobs: list[Any] | None) -> bytes:
         """The SSE event(s) for new text (and, when finished, the final and usage events)."""
-        if not text and not logprobs and self.finish_reason is None:
-            return b""
+        if not logprobs and self.finish_reason is None:
+            if not text:
+                return b""
+            if self._sent_role or self.kind != "chat":
+                return self._text_head + _json.encode(text) + self._text_tail
         if self.kind == "chat":
             delta: dict[str, Any] = {"content": text}
             if not self._sent_role:
