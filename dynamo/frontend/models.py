@@ -6,6 +6,11 @@ Journey: workers register (card + instance record) -> **the model watcher here**
 with its last. A card whose checksum differs from the one already serving that name is refused
 (a model cannot change under a running name). Card files come from the local disk when the
 frontend shares the worker's filesystem, else from the worker over the request plane.
+
+In ``kv`` router mode a ``KvFeed`` keeps every pool's KV router current: KV events and load
+reports from the event plane, a snapshot of each worker's cache when it joins a pool (so a
+restarted frontend routes to cached prefixes at once), replays when events went missing, and with
+``--router-replica-sync`` the other frontends' load predictions.
 """
 
 from __future__ import annotations
@@ -18,17 +23,20 @@ import msgspec
 
 from dynamo.frontend.args import FrontendConfig
 from dynamo.frontend.routing import InstanceRouter
-from dynamo.llm import kv_events
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.preprocessor import Preprocessor
 from dynamo.llm.worker import files_endpoint_name
-from dynamo.router import KvRouterConfig
+from dynamo.router import KvRouter, KvRouterConfig
+from dynamo.router.feed import KvFeed
+from dynamo.router.metrics import RoutingMetrics
+from dynamo.router.sync_events import router_sync_subject
 from dynamo.runtime import DistributedRuntime, EndpointId, InstanceRecord
 from dynamo.runtime.runtime import CARDS_PREFIX, INSTANCES_PREFIX, parse_key
 
 log = logging.getLogger(__name__)
 
 PREFILL_COMPONENT = "prefill"
+BACKEND_COMPONENT = "backend"
 RECONCILE_INTERVAL = 30.0
 
 
@@ -62,12 +70,23 @@ class ModelManager:
         self._loading: dict[str, asyncio.Future[ServedModel | None]] = {}
         self._lock = asyncio.Lock()
         self.changed = asyncio.Event()
+        self.routing_metrics = RoutingMetrics(runtime.metrics, "dynamo_frontend_router_")
+        self.kv_feed: KvFeed | None = None
+        if config.router_mode == "kv":
+            self.kv_feed = KvFeed(
+                runtime,
+                self._kv_routers_of,
+                self._all_kv_routers,
+                self._record_of,
+                replica_sync=config.router_replica_sync,
+                metrics_prefix="dynamo_frontend_router_",
+            )
 
     async def start(self) -> None:
         self.runtime.spawn(self._watch(CARDS_PREFIX, self._on_card), "watch-model-cards")
         self.runtime.spawn(self._watch(INSTANCES_PREFIX, self._on_instance), "watch-instances")
-        if self.config.router_mode == "kv":
-            self.runtime.spawn(self._follow_kv_events(), "kv-events")
+        if self.kv_feed is not None:
+            self.kv_feed.start()
 
     def get(self, name: str) -> ServedModel | None:
         return self.models.get(name)
@@ -134,9 +153,10 @@ class ModelManager:
             log.info("model '%s' is now served", card.display_name)
         is_prefill = endpoint.component == PREFILL_COMPONENT or card.runtime.disaggregation_role == "prefill"
         pool = model.prefill_router if is_prefill else model.router
-        pool.add(iid, card.runtime.total_kv_blocks)
         model.records[iid] = record
         self._owner[iid] = model
+        if pool.add(iid, card.runtime.total_kv_blocks) and self.kv_feed is not None:
+            self.kv_feed.worker_added(iid)
         log.info(
             "instance %x of '%s' added (%s, %s)",
             iid,
@@ -174,15 +194,20 @@ class ModelManager:
         except Exception as exc:
             log.error("cannot build the preprocessor of model '%s': %s", card.display_name, exc)
             return None
+        namespace = record.endpoint_id.namespace
+        component = record.endpoint_id.component
+        if component == PREFILL_COMPONENT:
+            component = BACKEND_COMPONENT
         return ServedModel(
             name=card.display_name,
             card=card,
             preprocessor=preprocessor,
-            router=self._make_router(card),
-            prefill_router=self._make_router(card),
+            router=self._make_router(card, router_sync_subject(namespace, component)),
+            prefill_router=self._make_router(card, router_sync_subject(namespace, PREFILL_COMPONENT)),
         )
 
-    def _make_router(self, card: ModelDeploymentCard) -> InstanceRouter:
+    def _make_router(self, card: ModelDeploymentCard, sync_subject: str) -> InstanceRouter:
+        """A pool's router; in kv mode fed by ``kv_feed`` and, with replica sync, publishing on ``sync_subject``."""
         cfg = self.config
         kv_config = KvRouterConfig(
             block_size=cfg.kv_cache_block_size or card.kv_cache_block_size,
@@ -193,7 +218,18 @@ class ModelManager:
             use_kv_events=cfg.use_kv_events,
             ttl_s=cfg.router_ttl,
         )
-        return InstanceRouter(cfg.router_mode, kv_config)
+        feed = self.kv_feed
+        publish = None
+        if feed is not None and cfg.router_replica_sync:
+            publish = feed.sync_publisher(sync_subject, kv_config.router_id)
+        return InstanceRouter(
+            cfg.router_mode,
+            kv_config,
+            publish,
+            on_resync_needed=feed.on_resync_needed if feed is not None else None,
+            metrics=self.routing_metrics,
+            label=card.display_name,
+        )
 
     async def _fetch_files(self, card: ModelDeploymentCard, record: InstanceRecord) -> dict[str, bytes]:
         stream = await self.runtime.request_client.stream(
@@ -205,24 +241,16 @@ class ModelManager:
         card.verify_files(files)
         return files
 
-    # --- KV events and load metrics for the KV router --------------------------------------
-    async def _follow_kv_events(self) -> None:
-        events = await self.runtime.event_plane()
-        async for subject, payload in events.subscribe("dynamo.>"):
-            try:
-                if subject.endswith(".kv_events"):
-                    batch = kv_events.decode_event_batch(payload)
-                    model = self._owner.get(batch.worker_id)
-                    if model is not None:
-                        for pool in (model.router, model.prefill_router):
-                            if pool.kv is not None and batch.worker_id in pool.instances:
-                                pool.kv.on_kv_events(batch)
-                elif subject.endswith(".load_metrics"):
-                    metrics = kv_events.decode_load_metrics(payload)
-                    model = self._owner.get(metrics.worker_id)
-                    if model is not None:
-                        for pool in (model.router, model.prefill_router):
-                            if pool.kv is not None:
-                                pool.kv.on_load_metrics(metrics)
-            except Exception as exc:
-                log.debug("ignoring event on %s: %s", subject, exc)
+    # --- the KV routers, for the feed ------------------------------------------------------
+    def _kv_routers_of(self, iid: int) -> list[KvRouter]:
+        model = self._owner.get(iid)
+        if model is None:
+            return []
+        return [p.kv for p in (model.router, model.prefill_router) if p.kv is not None and iid in p.instances]
+
+    def _all_kv_routers(self) -> list[KvRouter]:
+        return [p.kv for m in self.models.values() for p in (m.router, m.prefill_router) if p.kv is not None]
+
+    def _record_of(self, iid: int) -> InstanceRecord | None:
+        model = self._owner.get(iid)
+        return model.records.get(iid) if model is not None else None

@@ -4,7 +4,8 @@ One ``InstanceRouter`` per served model (and per pool: aggregated/decode workers
 workers). ``round-robin`` and ``random`` look only at which instances are live; ``kv`` asks the
 KV router (``dynamo.router``) for the instance with the best cache overlap for the least load.
 Instances that could not be reached are skipped for a short cool-down, so a killed worker costs
-one failed connect, not a lease TTL of failed requests.
+one failed connect, not a lease TTL of failed requests. Every decision is counted per chosen
+instance (``RoutingMetrics``) and logged at debug level with its overlap.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dynamo.router import AllWorkersBusy, KvRouter, KvRouterConfig, NoWorkers, worker_key
+from dynamo.router import AllWorkersBusy, KvRouter, KvRouterConfig, NoWorkers, ResyncRequest, worker_key
+from dynamo.router.metrics import RoutingMetrics
+from dynamo.router.sync_events import RouterSyncEvent
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +40,37 @@ class InstanceRouter:
         self,
         mode: str,
         kv_config: KvRouterConfig | None = None,
-        publish_sync: Callable[..., None] | None = None,
+        publish_sync: Callable[[RouterSyncEvent], None] | None = None,
+        *,
+        on_resync_needed: Callable[[ResyncRequest], None] | None = None,
+        metrics: RoutingMetrics | None = None,
+        label: str = "",
     ) -> None:
+        """``publish_sync``: replica sync (``--router-replica-sync``); ``on_resync_needed``: fetch a
+        worker's missed KV events; ``metrics``/``label``: count decisions under that model name."""
         self.mode = mode
         self.instances: list[int] = []
         self._rr = 0
         self._down_until: dict[int, float] = {}
+        self._metrics = metrics
+        self._label = label
         self.kv: KvRouter | None = None
         if mode == "kv":
-            self.kv = KvRouter(kv_config or KvRouterConfig(), publish=publish_sync)
+            self.kv = KvRouter(
+                kv_config or KvRouterConfig(), on_resync_needed=on_resync_needed, publish=publish_sync
+            )
 
     # --- membership -------------------------------------------------------------------------
-    def add(self, instance_id: int, total_blocks: int | None = None) -> None:
-        if instance_id not in self.instances:
+    def add(self, instance_id: int, total_blocks: int | None = None) -> bool:
+        """Add (or refresh) a live instance; True when it is new to this pool."""
+        new = instance_id not in self.instances
+        if new:
             self.instances.append(instance_id)
             self.instances.sort()
         self._down_until.pop(instance_id, None)
         if self.kv is not None:
             self.kv.add_worker(worker_key(instance_id), total_blocks)
+        return new
 
     def remove(self, instance_id: int) -> None:
         if instance_id in self.instances:
@@ -91,19 +107,38 @@ class InstanceRouter:
         if not candidates:
             raise NoWorkers()
         if self.kv is not None:
-            sel = self.kv.select(
-                token_ids,
-                request_id,
-                [worker_key(i) for i in candidates],
-                pinned=worker_key(pinned) if pinned is not None else None,
-            )
-            return Choice(sel.instance_id, sel.overlap_blocks)
-        if len(candidates) == 1 or pinned is not None:
-            return Choice(candidates[0])
-        if self.mode == "random":
-            return Choice(random.choice(candidates))
-        self._rr += 1
-        return Choice(candidates[self._rr % len(candidates)])
+            try:
+                sel = self.kv.select(
+                    token_ids,
+                    request_id,
+                    [worker_key(i) for i in candidates],
+                    pinned=worker_key(pinned) if pinned is not None else None,
+                )
+            except AllWorkersBusy:
+                if self._metrics is not None:
+                    self._metrics.all_busy.labels(self._label).inc()
+                raise
+            choice = Choice(sel.instance_id, sel.overlap_blocks)
+            if self._metrics is not None:
+                self._metrics.overlap_blocks.labels(self._label).observe(sel.overlap_blocks)
+        elif len(candidates) == 1 or pinned is not None:
+            choice = Choice(candidates[0])
+        elif self.mode == "random":
+            choice = Choice(random.choice(candidates))
+        else:
+            self._rr += 1
+            choice = Choice(candidates[self._rr % len(candidates)])
+        if self._metrics is not None:
+            self._metrics.decisions.labels(self._label, f"{choice.instance_id:x}").inc()
+        log.debug(
+            "request %s -> instance %x (%s, overlap %d blocks, %d prompt tokens)",
+            request_id,
+            choice.instance_id,
+            self.mode,
+            choice.overlap_blocks,
+            len(token_ids),
+        )
+        return choice
 
     def on_first_token(self, request_id: str) -> None:
         if self.kv is not None:
