@@ -35,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen port (env DYN_HTTP_PORT, default 8000)",
     )
     p.add_argument(
+        "--http-workers",
+        type=int,
+        default=_env_int("DYN_HTTP_WORKERS", 1),
+        help="frontend processes sharing the HTTP port (SO_REUSEPORT, Linux) when one process's core "
+        "limits throughput; each runs its own model watcher and router (KV mode: add "
+        "--router-replica-sync to share load predictions) and /metrics answers for the process that "
+        "accepted the connection (env DYN_HTTP_WORKERS, default 1)",
+    )
+    p.add_argument(
         "--router-mode",
         choices=ROUTER_MODES,
         default=os.environ.get("DYN_ROUTER_MODE", "round-robin"),
@@ -144,11 +153,14 @@ class FrontendConfig:
     disaggregation_strategy: str
     max_local_prefill_length: int
     runtime: RuntimeConfig
+    http_workers: int = 1
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> FrontendConfig:
         if args.router_mode not in ROUTER_MODES:
             raise ValueError(f"unknown router mode {args.router_mode!r} (use {', '.join(ROUTER_MODES)})")
+        if args.http_workers < 1:
+            raise ValueError(f"--http-workers must be at least 1 (got {args.http_workers})")
         migration = args.migration_limit
         if migration is None and os.environ.get("DYN_MIGRATION_LIMIT"):
             migration = int(os.environ["DYN_MIGRATION_LIMIT"])
@@ -173,4 +185,5 @@ class FrontendConfig:
             max_local_prefill_length=args.max_local_prefill_length,
             # The frontend serves /health, /live and /metrics on its HTTP port: no status server.
             runtime=RuntimeConfig.from_args(args).with_(system_port=None),
+            http_workers=args.http_workers,
         )
