@@ -1,7 +1,8 @@
 """Worker side of the TCP request plane: serve registered endpoint handlers.
 
 Journey: a caller's ``REQUEST`` frame -> the endpoint's handler runs in its own task -> each
-yielded item is batched into ``DATA`` frames -> ``END`` (or ``ERROR``). A ``CANCEL`` frame or a
+yielded item is batched into ``DATA`` frames -> ``END`` (or ``ERROR``). Items wait at most one loop
+turn: one callback per connection per turn encodes every stream that produced and writes them all. A ``CANCEL`` frame or a
 dropped connection cancels the handler's task, so the engine sees ``asyncio.CancelledError`` and
 aborts. Flow control: a stream may run ``STREAM_WINDOW`` items ahead of its reader; then the
 handler waits for ``CREDIT``. A malformed frame closes only that connection.
@@ -68,6 +69,7 @@ class _ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self._out: list[bytes] = []
+        self._dirty: list[_Stream] = []  # streams with pending items, encoded at the next flush
         self._flush_scheduled = False
         self._can_write = asyncio.Event()
         self._can_write.set()
@@ -149,7 +151,12 @@ class _ServerConnection(asyncio.Protocol):
                 stream.pending.append(item)
                 stream.credit -= 1
                 if len(stream.pending) == 1:
-                    self._loop.call_soon(self._flush_stream, stream)
+                    # One flush per loop turn for the whole connection: every stream that produced
+                    # meanwhile goes out in that turn's single write.
+                    self._dirty.append(stream)
+                    if not self._flush_scheduled:
+                        self._flush_scheduled = True
+                        self._loop.call_soon(self._flush_out)
                 elif len(stream.pending) >= MAX_BATCH_ITEMS:
                     self._flush_stream(stream)
                 if stream.credit <= 0:
@@ -187,6 +194,13 @@ class _ServerConnection(asyncio.Protocol):
             self._loop.call_soon(self._flush_out)
 
     def _flush_out(self) -> None:
+        if self._dirty:
+            dirty, self._dirty = self._dirty, []
+            out = self._out
+            for stream in dirty:
+                if stream.pending:
+                    items, stream.pending = stream.pending, []
+                    out.append(encode_frame(FrameKind.DATA, stream.sid, _encoder.encode(items)))
         self._flush_scheduled = False
         if self._out and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(self._out)
