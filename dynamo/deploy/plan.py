@@ -9,7 +9,8 @@ service's ``envs``. What cannot be shared on one machine is made unique per repl
   ``system``/``http`` port (or 9090/8000) are pointed at the replica's port;
 - ``/tmp``: a pod has a private one, so ``/tmp/...`` paths in the command, args and exec probes are
   rewritten to a per-replica directory (``/tmp/worker.log`` written by one worker is not read by
-  another's readiness probe);
+  another's readiness probe); a deeper path under a directory that exists on this machine
+  (``/tmp/checkout/tool.py``, a repository cloned into /tmp) is the host's and is kept;
 - discovery: unless ``ETCD_ENDPOINTS`` or ``DYN_FILE_DISCOVERY_DIR`` is set, the graph gets a file
   discovery directory of its own, so a stale run cannot leak workers into this one.
 """
@@ -122,9 +123,19 @@ def expand_var_refs(text: str, env: dict[str, str]) -> str:
     return _VAR_REF.sub(sub, text)
 
 
+_TMP_HOST_DIR = re.compile(r"/([^/\s'\";|&)]+)/")
+
+
 def rewrite_tmp(text: str, tmp_dir: Path) -> str:
-    """Point ``/tmp`` paths at the replica's private tmp directory."""
-    return _TMP.sub(str(tmp_dir), text)
+    """Point ``/tmp`` paths at the replica's private tmp directory (host directories excepted)."""
+
+    def sub(m: re.Match[str]) -> str:
+        deeper = _TMP_HOST_DIR.match(text, m.end())
+        if deeper is not None and Path("/tmp", deeper.group(1)).is_dir():
+            return m.group(0)
+        return str(tmp_dir)
+
+    return _TMP.sub(sub, text)
 
 
 def load_env_file(path: Path) -> dict[str, str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +266,17 @@ def test_var_refs_and_tmp_rewrite() -> None:
     assert rewrite_tmp("tee /tmp/worker.log; ls /tmp; cat /tmpx /var/tmp/a", tmp) == (
         "tee /run/r/w-0/tmp/worker.log; ls /run/r/w-0/tmp; cat /tmpx /var/tmp/a"
     )
+
+
+def test_tmp_rewrite_keeps_paths_inside_host_directories(tmp_path: Path) -> None:
+    # A checkout under /tmp (CI clones there) is the host's: only pod-private paths move.
+    host_dir = Path(tempfile.mkdtemp(prefix="checkout-", dir="/tmp"))
+    try:
+        tool = f"{host_dir}/tests/tool.py"
+        out = rewrite_tmp(f"python3 {tool} > /tmp/worker.log; ls /tmp/no-such-dir-xyz/a", tmp_path)
+        assert out == f"python3 {tool} > {tmp_path}/worker.log; ls {tmp_path}/no-such-dir-xyz/a"
+    finally:
+        shutil.rmtree(host_dir)
 
 
 def test_plan_ports_env_and_warnings(tmp_path: Path) -> None:
