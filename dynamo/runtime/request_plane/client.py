@@ -31,6 +31,7 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
 
 CONNECT_TIMEOUT = 10.0
+_DATA = int(FrameKind.DATA)
 _CREDIT_BATCH = STREAM_WINDOW // 2
 
 
@@ -78,7 +79,9 @@ class ResponseStream:
     def _push(self, items: list[Any]) -> None:
         self._items.extend(items)
         self.received_any = True
-        self._wake()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _finish(self, error: BaseException | None = None) -> None:
         if not self._done:
@@ -163,13 +166,15 @@ class _ClientConnection(asyncio.Protocol):
         self.streams.clear()
 
     def data_received(self, data: bytes) -> None:
+        streams = self.streams
+        decode = _decoder.decode
         try:
             for kind, sid, payload in self.parser.feed(data):
-                stream = self.streams.get(sid)
-                if kind == FrameKind.DATA:
+                stream = streams.get(sid)
+                if kind == _DATA:
                     if stream is not None:
-                        items = _decoder.decode(payload)
-                        if not isinstance(items, list):
+                        items = decode(payload)
+                        if type(items) is not list:
                             raise ProtocolError("DATA frame payload is not an array")
                         stream._push(items)
                 elif kind == FrameKind.END:

@@ -42,11 +42,10 @@ def encode_frame(kind: FrameKind, stream_id: int, payload: bytes = b"") -> bytes
 class FrameParser:
     """Incremental frame parser: ``feed`` bytes, iterate complete frames."""
 
-    __slots__ = ("_buf", "_pos")
+    __slots__ = ("_buf",)
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0
+        self._buf = bytearray()  # an incomplete frame left from earlier reads
 
     def feed(self, data: bytes) -> Iterator[tuple[int, int, bytes]]:
         """Add received bytes and yield ``(kind, stream_id, payload)`` for each complete frame.
@@ -54,13 +53,16 @@ class FrameParser:
         Raises ``ProtocolError`` on an oversized frame or an unknown kind.
         """
         buf = self._buf
-        buf += data
-        pos = self._pos
-        end = len(buf)
+        if buf:  # join the partial frame (the common case, whole frames, copies nothing here)
+            buf += data
+            data = bytes(buf)
+            buf.clear()
+        pos = 0
+        end = len(data)
         unpack = HEADER.unpack_from
         try:
             while end - pos >= HEADER_SIZE:
-                length, kind, stream_id = unpack(buf, pos)
+                length, kind, stream_id = unpack(data, pos)
                 if length > MAX_PAYLOAD:
                     raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_PAYLOAD}-byte limit")
                 if kind not in _KINDS:
@@ -69,8 +71,7 @@ class FrameParser:
                 if end - start < length:
                     break
                 pos = start + length
-                yield kind, stream_id, bytes(buf[start:pos])
+                yield kind, stream_id, data[start:pos]
         finally:
-            if pos:
-                del buf[:pos]
-            self._pos = 0
+            if pos < end:
+                buf += data[pos:]
