@@ -80,9 +80,9 @@ def test_two_http_workers_share_the_port_and_stop_together(log_dir: Path, smollm
                 )
 
         # Each process watches discovery on its own: wait until both serve the model.
-        wait_until(lambda: all(request().status_code == 200 for _ in range(12)), 30, "both processes serving")
+        wait_until(lambda: all(request().status_code == 200 for _ in range(12)), 60, "both processes serving")
         # One SO_REUSEPORT socket per process, each listening once its process has started.
-        wait_until(lambda: len(_listening_inodes(frontend.port)) == 2, 30, "two listening sockets")
+        wait_until(lambda: len(_listening_inodes(frontend.port)) == 2, 60, "two listening sockets")
         listening = _listening_inodes(frontend.port)
         for pid in workers:
             assert _socket_inodes(pid) & listening
