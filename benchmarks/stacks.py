@@ -1,0 +1,194 @@
+"""Serving stacks for the benchmarks: our frontend + mocker, the reference's, or any URL.
+
+Each stack runs as real processes (``python -m dynamo.frontend`` and ``python -m dynamo.mocker``)
+with file discovery in a private temporary folder, TCP request plane and ZMQ event plane. CPU
+time is read from ``/proc`` for every process of a stack, children included (``--http-workers``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REF_VENV = Path(os.environ.get("DYN_REF_VENV", "/work/ref-dynamo-venv"))
+COMMON = ["--discovery-backend", "file", "--request-plane", "tcp", "--event-plane", "zmq"]
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of one process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every live process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def machine_busy() -> float:
+    """CPU seconds this machine ran anything since boot (all cores; steal and idle excluded)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in f.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / _TICK
+
+
+def http_json(url: str, timeout: float = 2.0) -> object:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+@dataclass
+class Stack:
+    """A frontend (+ workers) reachable at ``url``, serving ``model``."""
+
+    name: str
+    url: str
+    model: str
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    tmp: str | None = None
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds per role (frontend, mocker), children included."""
+        return {role: sum(proc_cpu(p) for p in descendants(proc.pid)) for role, proc in self.procs.items()}
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for role, proc in self.procs.items():
+                if proc.poll() is not None:
+                    tail = self.log_tail(role)
+                    raise RuntimeError(f"{self.name} {role} exited with {proc.returncode}:\n{tail}")
+            try:
+                data = http_json(f"{self.url}/v1/models")
+                if any(m.get("id") == self.model for m in data.get("data", [])):  # type: ignore[union-attr]
+                    return
+            except Exception:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"{self.name} did not serve {self.model} within {timeout:.0f}s")
+
+    def log_tail(self, role: str, lines: int = 20) -> str:
+        if self.tmp is None:
+            return ""
+        try:
+            text = (Path(self.tmp) / f"{role}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        if self.tmp and not os.environ.get("BENCH_KEEP_LOGS"):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _spawn(args: list[str], env: dict[str, str], cwd: str, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
+
+
+def start_ours(
+    model_path: str,
+    model: str,
+    speedup: float,
+    http_workers: int = 1,
+    frontend_args: tuple[str, ...] = (),
+    python: str = sys.executable,
+    root: Path = ROOT,
+    name: str = "ours",
+) -> Stack:
+    """Our ``dynamo.frontend`` + ``dynamo.mocker`` from this checkout (or another one, ``root``:
+    e.g. a ``git worktree`` of an older commit, to measure a change side by side)."""
+    tmp = tempfile.mkdtemp(prefix=f"bench-{name}-")
+    port = free_port()
+    env = {**os.environ, "DYN_FILE_DISCOVERY_DIR": tmp, "DYN_LOG": "warning", "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = str(root)
+    fe = [python, "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port), *COMMON]
+    if http_workers > 1:
+        fe += ["--http-workers", str(http_workers)]
+    fe += list(frontend_args)
+    mk = [python, "-m", "dynamo.mocker", "--model-path", model_path, "--model-name", model]
+    mk += ["--speedup-ratio", str(speedup), *COMMON]
+    stack = Stack(name, f"http://127.0.0.1:{port}", model, tmp=tmp)
+    stack.procs["frontend"] = _spawn(fe, env, str(root), Path(tmp) / "frontend.log")
+    stack.procs["mocker"] = _spawn(mk, env, str(root), Path(tmp) / "mocker.log")
+    return stack
+
+
+def start_reference(model_path: str, model: str, speedup: float, venv: Path = REF_VENV) -> Stack:
+    """NVIDIA Dynamo 1.6.1's frontend + mocker from its own virtual environment.
+
+    It runs in a temporary folder so that this checkout's ``dynamo`` package is not on its path.
+    """
+    python = str(venv / "bin" / "python")
+    if not os.path.exists(python):
+        raise FileNotFoundError(f"no reference install at {venv} (see benchmarks/README.md)")
+    tmp = tempfile.mkdtemp(prefix="bench-ref-")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update({"DYN_FILE_KV": tmp, "DYN_LOG": "warn", "PYTHONUNBUFFERED": "1"})
+    fe = [python, "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port), *COMMON]
+    mk = [python, "-m", "dynamo.mocker", "--model-path", model_path, "--model-name", model]
+    mk += ["--speedup-ratio", str(speedup), *COMMON]
+    stack = Stack("reference", f"http://127.0.0.1:{port}", model, tmp=tmp)
+    stack.procs["frontend"] = _spawn(fe, env, tmp, Path(tmp) / "frontend.log")
+    stack.procs["mocker"] = _spawn(mk, env, tmp, Path(tmp) / "mocker.log")
+    return stack
+
+
+def model_dir(name: str = "smollm2") -> str:
+    """The prepared model folder (tokenizer only is enough for the mocker)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "dynamo.models", "prepare", name, "--tokenizer-only"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return out.stdout.strip().splitlines()[-1]
