@@ -1,0 +1,163 @@
+"""``KvFeed`` in one process with real parts: runtimes on in-memory discovery, the ZeroMQ event
+plane and the TCP request plane over loopback, a real ``MockEngine`` behind ``serve_engine``.
+
+Covers what the process-level tests cannot force: a router that lost events catches up through
+the worker's ``/kv_replay``, and a replica that goes silent has its load predictions dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+import pytest_asyncio
+from prometheus_client import generate_latest
+
+from dynamo.llm.model_card import ModelDeploymentCard
+from dynamo.llm.protocols import PreprocessedRequest, StopConditions
+from dynamo.llm.worker import KvEventRelay, serve_engine
+from dynamo.mocker.config import MockerConfig
+from dynamo.mocker.engine import MockEngine
+from dynamo.router import KvRouter, KvRouterConfig
+from dynamo.router import feed as feed_module
+from dynamo.router.feed import KvFeed
+from dynamo.router.sync_events import router_sync_subject
+from dynamo.runtime import DistributedRuntime, EndpointId, InstanceRecord, RuntimeConfig
+from dynamo.runtime.runtime import INSTANCES_PREFIX
+from tests.support.graph import metric_value
+
+pytestmark = [pytest.mark.timeout(60)]
+BLOCK = 16
+NS = "feed-test"
+ENDPOINT = EndpointId(NS, "backend", "generate")
+
+
+def config() -> RuntimeConfig:
+    return RuntimeConfig(namespace=NS, discovery_backend="mem", event_plane="zmq", tcp_host="127.0.0.1")
+
+
+async def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def prompt(base: int) -> list[int]:
+    return [base + i for i in range(10 * BLOCK)]
+
+
+@pytest_asyncio.fixture
+async def runtimes() -> AsyncIterator[list[DistributedRuntime]]:
+    made: list[DistributedRuntime] = []
+    yield made
+    for rt in reversed(made):
+        await rt.shutdown()
+
+
+async def test_a_router_that_lost_events_catches_up_by_replay(
+    runtimes: list[DistributedRuntime], smollm2_tokenizer_dir: Path
+):
+    worker = await DistributedRuntime.create(config())
+    runtimes.append(worker)
+    relay = KvEventRelay(worker, ENDPOINT)
+    engine = MockEngine(
+        MockerConfig(speedup_ratio=1000.0, num_gpu_blocks=1000, block_size=BLOCK),
+        worker.instance_id,
+        vocab_size=500,
+        kv_event_sink=relay.sink,
+    )
+    await engine.start()
+    card = ModelDeploymentCard.from_local_path(smollm2_tokenizer_dir, "m", kv_cache_block_size=BLOCK)
+    await serve_engine(worker, ENDPOINT, card, engine, relay=relay)
+    wid = worker.instance_id
+
+    async def generate(base: int) -> None:
+        request = PreprocessedRequest(f"r{base}", "m", prompt(base), stop=StopConditions(max_tokens=2))
+        async for _ in engine.generate(request):
+            pass
+
+    try:
+        await generate(1000)  # cached before the router exists
+
+        frontend = await DistributedRuntime.create(config())
+        runtimes.append(frontend)
+        [raw] = (await frontend.discovery.get_prefix(INSTANCES_PREFIX)).values()
+        record = msgspec.json.decode(raw, type=InstanceRecord)
+        lost = False
+        router = KvRouter(
+            KvRouterConfig(block_size=BLOCK), on_resync_needed=lambda r: feed.on_resync_needed(r)
+        )
+        feed = KvFeed(
+            frontend,
+            lambda iid: [router] if iid == wid and not lost else [],
+            lambda: [router],
+            lambda iid: record if iid == wid else None,
+        )
+        feed.start()
+        feed.worker_added(wid)
+
+        def overlap(base: int) -> int:
+            return router.find_overlap(prompt(base)).scores.get(wid, 0)
+
+        await eventually(lambda: overlap(1000) == 10, "the snapshot taken when the worker joined")
+        await asyncio.sleep(0.5)  # the event plane subscription is connected
+
+        lost = True  # the next events never reach the router
+        await generate(2000)
+        await asyncio.sleep(0.3)
+        assert overlap(2000) == 0
+        lost = False
+        await generate(3000)  # its event id jumps past the lost ones: a gap
+        await eventually(lambda: overlap(3000) == 10 and overlap(2000) == 10, "the replay of the lost events")
+        exposition = generate_latest(frontend.metrics).decode()
+        assert metric_value(exposition, "dynamo_router_kv_resyncs_total", kind="replay") == 1
+        assert metric_value(exposition, "dynamo_router_kv_resyncs_total", kind="snapshot") == 1
+        assert not router.index.pending_resyncs()
+    finally:
+        await engine.stop()
+
+
+async def test_replicas_share_load_and_forget_a_silent_one(
+    runtimes: list[DistributedRuntime], monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(feed_module, "HEARTBEAT_INTERVAL", 0.2)
+    monkeypatch.setattr(feed_module, "SWEEP_INTERVAL", 0.2)
+    monkeypatch.setattr(feed_module, "REPLICA_TIMEOUT", 1.5)
+    worker = 0x1234
+    subject = router_sync_subject(NS, "backend")
+    routers: list[KvRouter] = []
+    for _ in range(2):
+        rt = await DistributedRuntime.create(config())
+        runtimes.append(rt)
+        cfg = KvRouterConfig(block_size=BLOCK)
+        holder: list[KvRouter] = []
+        feed = KvFeed(
+            rt,
+            lambda iid, h=holder: h if iid == worker else [],
+            lambda h=holder: h,
+            lambda iid: None,
+            replica_sync=True,
+        )
+        router = KvRouter(cfg, publish=feed.sync_publisher(subject, cfg.router_id))
+        holder.append(router)
+        feed.start()
+        routers.append(router)
+    a, b = routers
+    await asyncio.sleep(0.5)  # subscriptions connected
+
+    a.select(prompt(1), "done-soon", [worker])
+    await eventually(lambda: b.sequences.active_requests(worker) == 1, "replica B to see A's request")
+    a.on_finished("done-soon")
+    await eventually(lambda: b.sequences.active_requests(worker) == 0, "replica B to see it finish")
+
+    a.select(prompt(1), "orphan", [worker])
+    await eventually(lambda: b.sequences.active_requests(worker) == 1, "replica B to see A's second request")
+    await runtimes[0].shutdown()  # A dies without freeing: its heartbeats stop
+    await eventually(
+        lambda: b.sequences.active_requests(worker) == 0, "B to drop the silent replica", timeout=8
+    )
