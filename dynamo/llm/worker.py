@@ -6,7 +6,8 @@ the model deployment card (and serves the card's files, so a frontend on another
 the tokenizer), relays the engine's KV events and periodic load metrics to the event plane, answers
 routers that resynchronise (``/kv_replay``: missed events; ``/kv_snapshot``: the cached block set),
 turns ``/health`` ready, logs ``Worker ... initialized`` (readiness probes grep for it), and on
-SIGTERM deregisters, drains and stops the engine.
+SIGTERM deregisters, drains and stops the engine. ``run_engine_worker`` is that whole life for a
+worker ``main`` (vLLM, SGLang, TRT-LLM): start, card (``load_card``), serve, wait, shut down.
 """
 
 from __future__ import annotations
@@ -15,20 +16,24 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge
 
 from dynamo.llm import kv_events
 from dynamo.llm.kv_events import KvEventBatch, LoadMetrics
-from dynamo.llm.model_card import ModelDeploymentCard
+from dynamo.llm.model_card import ModelDeploymentCard, RuntimeFacts
 from dynamo.llm.protocols import EngineOutput, PreprocessedRequest, request_from_wire
 from dynamo.runtime import DistributedRuntime, EndpointId, RequestContext
+from dynamo.runtime.names import default_namespace
 from dynamo.runtime.runtime import handler_name
 
 log = logging.getLogger(__name__)
 
+BACKEND_COMPONENT = "backend"
+PREFILL_COMPONENT = "prefill"
+GENERATE_ENDPOINT = "generate"
 FILES_SUFFIX = "/files"
 KV_REPLAY_SUFFIX = "/kv_replay"
 KV_SNAPSHOT_SUFFIX = "/kv_snapshot"
@@ -46,6 +51,39 @@ class Engine(Protocol):
     def generate(self, req: PreprocessedRequest) -> AsyncIterator[EngineOutput]: ...
 
     def load_metrics(self) -> LoadMetrics: ...
+
+
+class EngineFacts(Protocol):
+    """What a started engine tells the model card (context length, KV block size, capacity)."""
+
+    @property
+    def context_length(self) -> int | None: ...
+
+    @property
+    def kv_cache_block_size(self) -> int: ...
+
+    @property
+    def total_kv_blocks(self) -> int | None: ...
+
+    @property
+    def max_num_seqs(self) -> int | None: ...
+
+    @property
+    def max_num_batched_tokens(self) -> int | None: ...
+
+
+def worker_endpoint(endpoint: str | None, namespace: str | None, *, prefill: bool = False) -> EndpointId:
+    """The endpoint an engine worker serves: ``--endpoint`` as given, else
+    ``dyn://<namespace>.backend.generate`` (prefill workers: ``dyn://<namespace>.prefill.generate``);
+    the namespace defaults to ``DYN_NAMESPACE``. ``ValueError`` when ``--namespace`` contradicts
+    ``--endpoint``."""
+    if endpoint:
+        parsed = EndpointId.parse(endpoint, namespace or default_namespace())
+        if namespace and namespace != parsed.namespace:
+            raise ValueError(f"--namespace {namespace} contradicts --endpoint {endpoint}")
+        return parsed
+    component = PREFILL_COMPONENT if prefill else BACKEND_COMPONENT
+    return EndpointId(namespace or default_namespace(), component, GENERATE_ENDPOINT)
 
 
 def files_endpoint_name(endpoint: EndpointId) -> str:
@@ -247,6 +285,74 @@ async def _report_load(runtime: DistributedRuntime, endpoint: EndpointId, engine
         await events.publish(subject, kv_events.encode(metrics))
     except Exception as exc:
         log.debug("load metrics not published: %s", exc)
+
+
+async def load_card(
+    model: str,
+    engine: EngineFacts,
+    *,
+    served_model_name: str | None,
+    migration_limit: int = 0,
+    role: str | None = None,
+    bootstrap_address: str | None = None,
+) -> ModelDeploymentCard:
+    """The card of ``model`` (a local folder, or a hub name whose card files are fetched) with the
+    started engine's facts; ``role`` is ``prefill``/``decode`` for a disaggregated worker. The files
+    are read off the event loop."""
+    facts = RuntimeFacts(
+        total_kv_blocks=engine.total_kv_blocks,
+        max_num_seqs=engine.max_num_seqs,
+        max_num_batched_tokens=engine.max_num_batched_tokens,
+        disaggregation_role=role,
+        bootstrap_address=bootstrap_address,
+    )
+    return await asyncio.to_thread(
+        ModelDeploymentCard.from_local_path,
+        model,
+        served_model_name=served_model_name,
+        context_length=engine.context_length,
+        kv_cache_block_size=engine.kv_cache_block_size,
+        migration_limit=migration_limit,
+        runtime=facts,
+    )
+
+
+async def run_engine_worker(
+    runtime: DistributedRuntime,
+    endpoint: EndpointId,
+    engine: Engine,
+    make_card: Callable[[], Awaitable[ModelDeploymentCard]],
+    *,
+    relay: KvEventRelay | None = None,
+    worker_name: str = "Worker",
+    engine_name: str = "engine",
+    start_errors: tuple[type[Exception], ...] = (Exception,),
+) -> int:
+    """An engine worker's life after its runtime is up: start ``engine``, build its card
+    (``make_card``, once the engine runs), serve it under ``endpoint`` and wait for SIGTERM/SIGINT.
+
+    Returns the exit code: 0 after a graceful shutdown, 1 when the engine did not start (one of
+    ``start_errors``) or the worker could not register; both are logged as one line and the runtime
+    is shut down.
+    """
+    try:
+        await engine.start()
+    except start_errors as exc:
+        log.error("%s engine failed to start: %s", engine_name, exc)
+        log.debug("engine start failure", exc_info=True)
+        await runtime.shutdown()
+        return 1
+    try:
+        card = await make_card()
+        await serve_engine(runtime, endpoint, card, engine, relay=relay, worker_name=worker_name)
+    except Exception as exc:
+        log.error("%s worker failed to register: %s", engine_name, exc)
+        log.debug("registration failure", exc_info=True)
+        await runtime.shutdown()
+        await engine.stop()
+        return 1
+    await run_until_shutdown(runtime, engine)
+    return 0
 
 
 async def run_until_shutdown(runtime: DistributedRuntime, engine: Engine) -> None:
