@@ -1,0 +1,3 @@
+from dynamo.sglang.main import main
+
+main()

@@ -1,0 +1,119 @@
+"""Our ``PreprocessedRequest`` -> the arguments of SGLang's ``Engine.async_generate``.
+
+Journey: request plane -> worker handler -> **here** (sampling and stop options in SGLang's names)
+-> ``async_generate(input_ids=..., sampling_params=..., stream=True, rid=...)`` -> SGLang.
+
+Disaggregation: a prefill worker and the decode worker that continues the request meet through
+SGLang's bootstrap server; the triple ``bootstrap_host``/``bootstrap_port``/``bootstrap_room``
+travels in ``kv_transfer_params`` (``Bootstrap``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from dynamo.llm.protocols import PreprocessedRequest
+
+_PASSTHROUGH = (
+    "temperature",
+    "top_p",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+)
+
+
+def build_sampling_params(req: PreprocessedRequest, *, context_length: int | None = None) -> dict[str, Any]:
+    """SGLang ``sampling_params`` for ``req``.
+
+    Without ``max_tokens`` the request may fill the context (SGLang's own default is 128 new
+    tokens). EOS ids from the model card join the stop token ids unless ``ignore_eos``; stop
+    *strings* are the frontend's job. ``top_k`` <= 0 means "off" (SGLang: -1); ``seed`` is SGLang's
+    ``sampling_seed``.
+    """
+    s, stop = req.sampling, req.stop
+    params: dict[str, Any] = {}
+    max_new = stop.max_tokens
+    if max_new is None and context_length:
+        max_new = max(1, context_length - len(req.token_ids))
+    if max_new is not None:
+        params["max_new_tokens"] = max_new
+    if stop.min_tokens:
+        params["min_new_tokens"] = stop.min_tokens
+    stop_ids = list(stop.stop_token_ids)
+    if stop.ignore_eos:
+        params["ignore_eos"] = True
+    else:
+        stop_ids += [t for t in req.eos_token_ids if t not in stop_ids]
+    if stop_ids:
+        params["stop_token_ids"] = stop_ids
+    for name in _PASSTHROUGH:
+        value = getattr(s, name)
+        if value is not None:
+            params[name] = value
+    if s.top_k is not None:
+        params["top_k"] = s.top_k if s.top_k > 0 else -1
+    if s.seed is not None:
+        params["sampling_seed"] = s.seed
+    return params
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrap:
+    """Where a decode worker fetches a prefill worker's KV: SGLang's bootstrap server and room."""
+
+    host: str
+    port: int
+    room: int
+
+    def to_params(self) -> dict[str, Any]:
+        """As ``kv_transfer_params`` for the decode side."""
+        return {"bootstrap_host": self.host, "bootstrap_port": self.port, "bootstrap_room": self.room}
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """As ``async_generate`` keyword arguments."""
+        return {"bootstrap_host": self.host, "bootstrap_port": self.port, "bootstrap_room": self.room}
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any] | None) -> Bootstrap | None:
+        """The triple in ``kv_transfer_params``; None when it is absent or incomplete."""
+        if not params:
+            return None
+        try:
+            return cls(
+                str(params["bootstrap_host"]), int(params["bootstrap_port"]), int(params["bootstrap_room"])
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def new_bootstrap_room() -> int:
+    """A random 63-bit room: one per disaggregated request."""
+    return secrets.randbits(63)
+
+
+def generate_kwargs(
+    req: PreprocessedRequest,
+    rid: str,
+    *,
+    context_length: int | None = None,
+    bootstrap: Bootstrap | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments of ``async_generate`` for ``req`` (raises ``ValueError`` on bad options)."""
+    kwargs: dict[str, Any] = {
+        "input_ids": list(req.token_ids),
+        "sampling_params": build_sampling_params(req, context_length=context_length),
+        "stream": True,
+        "rid": rid,
+    }
+    if req.output.logprobs is not None:
+        if req.output.logprobs < 0:
+            raise ValueError("logprobs must be >= 0")
+        kwargs["return_logprob"] = True
+        kwargs["top_logprobs_num"] = req.output.logprobs
+    if bootstrap is not None:
+        kwargs.update(bootstrap.to_kwargs())
+    return kwargs
