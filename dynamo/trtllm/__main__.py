@@ -1,0 +1,3 @@
+from dynamo.trtllm.main import main
+
+main()

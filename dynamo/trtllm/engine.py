@@ -1,0 +1,310 @@
+"""The TensorRT-LLM engine, in-process, behind Dynamo's engine interface.
+
+Journey: request plane -> worker handler -> **``TrtllmEngine.generate``** (``PreprocessedRequest``
+-> ``tensorrt_llm.LLM.generate_async(token_ids, SamplingParams, streaming=True)``,
+``dynamo.trtllm.request``) -> ``EngineOutput`` chunks (``dynamo.trtllm.outputs``) -> back over the
+request plane -> detokenize -> SSE. Alongside: KV cache events (``dynamo.trtllm.kv_events``) and
+load for the router.
+
+Modes: aggregated; **prefill** (a ``context_only`` request: one token, and the
+``DisaggregatedParams`` a decode worker needs, in ``kv_transfer_params``); **decode** (a request
+carrying those parameters runs ``generation_only`` and its KV comes from the prefill worker
+through TensorRT-LLM's cache transceiver; one without them is prefilled here, which is how
+``DisaggDecodeEngine`` falls back).
+
+Cancellation: a cancelled or closed stream aborts the request (``RequestOutput.abort()``) before
+the exception propagates. A decode request whose KV is still arriving is aborted only once its
+first output comes (TensorRT-LLM cannot drop a transfer in flight), by an owned task.
+
+Verified against a fake engine that mimics TensorRT-LLM's async API (``tests/trtllm``); not yet run
+on a GPU with the real TensorRT-LLM (no GPU machine was lent to this task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dynamo.llm.kv_events import LoadMetrics
+from dynamo.llm.protocols import FINISH_ERROR, EngineOutput, PreprocessedRequest
+from dynamo.trtllm.args import NOT_INSTALLED, TrtllmConfig
+from dynamo.trtllm.kv_events import KvEventConverter, KvEventSink, relay_kv_events
+from dynamo.trtllm.outputs import OutputConverter
+from dynamo.trtllm.request import build_sampling_kwargs, is_trtllm_params, params_from_wire
+
+logger = logging.getLogger(__name__)
+
+
+class TrtllmNotInstalledError(ImportError):
+    """``tensorrt_llm`` cannot be imported in this environment."""
+
+
+class EngineStartError(RuntimeError):
+    """The TensorRT-LLM engine could not start (not installed, bad model or options, no GPU memory)."""
+
+
+@dataclass(frozen=True)
+class TrtllmBindings:
+    """What the adapter takes from ``tensorrt_llm``; tests pass fakes (``FakeTrtllmLLM``, ...)."""
+
+    LLM: Callable[..., Any]
+    SamplingParams: Callable[..., Any]
+    DisaggregatedParams: Callable[..., Any]
+    RequestError: type[Exception] = ValueError  # a request TensorRT-LLM refuses
+
+    @classmethod
+    def load(cls) -> TrtllmBindings:
+        try:
+            from tensorrt_llm import LLM, SamplingParams
+            from tensorrt_llm.llmapi import DisaggregatedParams
+        except ImportError as exc:
+            raise TrtllmNotInstalledError(NOT_INSTALLED) from exc
+        try:
+            from tensorrt_llm.executor.utils import RequestError
+        except ImportError:
+            RequestError = ValueError
+        return cls(
+            LLM=LLM,
+            SamplingParams=SamplingParams,
+            DisaggregatedParams=DisaggregatedParams,
+            RequestError=RequestError,
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+class TrtllmEngine:
+    """One in-process TensorRT-LLM engine serving ``PreprocessedRequest``s for a worker.
+
+    ``worker_id`` labels KV events and load reports; ``kv_event_sink`` (called on the event loop,
+    must not block) receives converted KV event batches when KV events are on; ``bindings``
+    default to the installed ``tensorrt_llm``.
+    """
+
+    def __init__(
+        self,
+        config: TrtllmConfig,
+        worker_id: int,
+        kv_event_sink: KvEventSink | None = None,
+        *,
+        bindings: TrtllmBindings | None = None,
+    ) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self._sink = kv_event_sink
+        self._bindings = bindings
+        self._api: TrtllmBindings | None = None
+        self._llm: Any = None
+        self._active: dict[str, Any] = {}  # our request key -> TensorRT-LLM RequestOutput
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._kv_task: asyncio.Task[None] | None = None
+        self._seq = 0
+        self.startup_seconds: float | None = None
+
+    # ----- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Build the TensorRT-LLM engine (off the event loop); raises ``EngineStartError``."""
+        if self._llm is not None:
+            return
+        t0 = time.monotonic()
+        api = self._bindings
+        if api is None:
+            try:
+                api = await asyncio.to_thread(TrtllmBindings.load)
+            except TrtllmNotInstalledError as exc:
+                raise EngineStartError(str(exc)) from exc
+        kwargs = dict(self.config.engine_kwargs)
+        try:
+            llm = await asyncio.to_thread(api.LLM, **kwargs)
+        except Exception as exc:
+            raise EngineStartError(
+                f"TensorRT-LLM engine for {self.config.model_path!r} failed to start: {type(exc).__name__}: "
+                f"{_first_line(exc)}"
+            ) from exc
+        self._api, self._llm = api, llm
+        if self.config.kv_events and self._sink is not None:
+            converter = KvEventConverter(self.kv_cache_block_size)
+            self._kv_task = asyncio.create_task(
+                relay_kv_events(llm, converter, self.worker_id, self._sink),
+                name=f"trtllm-kv-events-{self.worker_id:x}",
+            )
+        self.startup_seconds = time.monotonic() - t0
+        logger.info(
+            "TensorRT-LLM engine for %s ready in %.1f s: %s, max sequence length %s, KV block size %d, "
+            "max batch %s, KV events %s",
+            self.config.served_model_name or self.config.model_path,
+            self.startup_seconds,
+            self.config.disaggregation_mode,
+            self.context_length,
+            self.kv_cache_block_size,
+            self.max_num_seqs,
+            "on" if self._kv_task else "off",
+        )
+        if self.config.disaggregation_mode != "agg":
+            logger.info(
+                "disaggregation strategy %s: the frontend's --disaggregation-strategy / DISAGGREGATION_STRATEGY "
+                "decides the flow (this worker serves both)",
+                self.config.disaggregation_strategy,
+            )
+
+    async def stop(self) -> None:
+        """Abort requests in flight, stop the KV event relay, shut TensorRT-LLM down (idempotent)."""
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        if self._active:
+            logger.info("stopping TensorRT-LLM engine: aborting %d request(s) in flight", len(self._active))
+        for result in list(self._active.values()):
+            _abort(result)
+        tasks = [t for t in (self._kv_task, *self._tasks) if t is not None]
+        self._kv_task = None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        shutdown = getattr(llm, "shutdown", None)
+        if callable(shutdown):
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(shutdown)
+        logger.info("TensorRT-LLM engine stopped")
+
+    # ----- requests ----------------------------------------------------------------------------
+
+    async def generate(self, req: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+        """Stream ``EngineOutput`` chunks for one request (see the module docstring for the modes)."""
+        llm, api = self._llm, self._api
+        if llm is None or api is None:
+            raise RuntimeError("TensorRT-LLM engine is not running (call start() first)")
+        prefill = self.config.is_prefill
+        transfer = not prefill and is_trtllm_params(req.kv_transfer_params)
+        try:
+            sampling = api.SamplingParams(
+                **build_sampling_kwargs(req, prefill=prefill, max_seq_len=self.context_length)
+            )
+            disagg = None
+            if prefill:
+                disagg = api.DisaggregatedParams(request_type="context_only")
+            elif transfer:
+                disagg = params_from_wire(dict(req.kv_transfer_params or {}), api.DisaggregatedParams)
+        except (ValueError, TypeError) as exc:
+            yield EngineOutput(finish_reason=FINISH_ERROR, error=f"invalid sampling options: {exc}")
+            return
+        self._seq += 1
+        key = f"{req.request_id}#{self._seq}"
+        converter = OutputConverter(
+            len(req.token_ids), self.kv_cache_block_size, req.output.logprobs, prefill
+        )
+        n_out = 0
+        t0 = time.monotonic()
+        result: Any = None
+        got_output = False
+        try:
+            result = llm.generate_async(
+                list(req.token_ids),
+                sampling_params=sampling,
+                streaming=not prefill,
+                disaggregated_params=disagg,
+            )
+            self._active[key] = result
+            async for res in result:
+                got_output = True
+                chunk = converter.convert(res)
+                if chunk is None:
+                    continue
+                n_out += len(chunk.token_ids)
+                yield chunk
+                if converter.finished:
+                    break
+        except api.RequestError as exc:
+            converter.finished = True
+            logger.info("request %s rejected by TensorRT-LLM: %s", req.request_id, exc)
+            yield EngineOutput(finish_reason=FINISH_ERROR, error=str(exc))
+        finally:
+            self._active.pop(key, None)
+            if not converter.finished and result is not None:
+                if transfer and not got_output:
+                    self._abort_after_first_output(result, req.request_id)
+                else:
+                    _abort(result)
+                logger.info("request %s aborted after %d tokens", req.request_id, n_out)
+            elif converter.finished:
+                logger.debug(
+                    "request %s finished: %d tokens in %.3f s", req.request_id, n_out, time.monotonic() - t0
+                )
+
+    def _abort_after_first_output(self, result: Any, request_id: str) -> None:
+        """Abort a decode request once its KV has arrived (owned task, cancelled on stop)."""
+
+        async def wait_then_abort() -> None:
+            try:
+                async for _ in result:
+                    break
+            except Exception as exc:
+                logger.debug("request %s: ended while its KV arrived: %s", request_id, exc)
+            finally:
+                _abort(result)
+
+        task = asyncio.create_task(wait_then_abort(), name=f"trtllm-deferred-abort-{request_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ----- load and model card -----------------------------------------------------------------
+
+    def load_metrics(self) -> LoadMetrics:
+        """Requests in flight here (TensorRT-LLM's iteration stats are not read back yet)."""
+        return LoadMetrics(
+            worker_id=self.worker_id,
+            active_requests=len(self._active),
+            max_requests=self.max_num_seqs or 0,
+        )
+
+    def _option(self, name: str) -> Any:
+        """An LLM-API option as the running engine resolved it (``llm.args``), else as configured."""
+        args = getattr(self._llm, "args", None)
+        value = getattr(args, name, None) if args is not None else None
+        return value if value is not None else self.config.engine_kwargs.get(name)
+
+    @property
+    def context_length(self) -> int | None:
+        value = self._option("max_seq_len")
+        return int(value) if value else None
+
+    @property
+    def kv_cache_block_size(self) -> int:
+        """``kv_cache_config.tokens_per_block``: the block size the KV router hashes."""
+        kv = self._option("kv_cache_config")
+        value = kv.get("tokens_per_block") if isinstance(kv, dict) else getattr(kv, "tokens_per_block", None)
+        return int(value) if value else self.config.kv_block_size
+
+    @property
+    def total_kv_blocks(self) -> int | None:
+        return None  # known to TensorRT-LLM's iteration stats only once requests ran
+
+    @property
+    def max_num_seqs(self) -> int | None:
+        value = self._option("max_batch_size")
+        return int(value) if value else None
+
+    @property
+    def max_num_batched_tokens(self) -> int | None:
+        value = self._option("max_num_tokens")
+        return int(value) if value else None
+
+
+def _abort(result: Any) -> None:
+    """``RequestOutput.abort()``; never raises."""
+    abort = getattr(result, "abort", None)
+    if callable(abort):
+        try:
+            abort()
+        except Exception as exc:
+            logger.warning("could not abort a TensorRT-LLM request: %s", exc)

@@ -1,0 +1,119 @@
+"""Our ``PreprocessedRequest`` -> the arguments of TensorRT-LLM's ``LLM.generate_async``.
+
+Journey: request plane -> worker handler -> **here** (sampling and stop options as
+``SamplingParams`` keywords; disaggregation state as ``DisaggregatedParams``) ->
+``llm.generate_async(token_ids, sampling_params=..., streaming=True, disaggregated_params=...)``.
+
+Disaggregation: a prefill worker runs the prompt as a ``context_only`` request; TensorRT-LLM
+answers with ``DisaggregatedParams`` (``ctx_request_id``, ``opaque_state`` bytes, the first
+token, ...) that travel to the decode worker in ``kv_transfer_params`` (``opaque_state`` as
+base64), where they come back as a ``generation_only`` request whose KV the cache transceiver
+pulls from the prefill worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from dynamo.llm.protocols import PreprocessedRequest
+
+_PASSTHROUGH = (
+    "temperature",
+    "top_p",
+    "min_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+)
+# kv_transfer_params key that marks TensorRT-LLM's parameters (present on every prefill answer).
+CTX_REQUEST_ID = "ctx_request_id"
+
+
+def build_sampling_kwargs(
+    req: PreprocessedRequest, *, prefill: bool = False, max_seq_len: int | None = None
+) -> dict[str, Any]:
+    """``SamplingParams`` keywords for ``req``.
+
+    The first EOS id of the model card is ``end_id`` (TensorRT-LLM needs one when it has no
+    tokenizer), the others join ``stop_token_ids``. Without ``max_tokens`` the request may fill
+    ``max_seq_len``. A prefill makes one token. ``top_k`` <= 0 means "off".
+    """
+    s, stop = req.sampling, req.stop
+    kwargs: dict[str, Any] = {"detokenize": False}
+    max_tokens = 1 if prefill else stop.max_tokens
+    if max_tokens is None and max_seq_len:
+        max_tokens = max(1, max_seq_len - len(req.token_ids))
+    if max_tokens is not None:
+        kwargs["max_tokens"] = max_tokens
+    if stop.min_tokens and not prefill:
+        kwargs["min_tokens"] = stop.min_tokens
+    eos = list(req.eos_token_ids)
+    if eos:
+        kwargs["end_id"] = eos[0]
+        kwargs["pad_id"] = eos[0]
+    stop_ids = list(stop.stop_token_ids)
+    if stop.ignore_eos:
+        kwargs["ignore_eos"] = True
+    else:
+        stop_ids += [t for t in eos[1:] if t not in stop_ids]
+    if stop_ids:
+        kwargs["stop_token_ids"] = stop_ids
+    for name in _PASSTHROUGH:
+        value = getattr(s, name)
+        if value is not None:
+            kwargs[name] = value
+    if s.top_k is not None and s.top_k > 0:
+        kwargs["top_k"] = s.top_k
+    if req.output.logprobs is not None:
+        if req.output.logprobs < 0:
+            raise ValueError("logprobs must be >= 0")
+        kwargs["logprobs"] = max(1, req.output.logprobs)  # TensorRT-LLM counts the sampled token
+    return kwargs
+
+
+def _fields_of(params: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(params) and not isinstance(params, type):
+        return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    if hasattr(params, "model_dump"):
+        return dict(params.model_dump())
+    return dict(vars(params))
+
+
+def params_to_wire(params: Any) -> dict[str, Any]:
+    """A prefill's ``DisaggregatedParams`` -> msgpack-safe ``kv_transfer_params`` (no tensors, no
+    multimodal handles: text only)."""
+    wire: dict[str, Any] = {}
+    for name, value in _fields_of(params).items():
+        if value is None or name.startswith("multimodal"):
+            continue
+        if name == "opaque_state" and isinstance(value, bytes | bytearray):
+            value = base64.b64encode(bytes(value)).decode()
+        elif isinstance(value, int | float | str | bool):
+            pass
+        elif isinstance(value, list | tuple) and all(isinstance(v, int | float | str) for v in value):
+            value = list(value)
+        else:
+            continue  # an object we cannot carry (the decode side does without it)
+        wire[name] = value
+    return wire
+
+
+def is_trtllm_params(params: dict[str, Any] | None) -> bool:
+    """Whether ``kv_transfer_params`` came from a TensorRT-LLM prefill worker."""
+    return bool(params) and CTX_REQUEST_ID in (params or {})
+
+
+def params_from_wire(params: dict[str, Any], factory: Callable[..., Any]) -> Any:
+    """``kv_transfer_params`` from a prefill worker -> ``DisaggregatedParams`` of a
+    ``generation_only`` request (only the fields this TensorRT-LLM knows)."""
+    known = set(inspect.signature(factory).parameters)
+    kwargs = {k: v for k, v in params.items() if k in known}
+    if isinstance(kwargs.get("opaque_state"), str):
+        kwargs["opaque_state"] = base64.b64decode(kwargs["opaque_state"])
+    kwargs["request_type"] = "generation_only"
+    return factory(**kwargs)
