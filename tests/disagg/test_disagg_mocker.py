@@ -95,7 +95,9 @@ def make_graph(log_dir: Path, smollm2_tokenizer_dir: Path, etcd) -> Iterator:
             return Worker(proc, port)
 
         pre = [worker(f"prefill-{tag}-{i}", ("--is-prefill-worker", *a), None) for i, a in enumerate(prefill)]
-        dec = [worker(f"decode-{tag}-{i}", ("--is-decode-worker", *a), decode_env) for i, a in enumerate(decode)]
+        dec = [
+            worker(f"decode-{tag}-{i}", ("--is-decode-worker", *a), decode_env) for i, a in enumerate(decode)
+        ]
         frontend = Frontend(log_dir, {**env, **(frontend_env or {})}, *frontend_args, name=f"frontend-{tag}")
         g = DisaggGraph(frontend, pre, dec)
         made.append(g)
@@ -165,7 +167,9 @@ async def test_kv_routing_on_both_pools_hits_the_prefill_pools_prefix_cache(make
         for i in range(6):
             await complete(http, g, f"{LONG_PROMPT} question {i}: why?")
             await asyncio.sleep(0.3)  # let the KV events of the last request reach the router
-    served = [metric_value(w.metrics(), "dynamo_worker_requests_total", outcome="completed") for w in g.prefill]
+    served = [
+        metric_value(w.metrics(), "dynamo_worker_requests_total", outcome="completed") for w in g.prefill
+    ]
     # The shared prefix sticks to one prefill worker, whose cache serves it after the first time.
     assert sorted(served) == [0, 6], served
     cached = g.metric("dynamo_frontend_disagg_prefill_cached_tokens_total")
@@ -186,7 +190,9 @@ async def test_prefix_cached_on_a_decode_worker_is_prefilled_there(make_graph):
     # The first request's KV went to a decode worker; the later ones differ only in a short suffix.
     assert g.metric("dynamo_frontend_disagg_requests_total", prefill="remote") == 1
     assert g.metric("dynamo_frontend_disagg_requests_total", prefill="local_short") == 3
-    served = [metric_value(w.metrics(), "dynamo_worker_requests_total", outcome="completed") for w in g.decode]
+    served = [
+        metric_value(w.metrics(), "dynamo_worker_requests_total", outcome="completed") for w in g.decode
+    ]
     assert sorted(served) == [0, 4], served
 
 
@@ -230,7 +236,10 @@ async def test_slow_kv_transfer_times_out_on_the_decode_worker_and_falls_back(ma
         t0 = time.monotonic()
         await complete(http, g, LONG_PROMPT)
         assert time.monotonic() - t0 < 5
-    assert metric_value(g.decode[0].metrics(), "dynamo_worker_disagg_fallback_total", reason="transfer_timeout") == 1
+    assert (
+        metric_value(g.decode[0].metrics(), "dynamo_worker_disagg_fallback_total", reason="transfer_timeout")
+        == 1
+    )
     assert g.metric("dynamo_frontend_disagg_fallback_total", reason="transfer_timeout") == 1
 
 
