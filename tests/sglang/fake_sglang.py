@@ -230,3 +230,47 @@ class FakeSglangEngine:
 def fake_bindings(behaviour: Behaviour) -> SglangBindings:
     """The adapter's bindings with ``sglang.Engine`` replaced by the fake."""
     return SglangBindings(Engine=functools.partial(FakeSglangEngine, behaviour=behaviour))
+
+
+@dataclass
+class FakeServerArgs:
+    """The shape of ``sglang.srt.server_args.ServerArgs`` the parser passes flags through (older
+    SGLang's spelling: the parallelism flags land on ``tensor_parallel_size`` and friends)."""
+
+    model_path: str
+    served_model_name: str | None = None
+    tp_size: int = 1
+    dp_size: int = 1
+    trust_remote_code: bool = False
+    page_size: int | None = 1
+    mem_fraction_static: float | None = None
+    disaggregation_mode: str = "null"
+    disaggregation_transfer_backend: str = "mooncake"
+    disaggregation_bootstrap_port: int = 8998
+    kv_events_config: str | None = None
+    disable_radix_cache: bool = False
+    enable_dp_attention: bool = False
+    skip_tokenizer_init: bool = False
+    stream_output: bool = False
+    schedule_policy: str = "fcfs"
+
+    @staticmethod
+    def add_cli_args(parser: Any) -> None:
+        parser.add_argument("--model-path", "--model", type=str, required=True)
+        parser.add_argument("--served-model-name", type=str, default=None)
+        parser.add_argument("--tensor-parallel-size", "--tp-size", type=int, default=1)
+        parser.add_argument("--data-parallel-size", "--dp-size", type=int, default=1)
+        parser.add_argument("--trust-remote-code", action="store_true")
+        parser.add_argument("--page-size", type=int, default=1)
+        parser.add_argument("--mem-fraction-static", type=float, default=None)
+        parser.add_argument("--disaggregation-mode", choices=["null", "prefill", "decode"], default="null")
+        parser.add_argument(
+            "--disaggregation-transfer-backend", choices=["mooncake", "nixl"], default="mooncake"
+        )
+        parser.add_argument("--disaggregation-bootstrap-port", type=int, default=8998)
+        parser.add_argument("--kv-events-config", type=str, default=None)
+        parser.add_argument("--disable-radix-cache", action="store_true")
+        parser.add_argument("--enable-dp-attention", action="store_true")
+        parser.add_argument("--skip-tokenizer-init", action="store_true")
+        parser.add_argument("--stream-output", action="store_true")
+        parser.add_argument("--schedule-policy", type=str, default="fcfs")

@@ -114,3 +114,35 @@ def test_the_worker_without_sglang_exits_1_with_one_line_naming_the_extra():
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install .[sglang]" in lines[0], proc.stderr
+
+
+def test_with_sglang_installed_its_own_flags_pass_through(monkeypatch):
+    """SGLang's own parser, stood in for by ``FakeServerArgs`` (SGLang cannot be installed here)."""
+    import types
+
+    from dynamo.sglang import args as sglang_args
+    from tests.sglang.fake_sglang import FakeServerArgs
+
+    server_args = types.ModuleType("sglang.srt.server_args")
+    server_args.ServerArgs = FakeServerArgs  # type: ignore[attr-defined]
+    for name, module in {
+        "sglang": types.ModuleType("sglang"),
+        "sglang.srt": types.ModuleType("sglang.srt"),
+        "sglang.srt.server_args": server_args,
+    }.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(sglang_args, "sglang_installed", lambda: True)
+
+    parser = build_parser()
+    assert "all SGLang server flags pass through" in (parser.description or "")
+    config = parse(EXAMPLE.replace("prefill", "decode") + " --schedule-policy lpm")
+    assert config.passthrough and config.is_decode
+    kw = config.engine_kwargs
+    assert set(kw) <= {
+        f for f in FakeServerArgs.__dataclass_fields__
+    }  # only ServerArgs fields reach the engine
+    assert kw["tp_size"] == 1 and kw["schedule_policy"] == "lpm" and kw["trust_remote_code"] is True
+    assert kw["page_size"] == DEFAULT_PAGE_SIZE  # SGLang's default is 1; ours unless given
+    assert kw["stream_output"] is True and kw["skip_tokenizer_init"] is True
+    assert parse(GUIDE + " --dp 2").engine_kwargs["dp_size"] == 2
+    assert "error:" in fails(GUIDE + " --tpp 1")
