@@ -28,7 +28,7 @@ from dynamo.llm.preprocessor import Preprocessor
 from dynamo.llm.worker import files_endpoint_name
 from dynamo.router import KvRouter, KvRouterConfig
 from dynamo.router.feed import KvFeed
-from dynamo.router.metrics import RoutingMetrics
+from dynamo.router.metrics import KvLoadCollector, RoutingMetrics
 from dynamo.router.sync_events import router_sync_subject
 from dynamo.runtime import DistributedRuntime, EndpointId, InstanceRecord
 from dynamo.runtime.runtime import CARDS_PREFIX, INSTANCES_PREFIX, parse_key
@@ -81,6 +81,7 @@ class ModelManager:
                 replica_sync=config.router_replica_sync,
                 metrics_prefix="dynamo_frontend_router_",
             )
+            runtime.metrics.register(KvLoadCollector(self._named_kv_routers, "dynamo_frontend_router_"))
 
     async def start(self) -> None:
         self.runtime.spawn(self._watch(CARDS_PREFIX, self._on_card), "watch-model-cards")
@@ -250,6 +251,14 @@ class ModelManager:
 
     def _all_kv_routers(self) -> list[KvRouter]:
         return [p.kv for m in self.models.values() for p in (m.router, m.prefill_router) if p.kv is not None]
+
+    def _named_kv_routers(self) -> list[tuple[str, KvRouter]]:
+        return [
+            (m.name, p.kv)
+            for m in self.models.values()
+            for p in (m.router, m.prefill_router)
+            if p.kv is not None
+        ]
 
     def _record_of(self, iid: int) -> InstanceRecord | None:
         model = self._owner.get(iid)

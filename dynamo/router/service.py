@@ -31,7 +31,7 @@ import msgspec
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.router.feed import KvFeed
 from dynamo.router.kv_router import KvRouter, KvRouterConfig
-from dynamo.router.metrics import RoutingMetrics
+from dynamo.router.metrics import KvLoadCollector, RoutingMetrics
 from dynamo.router.selector import AllWorkersBusy, NoWorkers, RoutingError
 from dynamo.router.sync_events import router_sync_subject
 from dynamo.router.worker_key import worker_key
@@ -75,6 +75,9 @@ class StandaloneRouter:
             metrics_prefix=METRICS_PREFIX,
         )
         self._label = str(workers)
+        runtime.metrics.register(
+            KvLoadCollector(lambda: [(self._label, self.router)] if self.router else [], METRICS_PREFIX)
+        )
 
     async def start(self, component: str = ROUTER_COMPONENT) -> None:
         """Follow the workers and serve the router's endpoints in the workers' namespace."""

@@ -223,3 +223,42 @@ async def test_standalone_router_routes_and_answers_which_worker(
         router.stop()
         for w in workers:
             w.stop()
+
+
+async def test_predicted_load_is_released_when_requests_finish_or_clients_leave(
+    make_env, log_dir: Path, smollm2_tokenizer_dir: Path
+):
+    env = make_env("file-zmq", "release")
+    slow = ("--model-name", MODEL, "--block-size", str(BLOCK), "--speedup-ratio", "1")
+    workers = start_mockers(log_dir, env, smollm2_tokenizer_dir, "release", 2, *slow)
+    fe = kv_frontend(log_dir, env, "frontend-release", workers=2)
+
+    def predicted(name: str) -> float:
+        return metric_value(fe.metrics(), f"dynamo_frontend_router_{name}", model=MODEL)
+
+    body = {"model": MODEL, "messages": [{"role": "user", "content": system_prompt(3, 200)}], "stream": True}
+    async with httpx.AsyncClient(timeout=60) as http:
+        streams = [
+            http.stream("POST", f"{fe.url}/v1/chat/completions", json={**body, "max_tokens": n})
+            for n in (3, 3000, 3000)
+        ]
+        short, *long = [await s.__aenter__() for s in streams]
+        assert [r.status_code for r in (short, *long)] == [200, 200, 200]
+        async for _ in short.aiter_lines():
+            pass  # runs to completion
+        for r in long:
+            await anext(r.aiter_lines())
+        assert predicted("active_requests") == 2
+        assert predicted("active_blocks") > 0
+        assert predicted("prefill_tokens") == 0  # every request has its first token
+        for r in long:
+            await r.aclose()  # the client goes away mid-stream
+    await asyncio.to_thread(
+        wait_until,
+        lambda: predicted("active_requests") == 0 and predicted("active_blocks") == 0,
+        10,
+        "load release",
+    )
+    fe.stop()
+    for w in workers:
+        w.stop()
