@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 RESYNC_TIMEOUT = 10.0  # seconds to wait for a worker's replay or snapshot
 SWEEP_INTERVAL = 2.0  # seconds between retries of resyncs still pending (a failed fetch)
+RETRY_BACKOFF = 10.0  # seconds before a worker whose resync failed is asked again
 HEARTBEAT_INTERVAL = 2.0  # seconds between replica-sync heartbeats
 REPLICA_TIMEOUT = 10.0  # a replica silent this long is gone: its load predictions are dropped
 ALIVE_SUFFIX = "_alive"  # heartbeat subject = the replica-sync subject + this
@@ -72,6 +73,7 @@ class KvFeed:
         self._subscription = subscription
         self.replica_sync = replica_sync  # apply the other replicas' load updates
         self._inflight: set[int] = set()  # worker keys with a resync fetch running
+        self._retry_after: dict[int, float] = {}  # worker key -> monotonic time of the next retry
         self._outbox: asyncio.Queue[tuple[str, RouterSyncEvent]] = asyncio.Queue()
         self._local_replicas: dict[str, set[int]] = {}  # sync subject -> this process's router ids
         self._replicas_seen: dict[int, float] = {}  # other replicas' router ids -> last heard (monotonic)
@@ -107,6 +109,7 @@ class KvFeed:
 
     async def _fetch(self, worker: int, after_event_id: int | None) -> None:
         instance_id, dp_rank = split_worker_key(worker)
+        self._retry_after.pop(worker, None)
         try:
             record = self._record_of(instance_id)
             if record is None:
@@ -143,6 +146,7 @@ class KvFeed:
             self._resyncs.labels("snapshot").inc()
         except (RequestPlaneError, TimeoutError, StopAsyncIteration, msgspec.MsgspecError, ValueError) as exc:
             self._resyncs.labels("failed").inc()
+            self._retry_after[worker] = time.monotonic() + RETRY_BACKOFF
             log.warning("could not resync the kv index of worker %s: %s", format_worker_key(worker), exc)
         finally:
             self._inflight.discard(worker)
@@ -162,11 +166,12 @@ class KvFeed:
         """Retry the resyncs that are still pending, and drop replicas that went silent."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
             for router in list(self._all_routers()):
                 pending = getattr(router.index, "pending_resyncs", None)
                 for request in pending() if pending is not None else ():
-                    self._resync(request.worker, request.after_event_id)
-            now = time.monotonic()
+                    if self._retry_after.get(request.worker, 0.0) <= now:
+                        self._resync(request.worker, request.after_event_id)
             for router_id in [r for r, seen in self._replicas_seen.items() if now - seen > REPLICA_TIMEOUT]:
                 del self._replicas_seen[router_id]
                 dropped = sum(r.sequences.drop_replica(router_id) for r in self._all_routers())
