@@ -8,13 +8,12 @@ own metrics) on ``DYN_SYSTEM_PORT``, and logs ``VllmWorker … initialized`` whe
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
 from dynamo.llm.disagg import DisaggDecodeEngine
-from dynamo.llm.model_card import ModelDeploymentCard, RuntimeFacts
-from dynamo.llm.worker import KvEventRelay, run_until_shutdown, serve_engine
+from dynamo.llm.model_card import ModelDeploymentCard
+from dynamo.llm.worker import Engine, KvEventRelay, load_card, run_engine_worker
 from dynamo.runtime import DistributedRuntime, RuntimeConfig
 from dynamo.runtime.logging import configure_logging
 from dynamo.vllm.args import WorkerConfig, parse_args
@@ -33,45 +32,31 @@ async def run(config: WorkerConfig) -> int:
     endpoint = config.endpoint_id
     relay = KvEventRelay(runtime, endpoint) if config.kv_events else None
     engine = VllmEngine(config, worker_id=runtime.instance_id, kv_event_sink=relay.sink if relay else None)
-    try:
-        await engine.start()
-    except EngineStartError as exc:
-        log.error("vLLM engine failed to start: %s", exc)
-        await runtime.shutdown()
-        return 1
-    try:
+    # A decode worker pulls the prefill worker's KV, or calls one itself (decode_first), and
+    # prefills locally when either fails.
+    serving: Engine = (
+        DisaggDecodeEngine(engine, runtime.request_client, runtime.metrics) if config.is_decode else engine
+    )
+
+    async def card() -> ModelDeploymentCard:
         register_vllm_metrics(runtime.metrics)
         names = config.engine_args.served_model_name
         served = (names[0] if isinstance(names, list | tuple) else names) if names else None
-        card = await asyncio.to_thread(
-            ModelDeploymentCard.from_local_path,
-            config.model,
-            served_model_name=served,
-            context_length=engine.context_length,
-            kv_cache_block_size=engine.kv_cache_block_size,
-            migration_limit=config.migration_limit,
-            runtime=RuntimeFacts(
-                total_kv_blocks=engine.total_kv_blocks,
-                max_num_seqs=engine.max_num_seqs,
-                max_num_batched_tokens=engine.max_num_batched_tokens,
-                disaggregation_role=None
-                if config.disaggregation_mode == "agg"
-                else config.disaggregation_mode,
-            ),
+        role = None if config.disaggregation_mode == "agg" else config.disaggregation_mode
+        return await load_card(
+            config.model, engine, served_model_name=served, migration_limit=config.migration_limit, role=role
         )
-        # A decode worker pulls the prefill worker's KV, or calls one itself (decode_first), and
-        # prefills locally when either fails.
-        serving: VllmEngine | DisaggDecodeEngine = engine
-        if config.is_decode:
-            serving = DisaggDecodeEngine(engine, runtime.request_client, runtime.metrics)
-        await serve_engine(runtime, endpoint, card, serving, relay=relay, worker_name="VllmWorker")
-    except Exception as exc:
-        log.error("vLLM worker failed to register: %s", exc)
-        await runtime.shutdown()
-        await engine.stop()
-        return 1
-    await run_until_shutdown(runtime, engine)
-    return 0
+
+    return await run_engine_worker(
+        runtime,
+        endpoint,
+        serving,
+        card,
+        relay=relay,
+        worker_name="VllmWorker",
+        engine_name="vLLM",
+        start_errors=(EngineStartError,),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
