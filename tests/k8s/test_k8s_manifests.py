@@ -217,6 +217,8 @@ def test_example_follows_the_guides(path: Path) -> None:
         strategy = "prefill_first" if pattern.endswith("_router") else "decode_first"
         for _, s in _workers(doc):
             assert {"name": "DISAGGREGATION_STRATEGY", "value": strategy} in s["envs"]
+        # The frontend routes the flow, so it must see the same strategy (graph-wide envs).
+        assert {"name": "DISAGGREGATION_STRATEGY", "value": strategy} in doc["spec"]["envs"]
 
 
 def test_trtllm_image_knows_dynamo_home() -> None:
