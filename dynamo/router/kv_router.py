@@ -168,7 +168,7 @@ class KvRouter:
         overlaps = self.index.find_matches_sequence(seq).scores
         try:
             selection = self.selector.select(
-                candidates, len(tokens), overlaps, self.sequences, self.total_blocks, pinned
+                candidates, len(tokens), overlaps, self.sequences, self.total_blocks, pinned, seq
             )
         except AllWorkersBusy:
             self.counters.all_busy += 1

@@ -4,8 +4,11 @@ Journey: route. For every candidate worker, with B the request's blocks (ceil(pr
 block size)) and O the leading blocks the worker already caches::
 
     prefill_cost = (B - O) + queued prefill tokens / block_size
-    decode_cost  = active blocks + B
+    decode_cost  = active blocks + the request's blocks not already active there
     logit        = overlap_weight * prefill_cost + decode_cost       (lower is better)
+
+A block the worker's active requests already hold (the same chained hash: a shared system prompt)
+is not counted twice, as in the reference; without the prompt's hashes all B blocks count.
 
 Temperature 0 takes the lowest logit (exact ties broken at random); temperature T > 0 samples
 ``softmax(-(logit - min) / ((max - min) * T))``, so T is independent of the logits' scale.
@@ -50,6 +53,8 @@ class WorkerLoad(Protocol):
     def active_blocks(self, worker: int) -> int: ...
 
     def prefill_tokens(self, worker: int) -> int: ...
+
+    def new_blocks(self, worker: int, sequence_hashes: Sequence[int]) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +123,15 @@ class WorkerSelector:
         load: WorkerLoad,
         total_blocks: Mapping[int, int],
         pinned: int | None = None,
+        sequence_hashes: Sequence[int] = (),
     ) -> Selection:
         """Pick a worker for a prompt of ``prompt_tokens`` tokens.
 
         ``overlaps``: cached leading blocks per worker (absent = 0); ``total_blocks``: KV capacity
         per worker (absent = unknown, no decode threshold). ``pinned`` bypasses the choice but not
-        the busy check. Raises ``NoWorkers`` or ``AllWorkersBusy``.
+        the busy check. ``sequence_hashes``: the prompt's full blocks (chained hashes), so blocks
+        already active on a worker are not added to its decode cost again. Raises ``NoWorkers`` or
+        ``AllWorkersBusy``.
         """
         cfg = self.config
         bs = cfg.block_size
@@ -136,7 +144,9 @@ class WorkerSelector:
         if pinned is not None:
             if check_busy and self.is_busy(pinned, load, total_blocks.get(pinned)):
                 raise AllWorkersBusy([pinned])
-            return self._score(pinned, request_blocks, overlaps.get(pinned, 0), load, weight, bs)
+            return self._score(
+                pinned, request_blocks, overlaps.get(pinned, 0), load, weight, bs, sequence_hashes
+            )
         if not candidates:
             raise NoWorkers()
 
@@ -147,7 +157,7 @@ class WorkerSelector:
                 continue
             overlap = min(overlaps.get(worker, 0), request_blocks)
             prefill = (request_blocks - overlap) + load.prefill_tokens(worker) / bs
-            decode = load.active_blocks(worker) + request_blocks
+            decode = _decode_blocks(worker, request_blocks, load, sequence_hashes)
             workers.append(worker)
             logits.append(weight * prefill + decode)
         if not workers:
@@ -157,19 +167,34 @@ class WorkerSelector:
             index = argmin_random_tie(logits, self.rng)
         else:
             index = softmax_sample(logits, cfg.temperature, self.rng.random())
-        return self._score(workers[index], request_blocks, overlaps.get(workers[index], 0), load, weight, bs)
+        chosen = workers[index]
+        return self._score(chosen, request_blocks, overlaps.get(chosen, 0), load, weight, bs, sequence_hashes)
 
     @staticmethod
     def _score(
-        worker: int, request_blocks: int, overlap: int, load: WorkerLoad, weight: float, bs: int
+        worker: int,
+        request_blocks: int,
+        overlap: int,
+        load: WorkerLoad,
+        weight: float,
+        bs: int,
+        sequence_hashes: Sequence[int],
     ) -> Selection:
         overlap = min(overlap, request_blocks)
         prefill = (request_blocks - overlap) + load.prefill_tokens(worker) / bs
-        decode = float(load.active_blocks(worker) + request_blocks)
+        decode = float(_decode_blocks(worker, request_blocks, load, sequence_hashes))
         return Selection(worker, overlap, request_blocks, weight * prefill + decode, prefill, decode)
 
     def __repr__(self) -> str:
         return f"WorkerSelector({self.config})"
+
+
+def _decode_blocks(worker: int, request_blocks: int, load: WorkerLoad, sequence_hashes: Sequence[int]) -> int:
+    """Active blocks of ``worker`` once the request is added (its blocks already active count once)."""
+    if not sequence_hashes:
+        return load.active_blocks(worker) + request_blocks
+    added = load.new_blocks(worker, sequence_hashes) + max(0, request_blocks - len(sequence_hashes))
+    return load.active_blocks(worker) + added
 
 
 def argmin_random_tie(logits: Sequence[float], rng: random.Random) -> int:

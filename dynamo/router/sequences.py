@@ -87,6 +87,14 @@ class ActiveSequences:
         load = self._workers.get(worker)
         return load.prefill_tokens if load is not None else 0
 
+    def new_blocks(self, worker: int, sequence_hashes: Sequence[int]) -> int:
+        """How many of these blocks (chained sequence hashes) the worker's active requests do not hold."""
+        load = self._workers.get(worker)
+        if load is None or not load.block_refs:
+            return len(sequence_hashes)
+        refs = load.block_refs
+        return sum(1 for h in sequence_hashes if h not in refs)
+
     def active_requests(self, worker: int) -> int:
         """Requests routed to the worker and not yet freed."""
         load = self._workers.get(worker)

@@ -179,3 +179,19 @@ def test_replica_sync_gives_the_same_load_view() -> None:
 
 def test_replicas_get_distinct_router_ids_by_default() -> None:
     assert KvRouterConfig().router_id != KvRouterConfig().router_id
+
+
+def test_blocks_already_active_on_a_worker_are_not_its_decode_cost_twice() -> None:
+    # 0x11 caches a 10-block system prompt and serves two requests that share it; the others are idle.
+    r = router()
+    system = prompt(20, blocks=10, extra=0)
+    r.on_kv_events(cache_event(0x11, 1, system))
+    for i in range(2):
+        r.select([*system, *prompt(30 + i, blocks=1, extra=0)], f"active-{i}", [0x11])
+        r.on_first_token(f"active-{i}")
+    assert r.sequences.active_blocks(0x11) == 12  # the shared 10 count once
+    # A third request on that prompt adds one block there, not eleven: the cached worker stays cheapest
+    # (counting all 11 would make it 1 + 12 + 11 = 24 against an idle worker's 11 + 11 = 22).
+    sel = r.select([*system, *prompt(40, blocks=1, extra=0)], "new", WORKERS)
+    assert sel.worker == 0x11 and sel.overlap_blocks == 10
+    assert sel.decode_cost == 12 + 1 and sel.prefill_cost == 1
