@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from dynamo.llm.kv_events import compute_block_hashes, compute_sequence_hashes
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.router.feed import KvFeed
 from dynamo.router.kv_router import KvRouter, KvRouterConfig
@@ -170,13 +171,15 @@ class StandaloneRouter:
         """The worker this router would choose now for ``token_ids``, with its overlap and load."""
         router = self._require_router()
         tokens = _token_ids(request)
-        overlaps = router.find_overlap(tokens, request.get("lora_name")).scores
+        local = compute_block_hashes(tokens, router.config.block_size, request.get("lora_name"))
+        hashes = compute_sequence_hashes(local)
         sel = router.selector.select(
             [worker_key(i) for i in self.records],
             len(tokens),
-            overlaps,
+            router.index.find_matches_sequence(hashes).scores,
             router.sequences,
             router.total_blocks,
+            sequence_hashes=hashes,
         )
         seqs = router.sequences
         yield {

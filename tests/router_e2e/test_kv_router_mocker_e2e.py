@@ -25,14 +25,16 @@ MOCKER_ARGS = ("--model-name", MODEL, "--block-size", str(BLOCK), "--speedup-rat
 
 
 @pytest.fixture
-def make_env(etcd, nats):
-    """Environment for one graph: ``etcd-nats`` (production planes) or ``file-zmq`` (single machine)."""
+def make_env(etcd, nats, tmp_path: Path):
+    """Environment for one graph: ``etcd-nats`` (production planes) or ``file-zmq`` (single machine,
+    in a discovery folder of its own so no other test's frontend sees these workers)."""
 
     def make(backend: str, tag: str) -> dict[str, str]:
         if backend == "etcd-nats":
             env = discovery_env("etcd", etcd.endpoint, nats.url)
         else:
             env = discovery_env("file")
+            env["DYN_FILE_DISCOVERY_DIR"] = str(tmp_path / f"discovery-{tag}")
         env["DYN_NAMESPACE"] = f"kv-{tag}"
         return env
 
