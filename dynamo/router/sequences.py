@@ -88,12 +88,19 @@ class ActiveSequences:
         return load.prefill_tokens if load is not None else 0
 
     def new_blocks(self, worker: int, sequence_hashes: Sequence[int]) -> int:
-        """How many of these blocks (chained sequence hashes) the worker's active requests do not hold."""
+        """How many of these blocks (a prompt's chained sequence hashes) the worker's active requests
+        do not hold. Every request holds its whole prefix, so the held ones are a leading run:
+        O(held blocks + 1)."""
         load = self._workers.get(worker)
         if load is None or not load.block_refs:
             return len(sequence_hashes)
         refs = load.block_refs
-        return sum(1 for h in sequence_hashes if h not in refs)
+        held = 0
+        for h in sequence_hashes:
+            if h not in refs:
+                break
+            held += 1
+        return len(sequence_hashes) - held
 
     def active_requests(self, worker: int) -> int:
         """Requests routed to the worker and not yet freed."""
