@@ -202,9 +202,13 @@ class _ServerConnection(asyncio.Protocol):
                     items, stream.pending = stream.pending, []
                     out.append(encode_frame(FrameKind.DATA, stream.sid, _encoder.encode(items)))
         self._flush_scheduled = False
-        if self._out and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(self._out)
-        self._out = []
+        out = self._out
+        if out and self.transport is not None and not self.transport.is_closing():
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writelines(out)
+        out.clear()
 
 
 class RequestPlaneServer:
