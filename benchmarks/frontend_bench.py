@@ -144,7 +144,14 @@ def start_stacks(args: argparse.Namespace) -> list[Stack]:
     try:
         if not args.no_ours:
             stacks.append(
-                start_ours(path, args.model, args.speedup_ratio, args.http_workers, tuple(args.frontend_arg))
+                start_ours(
+                    path,
+                    args.model,
+                    args.speedup_ratio,
+                    args.http_workers,
+                    tuple(args.frontend_arg),
+                    mocker_args=tuple(args.mocker_arg),
+                )
             )
         for n in args.also_http_workers:
             stacks.append(
@@ -155,6 +162,7 @@ def start_stacks(args: argparse.Namespace) -> list[Stack]:
                     n,
                     tuple(args.frontend_arg),
                     name=f"ours-w{n}",
+                    mocker_args=tuple(args.mocker_arg),
                 )
             )
         for spec in args.variant:
@@ -168,6 +176,7 @@ def start_stacks(args: argparse.Namespace) -> list[Stack]:
                     tuple(args.frontend_arg),
                     root=Path(root).resolve(),
                     name=name,
+                    mocker_args=tuple(args.mocker_arg),
                 )
             )
         if args.reference:
@@ -251,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speedup-ratio", type=float, default=100.0, help="mocker --speedup-ratio")
     p.add_argument("--http-workers", type=int, default=1, help="our frontend's --http-workers")
     p.add_argument("--frontend-arg", action="append", default=[], help="extra flag for our frontend")
+    p.add_argument("--mocker-arg", action="append", default=[], help="extra flag for our mocker")
     p.add_argument("--reference", action="store_true", help="also run NVIDIA Dynamo 1.6.1 (DYN_REF_VENV)")
     p.add_argument("--no-ours", action="store_true", help="do not start our stack")
     p.add_argument(

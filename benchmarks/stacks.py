@@ -142,6 +142,7 @@ def start_ours(
     python: str = sys.executable,
     root: Path = ROOT,
     name: str = "ours",
+    mocker_args: tuple[str, ...] = (),
 ) -> Stack:
     """Our ``dynamo.frontend`` + ``dynamo.mocker`` from this checkout (or another one, ``root``:
     e.g. a ``git worktree`` of an older commit, to measure a change side by side)."""
@@ -154,7 +155,7 @@ def start_ours(
         fe += ["--http-workers", str(http_workers)]
     fe += list(frontend_args)
     mk = [python, "-m", "dynamo.mocker", "--model-path", model_path, "--model-name", model]
-    mk += ["--speedup-ratio", str(speedup), *COMMON]
+    mk += ["--speedup-ratio", str(speedup), *COMMON, *mocker_args]
     stack = Stack(name, f"http://127.0.0.1:{port}", model, tmp=tmp)
     stack.procs["frontend"] = _spawn(fe, env, str(root), Path(tmp) / "frontend.log")
     stack.procs["mocker"] = _spawn(mk, env, str(root), Path(tmp) / "mocker.log")
