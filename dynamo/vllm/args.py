@@ -43,6 +43,7 @@ GENERATE_ENDPOINT = "generate"
 CPU_DEFAULT_DTYPE = "float32"
 CPU_MAX_MODEL_LEN_CAP = 4096
 CPU_DEFAULT_KVCACHE_SPACE_GIB = "1"
+NIXL_CONNECTOR_MODULE = "dynamo.vllm.nixl_connector"
 
 
 class VllmNotInstalledError(ImportError):
@@ -192,15 +193,18 @@ def default_kv_transfer_config(is_cpu: bool) -> KVTransferConfig:
     """vLLM's NixlConnector for a prefill or decode worker that was given no ``--kv-transfer-config``.
 
     ``kv_both`` (either side of a transfer), KV buffers in host memory on the CPU build (where the
-    connector pulls blocks of 128 tokens), and a failed KV load ends the request with an error so
-    the decode worker can prefill it locally and count why (``dynamo.llm.disagg``). The engine
-    picks the side-channel port and UCX settings when it starts (``dynamo.vllm.engine``).
+    connector pulls blocks of 128 tokens, through ``dynamo.vllm.nixl_connector`` so that each engine
+    keeps its own cores), and a failed KV load ends the request with an error so the decode worker
+    can prefill it locally and count why (``dynamo.llm.disagg``). The engine picks the side-channel
+    port and UCX settings when it starts (``dynamo.vllm.engine``).
     """
     from vllm.config.kv_transfer import KVTransferConfig
 
     config = KVTransferConfig(kv_connector="NixlConnector", kv_role="kv_both", kv_load_failure_policy="fail")
     if is_cpu:
         config.kv_buffer_device = "cpu"
+        # vLLM's connector would move the engine's compute thread off its cores (dynamo.vllm.nixl_connector).
+        config.kv_connector_module_path = NIXL_CONNECTOR_MODULE
     return config
 
 

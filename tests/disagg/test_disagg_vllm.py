@@ -162,6 +162,32 @@ def reference(graph: Graph) -> dict[str, Any]:
     return resp
 
 
+def model_runner_cores(root_pid: int) -> set[int]:
+    """Cores the compute (main) thread of vLLM's model-runner process under ``root_pid`` may use."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    stack = [root_pid]
+    while stack:
+        pid = stack.pop()
+        for child in children.get(pid, []):
+            if Path(f"/proc/{child}/comm").read_text().startswith("VLLM::Worker"):
+                return os.sched_getaffinity(child)
+            stack.append(child)
+    raise AssertionError(f"no vLLM worker process under {root_pid}")
+
+
+def test_each_engine_computes_on_its_own_core(graph: Graph):
+    """vLLM's NIXL connector moves its thread to a 'reserved' core; ours puts it back."""
+    assert model_runner_cores(graph.prefill.pid) == {0}
+    assert model_runner_cores(graph.decode.pid) == {1}
+
+
 async def test_disaggregated_output_equals_aggregated_and_the_kv_came_over_nixl(graph: Graph, reference):
     before = graph.decode_metrics()
     async with httpx.AsyncClient(timeout=120) as http:
