@@ -130,6 +130,7 @@ async def test_replica_sync_keeps_a_second_frontend_off_a_busy_worker(
                 "model": MODEL,
                 "messages": [{"role": "user", "content": system_prompt(100 + seed, words=60)}],
                 "max_tokens": 3000,
+                "ignore_eos": True,  # the mocker would otherwise stop after ~128 tokens
                 "stream": True,
                 "nvext": {"backend_instance_id": busy},
             }
@@ -238,7 +239,12 @@ async def test_predicted_load_is_released_when_requests_finish_or_clients_leave(
     def predicted(name: str) -> float:
         return metric_value(fe.metrics(), f"dynamo_frontend_router_{name}", model=MODEL)
 
-    body = {"model": MODEL, "messages": [{"role": "user", "content": system_prompt(3, 200)}], "stream": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": system_prompt(3, 200)}],
+        "stream": True,
+        "ignore_eos": True,  # the long ones run until the client leaves
+    }
     async with httpx.AsyncClient(timeout=60) as http:
         streams = [
             http.stream("POST", f"{fe.url}/v1/chat/completions", json={**body, "max_tokens": n})
@@ -248,8 +254,9 @@ async def test_predicted_load_is_released_when_requests_finish_or_clients_leave(
         assert [r.status_code for r in (short, *long)] == [200, 200, 200]
         async for _ in short.aiter_lines():
             pass  # runs to completion
-        for r in long:
-            await anext(r.aiter_lines())
+        lines = [r.aiter_lines() for r in long]  # kept: a dropped iterator closes its response
+        for it in lines:
+            await anext(it)
         # The short request is freed as its stream closes, a moment after its last chunk.
         await asyncio.to_thread(
             wait_until, lambda: predicted("active_requests") == 2, 10, "two active requests"
