@@ -16,8 +16,9 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+import sys
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, NoReturn, Protocol
 
 from prometheus_client import Counter, Gauge
 
@@ -364,3 +365,18 @@ async def run_until_shutdown(runtime: DistributedRuntime, engine: Engine) -> Non
     finally:
         with contextlib.suppress(Exception):
             await engine.stop()
+
+
+def exit_with(main: Coroutine[Any, Any, int]) -> NoReturn:
+    """Run a worker process's main coroutine on uvloop and exit with its code.
+
+    Bad settings, unreachable etcd/NATS or a port in use end with one error line and exit 2.
+    """
+    try:
+        import uvloop
+
+        code = uvloop.run(main)
+    except (ValueError, OSError) as exc:
+        log.error("%s", exc)
+        code = 2
+    sys.exit(code)

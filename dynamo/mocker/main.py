@@ -11,14 +11,13 @@ import argparse
 import asyncio
 import json
 import logging
-import sys
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
 from dynamo.llm.disagg import DisaggDecodeEngine
 from dynamo.llm.model_card import ModelDeploymentCard, RuntimeFacts
-from dynamo.llm.worker import KvEventRelay, serve_engine
+from dynamo.llm.worker import KvEventRelay, exit_with, serve_engine
 from dynamo.mocker.config import MockerConfig
 from dynamo.mocker.engine import MockEngine
 from dynamo.runtime import DistributedRuntime, EndpointId, RuntimeConfig, add_runtime_args
@@ -138,11 +137,4 @@ async def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure_logging()
-    try:
-        import uvloop
-
-        code = uvloop.run(run(args))
-    except (ValueError, OSError) as exc:  # bad settings, unreachable etcd/NATS, port in use
-        log.error("%s", exc)
-        code = 2
-    sys.exit(code)
+    exit_with(run(args))

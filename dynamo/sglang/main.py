@@ -15,11 +15,10 @@ a GPU with the real SGLang (no GPU machine was lent to this task).
 from __future__ import annotations
 
 import logging
-import sys
 
 from dynamo.llm.disagg import DisaggDecodeEngine
 from dynamo.llm.model_card import ModelDeploymentCard
-from dynamo.llm.worker import Engine, KvEventRelay, load_card, run_engine_worker
+from dynamo.llm.worker import Engine, KvEventRelay, exit_with, load_card, run_engine_worker
 from dynamo.runtime import DistributedRuntime, EndpointId, RuntimeConfig
 from dynamo.runtime.logging import configure_logging
 from dynamo.sglang.args import NOT_INSTALLED, SglangConfig, parse_args, sglang_installed
@@ -83,11 +82,4 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     if not sglang_installed():
         raise SystemExit(f"dynamo.sglang: error: {NOT_INSTALLED}")
-    try:
-        import uvloop
-
-        code = uvloop.run(run(config))
-    except (ValueError, OSError) as exc:  # bad settings, unreachable etcd/NATS, port in use
-        log.error("%s", exc)
-        code = 2
-    sys.exit(code)
+    exit_with(run(config))

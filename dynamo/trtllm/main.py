@@ -15,11 +15,10 @@ on a GPU with the real TensorRT-LLM (no GPU machine was lent to this task).
 from __future__ import annotations
 
 import logging
-import sys
 
 from dynamo.llm.disagg import DisaggDecodeEngine
 from dynamo.llm.model_card import ModelDeploymentCard
-from dynamo.llm.worker import Engine, KvEventRelay, load_card, run_engine_worker
+from dynamo.llm.worker import Engine, KvEventRelay, exit_with, load_card, run_engine_worker
 from dynamo.runtime import DistributedRuntime, RuntimeConfig
 from dynamo.runtime.logging import configure_logging
 from dynamo.trtllm.args import NOT_INSTALLED, TrtllmConfig, parse_args, trtllm_installed
@@ -76,11 +75,4 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     if not trtllm_installed():
         raise SystemExit(f"dynamo.trtllm: error: {NOT_INSTALLED}")
-    try:
-        import uvloop
-
-        code = uvloop.run(run(config))
-    except (ValueError, OSError) as exc:  # bad settings, unreachable etcd/NATS, port in use
-        log.error("%s", exc)
-        code = 2
-    sys.exit(code)
+    exit_with(run(config))

@@ -9,11 +9,10 @@ own metrics) on ``DYN_SYSTEM_PORT``, and logs ``VllmWorker … initialized`` whe
 from __future__ import annotations
 
 import logging
-import sys
 
 from dynamo.llm.disagg import DisaggDecodeEngine
 from dynamo.llm.model_card import ModelDeploymentCard
-from dynamo.llm.worker import Engine, KvEventRelay, load_card, run_engine_worker
+from dynamo.llm.worker import Engine, KvEventRelay, exit_with, load_card, run_engine_worker
 from dynamo.runtime import DistributedRuntime, RuntimeConfig
 from dynamo.runtime.logging import configure_logging
 from dynamo.vllm.args import WorkerConfig, parse_args
@@ -62,11 +61,4 @@ async def run(config: WorkerConfig) -> int:
 def main(argv: list[str] | None = None) -> None:
     configure_logging()
     config = parse_args(argv)
-    try:
-        import uvloop
-
-        code = uvloop.run(run(config))
-    except (ValueError, OSError) as exc:  # bad settings, unreachable etcd/NATS, port in use
-        log.error("%s", exc)
-        code = 2
-    sys.exit(code)
+    exit_with(run(config))
