@@ -12,7 +12,9 @@ service's ``envs``. What cannot be shared on one machine is made unique per repl
   another's readiness probe); a deeper path under a directory that exists on this machine
   (``/tmp/checkout/tool.py``, a repository cloned into /tmp) is the host's and is kept;
 - discovery: unless ``ETCD_ENDPOINTS`` or ``DYN_FILE_DISCOVERY_DIR`` is set, the graph gets a file
-  discovery directory of its own, so a stale run cannot leak workers into this one.
+  discovery directory of its own, so a stale run cannot leak workers into this one. Either way its
+  frontends get ``DYN_DISCOVERY_NAMESPACES`` as the operator sets it (the graph's own Dynamo
+  namespaces), so two graphs on one etcd do not share workers.
 """
 
 from __future__ import annotations
@@ -265,6 +267,7 @@ def _plan_process(
     injected = [EnvVar("DYN_NAMESPACE", service.dynamo_namespace_in(k8s_namespace, graph.name))]
     if service.is_frontend:
         injected.append(EnvVar("DYN_HTTP_PORT", str(port)))
+        injected += graph.frontend_env(k8s_namespace)
     else:
         injected.append(EnvVar("DYN_SYSTEM_PORT", str(port)))
     injected += [EnvVar(k, v) for k, v in pod.items()]

@@ -26,6 +26,8 @@ DGDR_KIND = "DynamoGraphDeploymentRequest"
 DGDR_PLURAL = "dynamographdeploymentrequests"
 
 COMPONENT_TYPES = ("frontend", "worker", "planner")
+# Services that run an engine worker (the reference's prefill/decode roles are ``subComponentType``s).
+WORKER_COMPONENT_TYPES = ("worker",)
 SUB_COMPONENT_TYPES = ("prefill", "decode")
 
 FRONTEND_PORT = 8000
@@ -33,6 +35,8 @@ FRONTEND_PORT_NAME = "http"
 SYSTEM_PORT = 9090
 SYSTEM_PORT_NAME = "system"
 DEFAULT_SHARED_MEMORY = "8Gi"
+# Comma-separated Dynamo namespaces a frontend discovers workers in (its ``--all-namespaces`` overrides).
+DISCOVERY_NAMESPACES_ENV = "DYN_DISCOVERY_NAMESPACES"
 
 ANNOTATION_DISABLE_PULL_SECRET_DISCOVERY = "nvidia.com/disable-image-pull-secret-discovery"
 
@@ -149,6 +153,11 @@ class Service:
         return self.component_type == "frontend"
 
     @property
+    def is_worker(self) -> bool:
+        """Runs an engine worker (prefill, decode or aggregated), with a status server on ``system``."""
+        return self.component_type in WORKER_COMPONENT_TYPES
+
+    @property
     def gpus(self) -> str | None:
         """GPUs per pod: ``limits.gpu``, else ``requests.gpu`` (extended resources are never over-committed)."""
         return self.limits.get("gpu") or self.requests.get("gpu")
@@ -187,6 +196,26 @@ class Graph:
 
     def frontends(self) -> list[Service]:
         return [s for s in self.services.values() if s.is_frontend]
+
+    def workers(self) -> list[Service]:
+        return [s for s in self.services.values() if s.is_worker]
+
+    def discovery_namespaces(self, k8s_namespace: str) -> list[str] | None:
+        """The Dynamo namespaces this graph's frontends discover: every namespace its services use
+        (sorted, once each), since a graph may put its frontend and its workers in different ones.
+        ``None`` for a graph without workers: a frontend on its own serves whatever registers
+        (a shared frontend), so it is not scoped."""
+        if not self.workers():
+            return None
+        return sorted({s.dynamo_namespace_in(k8s_namespace, self.name) for s in self.services.values()})
+
+    def frontend_env(self, k8s_namespace: str) -> list[EnvVar]:
+        """What the operator and the local runner set on this graph's frontends, before the
+        manifest's own ``envs`` (so a ``DYN_DISCOVERY_NAMESPACES`` written in the graph wins)."""
+        namespaces = self.discovery_namespaces(k8s_namespace)
+        if namespaces is None:
+            return []
+        return [EnvVar(DISCOVERY_NAMESPACES_ENV, ",".join(namespaces))]
 
 
 def _str_map(value: Any, where: str) -> dict[str, str]:

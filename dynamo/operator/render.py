@@ -1,7 +1,10 @@
 """DynamoGraphDeployment -> the Kubernetes objects that run it (pure functions, no API calls).
 
 Per service: a Deployment (or, with ``multinode.nodeCount >= 2``, a LeaderWorkerSet whose groups
-span nodes); for a frontend also a ClusterIP Service on port 8000 named ``<graph>-frontend``.
+span nodes); for a frontend also a ClusterIP Service on port 8000 named ``<graph>-frontend``; for a
+worker a ClusterIP Service ``<graph>-<service>`` on its status port (``system``, 9090), so
+``http://<worker-service>:9090/health`` answers as the guides say. Frontends of a graph with workers
+get ``DYN_DISCOVERY_NAMESPACES``: they discover only the Dynamo namespaces their graph uses.
 Every object carries an owner reference to the graph, so deleting the graph deletes them.
 """
 
@@ -106,6 +109,7 @@ def injected_env(graph: Graph, service: Service, ctx: RenderContext) -> list[Env
         envs.append(EnvVar("NATS_SERVER", ctx.nats_server))
     if service.is_frontend:
         envs.append(EnvVar("DYN_HTTP_PORT", str(FRONTEND_PORT)))
+        envs += graph.frontend_env(ctx.namespace)
     else:
         envs.append(EnvVar("DYN_SYSTEM_PORT", str(SYSTEM_PORT)))
     envs.append(EnvVar("POD_IP", value_from={"fieldRef": {"fieldPath": "status.podIP"}}))
@@ -300,6 +304,29 @@ def frontend_service(graph: Graph, service: Service, ctx: RenderContext) -> dict
     }
 
 
+def worker_service(graph: Graph, service: Service, ctx: RenderContext) -> dict[str, Any]:
+    """A worker's status port as a Service named like its Deployment (``<graph>-<service>``)."""
+    meta = _meta(graph, service, ctx, child_name(graph, service))
+    meta.pop("annotations", None)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(graph, service),
+            "ports": [
+                {
+                    "name": SYSTEM_PORT_NAME,
+                    "port": SYSTEM_PORT,
+                    "targetPort": SYSTEM_PORT_NAME,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
 def workload(graph: Graph, service: Service, ctx: RenderContext) -> dict[str, Any]:
     """The object that runs a service's pods."""
     if service.node_count > 1:
@@ -308,9 +335,10 @@ def workload(graph: Graph, service: Service, ctx: RenderContext) -> dict[str, An
 
 
 def render_graph(graph: Graph, ctx: RenderContext) -> list[dict[str, Any]]:
-    """Every child object of ``graph``, in a stable order (workloads, then Services)."""
+    """Every child object of ``graph``, in a stable order (workloads, frontend Services, worker Services)."""
     objects = [workload(graph, s, ctx) for s in graph.services.values()]
     objects += [frontend_service(graph, s, ctx) for s in graph.services.values() if s.is_frontend]
+    objects += [worker_service(graph, s, ctx) for s in graph.services.values() if s.is_worker]
     names = [(o["kind"], o["metadata"]["name"]) for o in objects]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:

@@ -90,7 +90,7 @@ def test_render_worker_gpu_env_probes_and_validates() -> None:
         )
     )
     body["spec"]["envs"] = [{"name": "DYN_LOG", "value": "info"}, {"name": "GLOBAL", "value": "1"}]
-    (dep,) = render_graph(parse_graph(body), CTX)
+    dep, _status_service = render_graph(parse_graph(body), CTX)
     kubernetes_validate.validate(dep, "1.33", strict=True)
     c = main_container(dep)
     # gpu in requests only still becomes an equal limit: extended resources are never over-committed
@@ -131,7 +131,8 @@ def test_render_frontend_service_name_and_extra_pod_spec_kept() -> None:
     objs = render_graph(parse_graph(body), CTX)
     for obj in objs:
         kubernetes_validate.validate(obj, "1.33", strict=True)
-    dep, svc_obj = objs[0], objs[-1]
+    dep, svc_obj = objs[0], objs[2]
+    assert [o["kind"] for o in objs] == ["Deployment", "Deployment", "Service", "Service"]
     assert svc_obj["metadata"]["name"] == "g-frontend"
     assert svc_obj["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     pod = dep["spec"]["template"]["spec"]
@@ -149,7 +150,12 @@ def test_render_two_frontends_get_their_own_service_names() -> None:
 
 
 def test_render_multinode_is_a_leader_worker_set() -> None:
-    (lws,) = render_graph(parse_graph(graph(W=svc(replicas=2, multinode={"nodeCount": 2}))), CTX)
+    lws, status_service = render_graph(parse_graph(graph(W=svc(replicas=2, multinode={"nodeCount": 2}))), CTX)
+    assert status_service["kind"] == "Service"
+    assert (
+        status_service["spec"]["selector"].items()
+        <= lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]["metadata"]["labels"].items()
+    )
     assert lws["kind"] == "LeaderWorkerSet"
     assert lws["spec"]["replicas"] == 2 and lws["spec"]["leaderWorkerTemplate"]["size"] == 2
     template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}}
@@ -162,7 +168,7 @@ def test_render_pvc_mounts_and_unknown_pvc() -> None:
     with pytest.raises(SpecError, match=r"mounts 'models', which spec\.pvcs does not name"):
         render_graph(parse_graph(body), CTX)
     body["spec"]["pvcs"] = [{"name": "models"}]
-    (dep,) = render_graph(parse_graph(body), CTX)
+    dep, _status_service = render_graph(parse_graph(body), CTX)
     assert {"name": "models", "persistentVolumeClaim": {"claimName": "models"}} in dep["spec"]["template"][
         "spec"
     ]["volumes"]
@@ -173,6 +179,87 @@ def test_render_rejects_names_kubernetes_cannot_hold() -> None:
     body = graph(**{"W" * 70: svc()})
     with pytest.raises(SpecError, match="Kubernetes allows 63"):
         render_graph(parse_graph(body), CTX)
+
+
+def test_render_worker_service_exposes_the_system_port() -> None:
+    """`http://<worker-service>:9090/health` (the TRT-LLM guide): one Service per worker component,
+    named like its Deployment; none for a planner, whose port nobody is told to reach."""
+    body = graph(
+        Frontend=svc("frontend"),
+        Prefill=svc(subComponentType="prefill", annotations={"a": "b"}),
+        Decode=svc(subComponentType="decode", replicas=3),
+        Planner=svc("planner"),
+    )
+    objs = render_graph(parse_graph(body), CTX)
+    for obj in objs:
+        kubernetes_validate.validate(obj, "1.33", strict=True)
+    deps = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Deployment"}
+    services = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Service"}
+    assert sorted(services) == ["g-decode", "g-frontend", "g-prefill"]
+    for name in ("g-prefill", "g-decode"):
+        service, dep = services[name], deps[name]
+        assert service["spec"]["type"] == "ClusterIP"
+        assert service["spec"]["ports"] == [
+            {"name": "system", "port": 9090, "targetPort": "system", "protocol": "TCP"}
+        ]
+        # The selector reaches this service's pods and no other's, like the frontend's.
+        assert service["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+        assert service["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+        assert service["metadata"]["labels"] == dep["metadata"]["labels"]
+        assert service["metadata"]["ownerReferences"] == dep["metadata"]["ownerReferences"]
+        assert service["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+        # The port it targets is the one the worker's container names and is told to serve on.
+        c = main_container(dep)
+        assert {"name": "system", "containerPort": 9090, "protocol": "TCP"} in c["ports"]
+        assert {"name": "DYN_SYSTEM_PORT", "value": "9090"} in c["env"]
+    assert "annotations" not in services["g-prefill"]["metadata"]  # pod annotations stay on pods
+    assert services["g-decode"]["metadata"]["labels"]["nvidia.com/dynamo-sub-component-type"] == "decode"
+
+
+def _env(obj: dict[str, Any]) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in main_container(obj)["env"]}
+
+
+def test_render_frontend_discovers_only_its_graphs_dynamo_namespaces() -> None:
+    # The guide's DGD: the frontend in my-llm, its worker in dynamo-dev.
+    body = graph(
+        Frontend=svc("frontend", dynamoNamespace="my-llm"),
+        VllmDecodeWorker=svc(dynamoNamespace="dynamo-dev"),
+        VllmPrefillWorker=svc(dynamoNamespace="dynamo-dev", subComponentType="prefill"),
+        Planner=svc("planner"),
+    )
+    deps = {
+        o["metadata"]["name"]: o for o in render_graph(parse_graph(body), CTX) if o["kind"] == "Deployment"
+    }
+    front = _env(deps["g-frontend"])
+    # Sorted, once each, every service's namespace (the planner's is derived: <k8s-namespace>-<graph>).
+    assert front["DYN_DISCOVERY_NAMESPACES"] == "dynamo-dev,my-llm,prod-g"
+    assert front["DYN_NAMESPACE"] == "my-llm"
+    for name in ("g-vllmdecodeworker", "g-vllmprefillworker", "g-planner"):
+        assert "DYN_DISCOVERY_NAMESPACES" not in _env(deps[name]), name
+
+
+def test_render_frontend_scoping_exceptions() -> None:
+    # A graph with only a frontend is a shared frontend: it serves whatever registers, unscoped.
+    (dep, _svc) = render_graph(parse_graph(graph(Frontend=svc("frontend", dynamoNamespace="x"))), CTX)
+    assert "DYN_DISCOVERY_NAMESPACES" not in _env(dep)
+    # Without dynamoNamespace everything is in the derived namespace.
+    deps = render_graph(parse_graph(graph(Frontend=svc("frontend"), W=svc())), CTX)
+    assert _env(deps[0])["DYN_DISCOVERY_NAMESPACES"] == "prod-g"
+    # What the graph says wins: in spec.envs, in the service's envs, or in the container's env.
+    for where in ("spec", "service", "container"):
+        body = graph(Frontend=svc("frontend"), W=svc())
+        mine = [{"name": "DYN_DISCOVERY_NAMESPACES", "value": "a,b"}]
+        if where == "spec":
+            body["spec"]["envs"] = mine
+        elif where == "service":
+            body["spec"]["services"]["Frontend"]["envs"] = mine
+        else:
+            body["spec"]["services"]["Frontend"]["extraPodSpec"]["mainContainer"]["env"] = mine
+        front = render_graph(parse_graph(body), CTX)[0]
+        names = [e["name"] for e in main_container(front)["env"]]
+        assert names.count("DYN_DISCOVERY_NAMESPACES") == 1, where
+        assert _env(front)["DYN_DISCOVERY_NAMESPACES"] == "a,b", where
 
 
 # -- image pull secrets -------------------------------------------------------------------------
@@ -334,6 +421,25 @@ def test_plan_ports_env_and_warnings(tmp_path: Path) -> None:
     assert plan2.processes[0].env["HF_TOKEN"] == "hf_abc" and "HF_TOKEN" not in plan2.processes[2].env
     assert "DYN_FILE_DISCOVERY_DIR" not in plan2.processes[0].env  # etcd given: no private discovery dir
     assert not plan2.warnings
+
+
+def test_plan_frontend_discovers_only_its_graphs_dynamo_namespaces(tmp_path: Path) -> None:
+    cmd = {"mainContainer": {"image": "i", "command": ["python3", "-m", "dynamo.frontend"]}}
+    body = graph(
+        Frontend=svc("frontend", dynamoNamespace="my-llm", extraPodSpec=cmd),
+        W=svc(dynamoNamespace="dynamo-dev"),
+    )
+    base = {"PATH": "/usr/bin", "DYN_DISCOVERY_NAMESPACES": "from-my-shell"}
+    plan = plan_graph(parse_graph(body), tmp_path, k8s_namespace="team", http_port=0, base_env=base)
+    w, front = plan.processes
+    assert front.env["DYN_DISCOVERY_NAMESPACES"] == "dynamo-dev,my-llm"  # as the operator sets it
+    assert w.env["DYN_DISCOVERY_NAMESPACES"] == "from-my-shell"  # workers: left as the shell has it
+    body["spec"]["services"]["Frontend"]["envs"] = [{"name": "DYN_DISCOVERY_NAMESPACES", "value": "a"}]
+    (_, front) = plan_graph(parse_graph(body), tmp_path, http_port=0, base_env=base).processes
+    assert front.env["DYN_DISCOVERY_NAMESPACES"] == "a"  # the graph's own value wins
+    alone = graph(Frontend=svc("frontend", extraPodSpec=cmd))
+    (front,) = plan_graph(parse_graph(alone), tmp_path, http_port=0, base_env={"PATH": "/usr/bin"}).processes
+    assert "DYN_DISCOVERY_NAMESPACES" not in front.env  # a frontend-only graph is not scoped
 
 
 def test_plan_needs_a_command(tmp_path: Path) -> None:

@@ -156,7 +156,9 @@ def test_example_validates_and_renders_valid_objects(path: Path) -> None:
     for obj in objs:
         validate(obj)
     services = [o["metadata"]["name"] for o in objs if o["kind"] == "Service"]
-    assert services == [f"{expected_name}-frontend"]  # kubectl port-forward svc/<name>-frontend 8000:8000
+    # kubectl port-forward svc/<name>-frontend 8000:8000, and http://<worker-service>:9090/health
+    workers = [f"{expected_name}-{n.lower()}" for n, _ in _workers(doc)]
+    assert services == [f"{expected_name}-frontend", *workers]
     text = path.read_text()
     assert f"kubectl port-forward svc/{expected_name}-frontend 8000:8000" in text
 
@@ -164,8 +166,11 @@ def test_example_validates_and_renders_valid_objects(path: Path) -> None:
 def test_guide_names_work_as_written() -> None:
     # "kubectl apply -f .../vllm/agg.yaml; kubectl port-forward svc/vllm-agg-frontend 8000:8000"
     objs = render_graph(parse_graph(example(EXAMPLES / "vllm" / "agg.yaml")), RenderContext("ns", "u"))
-    (svc,) = [o for o in objs if o["kind"] == "Service"]
+    svc, worker_svc = [o for o in objs if o["kind"] == "Service"]
     assert svc["metadata"]["name"] == "vllm-agg-frontend" and svc["spec"]["ports"][0]["port"] == 8000
+    # TRT-LLM guide: "Worker health endpoints: http://<worker-service>:9090/health"
+    assert worker_svc["metadata"]["name"] == "vllm-agg-vllmdecodeworker"
+    assert worker_svc["spec"]["ports"][0]["port"] == 9090
 
 
 def _workers(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -325,6 +330,14 @@ def _operator(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return dep["spec"]["template"]["spec"]["containers"][0]
 
 
+def _assert_may_manage_services(rules: list[dict[str, Any]]) -> None:
+    """The operator creates, updates, prunes and lists frontend and worker Services."""
+    verbs = {
+        verb for r in rules if "" in r["apiGroups"] and "services" in r["resources"] for verb in r["verbs"]
+    }
+    assert {"get", "list", "create", "patch", "delete"} <= verbs, verbs
+
+
 def test_helm_platform_default_renders_valid_cluster_wide_operator_etcd_and_nats(helm: Path) -> None:
     docs = template(helm, "dynamo-platform", namespace="dynamo-system")
     for doc in docs:
@@ -348,6 +361,7 @@ def test_helm_platform_default_renders_valid_cluster_wide_operator_etcd_and_nats
     assert "jetstream {" in config["data"]["nats.conf"]
     rules = kinds["ClusterRole"][0]["rules"]
     assert any("dynamographdeployments/status" in r["resources"] for r in rules)
+    _assert_may_manage_services(rules)
     # The operator's flags in the chart are flags the operator has.
     from dynamo.operator.config import build_parser
 
@@ -364,6 +378,7 @@ def test_helm_platform_namespace_restriction(helm: Path) -> None:
     assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
     (role,) = kinds["Role"]
     assert role["metadata"]["namespace"] == "team-a"
+    _assert_may_manage_services(role["rules"])
     assert "--namespace-restricted" in _operator(docs)["args"]
 
 

@@ -110,6 +110,62 @@ async def test_emulator_create_makes_deployments_service_env_and_owner_refs(api,
         assert ref["controller"] is True and ref["blockOwnerDeletion"] is True
 
 
+def svc_path(namespace: str, name: str | None = None) -> str:
+    return resource_path("v1", "services", namespace, name)
+
+
+async def test_emulator_worker_services_expose_the_system_port_and_frontend_is_scoped(api, config) -> None:
+    """The TRT-LLM guide's `http://<worker-service>:9090/health`: each worker component gets a
+    Service on its system port; the frontend discovers only the graph's Dynamo namespaces."""
+    body = graph_body("trtllm-disagg", example="trtllm/disagg.yaml")
+    services = body["spec"]["services"]
+    workers = sorted(n for n, s in services.items() if s["componentType"] == "worker")
+    assert len(workers) == 2  # decode and prefill
+    services[workers[0]]["dynamoNamespace"] = "dynamo-dev"  # a graph may split its namespaces
+    async with operator_running(config):
+        await api.create(dgd_path("ns1"), body)
+        await get_deployments(api, "ns1", 3)
+
+        async def all_services() -> dict[str, dict[str, Any]] | None:
+            items = await api.list(svc_path("ns1"))
+            return {s["metadata"]["name"]: s for s in items} if len(items) == 3 else None
+
+        svcs = await wait_for(all_services, what="frontend and worker Services")
+        deps = {d["metadata"]["name"]: d for d in await api.list(deploy_path("ns1"))}
+        for worker in workers:
+            name = f"trtllm-disagg-{worker.lower()}"
+            svc = svcs[name]
+            assert svc["spec"]["ports"] == [
+                {"name": "system", "port": 9090, "targetPort": "system", "protocol": "TCP"}
+            ]
+            assert svc["spec"]["selector"] == deps[name]["spec"]["selector"]["matchLabels"]
+            (ref,) = svc["metadata"]["ownerReferences"]
+            assert ref["uid"] == "uid-ns1-trtllm-disagg" and ref["controller"] is True
+            assert "DYN_DISCOVERY_NAMESPACES" not in env_of(deps[name])
+        assert svcs["trtllm-disagg-frontend"]["spec"]["ports"][0]["port"] == 8000
+        front = env_of(deps["trtllm-disagg-frontend"])
+        assert front["DYN_DISCOVERY_NAMESPACES"] == "dynamo-dev,trtllm-disagg"
+
+        # A worker removed from the graph takes its Service with it.
+        await api.merge_patch(dgd_path("ns1", "trtllm-disagg"), {"spec": {"services": {workers[0]: None}}})
+
+        async def pruned() -> list[str] | None:
+            names = sorted(s["metadata"]["name"] for s in await api.list(svc_path("ns1")))
+            return names if len(names) == 2 else None
+
+        assert await wait_for(pruned, what="worker Service pruned") == [
+            "trtllm-disagg-frontend",
+            f"trtllm-disagg-{workers[1].lower()}",
+        ]
+
+        # ... and the frontend now discovers only the namespaces the graph still uses.
+        async def rescoped() -> bool:
+            d = await api.get(deploy_path("ns1", "trtllm-disagg-frontend"))
+            return env_of(d)["DYN_DISCOVERY_NAMESPACES"] == "trtllm-disagg"
+
+        await wait_for(rescoped, what="frontend rescoped")
+
+
 async def test_emulator_scale_update_args_remove_service_and_delete(api, config) -> None:
     async with operator_running(config):
         await api.create(dgd_path("ns1"), graph_body())
