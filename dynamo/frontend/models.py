@@ -223,10 +223,10 @@ class ModelManager:
         publish = None
         if feed is not None and cfg.router_replica_sync:
             publish = feed.sync_publisher(sync_subject, kv_config.router_id)
-        return InstanceRouter(
+        return InstanceRouter.for_mode(
             cfg.router_mode,
-            kv_config,
-            publish,
+            kv_config=kv_config,
+            publish_sync=publish,
             on_resync_needed=feed.on_resync_needed if feed is not None else None,
             metrics=self.routing_metrics,
             label=card.display_name,
