@@ -57,10 +57,9 @@ class Generation:
         request = self.request
         rid = request.request_id
         tried: set[int] = set()
-        first_token_seen = False
         while True:
             stream = await self._open(request, tried)
-            received = False
+            received = False  # on this instance
             try:
                 while True:
                     batch = stream.drain_ready()
@@ -70,9 +69,10 @@ class Generation:
                         except StopAsyncIteration:
                             return
                         batch = [item, *stream.drain_ready()]
-                    received = True
-                    if not first_token_seen:
-                        first_token_seen = True
+                    if not received:
+                        # This instance's prefill is done (after a migration too: the continuation
+                        # prefilled the prompt and the tokens produced so far where it landed).
+                        received = True
                         router.on_first_token(rid)
                     for out in batch:
                         ids = out.get("token_ids")

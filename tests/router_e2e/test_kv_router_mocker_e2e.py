@@ -5,6 +5,7 @@ sync; the standalone router service (``python3 -m dynamo.router``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -271,6 +272,88 @@ async def test_predicted_load_is_released_when_requests_finish_or_clients_leave(
         10,
         "load release",
     )
+    fe.stop()
+    for w in workers:
+        w.stop()
+
+
+async def test_a_migrated_request_moves_its_predicted_load_with_it(
+    make_env, log_dir: Path, smollm2_tokenizer_dir: Path
+):
+    """kill -9 the worker serving a long stream: the stream completes on the other worker, the dead
+    one's share is released at once, the new one's prefill is released at its first token (while
+    the stream still runs), and everything is released at the end."""
+    env = make_env("etcd-nats", "migrate")
+    args = (
+        "--model-name",
+        MODEL,
+        "--block-size",
+        str(BLOCK),
+        "--speedup-ratio",
+        "1",
+        "--migration-limit",
+        "1",
+    )
+    workers = start_mockers(log_dir, env, smollm2_tokenizer_dir, "migrate", 2, *args)
+    by_instance = {instance_of(w): w for w in workers}
+    fe = kv_frontend(log_dir, env, "frontend-migrate", workers=2)
+
+    def load(text: str, name: str, **labels: str) -> float:
+        return metric_value(text, f"dynamo_frontend_router_{name}", model=MODEL, **labels)
+
+    max_tokens = 1500  # ~6 ms a token on an idle mocker: the stream outlives the checks below
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": system_prompt(5, 200)}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with httpx.AsyncClient(timeout=60) as http:
+        async with http.stream(
+            "POST", f"{fe.url}/v1/chat/completions", headers={"x-dynamo-routing-debug": "1"}, json=body
+        ) as resp:
+            assert resp.status_code == 200
+            serving = resp.headers["x-dynamo-instance"].split(";")[0]
+            [other] = set(by_instance) - {serving}
+            events: list[dict] = []
+
+            async def read() -> None:
+                async for line in resp.aiter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        events.append(json.loads(line[6:]))
+
+            reader = asyncio.create_task(read())
+            try:
+                await asyncio.to_thread(wait_until, lambda: len(events) >= 20, 30, "20 streamed events")
+                text = fe.metrics()
+                assert load(text, "active_requests", instance=serving) == 1
+                assert load(text, "prefill_tokens", instance=serving) == 0
+                by_instance[serving].kill9()
+
+                def moved() -> bool:
+                    text = fe.metrics()
+                    return (
+                        load(text, "active_requests", instance=other) == 1  # still streaming there
+                        and load(text, "prefill_tokens", instance=other) == 0  # its first token came
+                        and load(text, "active_requests", instance=serving) == 0
+                        and load(text, "active_blocks", instance=serving) == 0
+                    )
+
+                await asyncio.to_thread(wait_until, moved, 20, "the load to follow the migrated request")
+                await asyncio.wait_for(reader, 60)
+            finally:
+                reader.cancel()
+    assert events[-1]["usage"]["completion_tokens"] == max_tokens
+    assert events[-2]["choices"][0]["finish_reason"] == "length"
+    assert metric_value(fe.metrics(), "dynamo_frontend_model_migration_total") == 1
+
+    def released() -> bool:
+        text = fe.metrics()
+        return all(load(text, name) == 0 for name in ("active_requests", "active_blocks", "prefill_tokens"))
+
+    await asyncio.to_thread(wait_until, released, 10, "every predicted load released")
     fe.stop()
     for w in workers:
         w.stop()
