@@ -2,10 +2,10 @@
 
 Journey (prefill_first): route -> **remote prefill** (``run_remote_prefill``: a prefill worker
 computes the prompt's KV and one token, and answers with ``kv_transfer_params``) -> route ->
-request plane -> **decode worker** (``DisaggDecodeEngine``: the engine pulls the KV and continues)
+request plane -> decode worker (``dynamo.worker.decode``: the engine pulls the KV and continues)
 -> tokens back. decode_first: the frontend sends the request to a decode worker with
-``kv_transfer_params = {REMOTE_PREFILL_KEY: {"address", "handler"}}`` naming the prefill worker it
-chose, and the decode worker runs the remote prefill itself.
+``remote_prefill`` naming the prefill worker it chose (``decode_first_request``), and the decode
+worker runs the remote prefill itself.
 
 A decode worker never lets a disaggregation failure fail the request: when the prefill worker is
 unreachable, errs or is slower than ``DYN_PREFILL_TIMEOUT``, when the engine ends the request with
@@ -13,34 +13,26 @@ an error before its first token (vLLM after a failed NIXL handshake or read), or
 token comes within ``DYN_KV_TRANSFER_TIMEOUT`` of a transfer starting, the request is prefilled
 locally instead. The reason is logged with the request id, counted in
 ``dynamo_worker_disagg_fallback{reason}`` and reported to the frontend on the first output chunk
-(``kv_transfer_params = {FALLBACK_KEY: reason}``), which counts it in
+(``EngineOutput.disagg_fallback``), which counts it in
 ``dynamo_frontend_disagg_fallback``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from prometheus_client import CollectorRegistry, Counter
 
-from dynamo.llm.protocols import FINISH_ERROR, EngineOutput, PreprocessedRequest
+from dynamo.llm.protocols import FINISH_ERROR, PreprocessedRequest, RemotePrefill
 from dynamo.runtime import InstanceUnreachable, RemoteError, StreamBroken
 from dynamo.runtime.request_plane import RequestPlaneClient
 
 log = logging.getLogger(__name__)
-
-# kv_transfer_params key of a decode_first request: {"address": "host:port", "handler": name}.
-REMOTE_PREFILL_KEY = "dynamo_remote_prefill"
-# kv_transfer_params key on a decode worker's first output chunk: why it prefilled locally.
-FALLBACK_KEY = "dynamo_disagg_fallback"
 
 # Fallback reasons (metric label values).
 PREFILL_UNREACHABLE = "prefill_unreachable"
@@ -111,6 +103,7 @@ def prefill_request(request: PreprocessedRequest) -> PreprocessedRequest:
         request,
         prefill_only=True,
         kv_transfer_params=None,
+        remote_prefill=None,
         stop=msgspec.structs.replace(request.stop, max_tokens=1, min_tokens=0),
     )
 
@@ -160,119 +153,12 @@ async def run_remote_prefill(
 
 def fallback_reason(item: dict[str, Any]) -> str | None:
     """The local-prefill reason a decode worker reported on an output chunk, if any."""
-    params = item.get("kv_transfer_params")
-    if isinstance(params, dict):
-        reason = params.get(FALLBACK_KEY)
-        return str(reason) if reason else None
-    return None
+    reason = item.get("disagg_fallback")
+    return str(reason) if reason else None
 
 
-class DisaggDecodeEngine:
-    """A decode worker's engine: remote prefill (decode_first), KV pull, local fallback.
-
-    Wraps any engine (vLLM, mocker) and is served in its place; everything but ``generate`` is
-    the wrapped engine's.
-    """
-
-    def __init__(
-        self,
-        engine: Any,
-        client: RequestPlaneClient,
-        registry: CollectorRegistry,
-        timeouts: DisaggTimeouts | None = None,
-    ) -> None:
-        self.engine = engine
-        self.client = client
-        self.timeouts = timeouts or DisaggTimeouts.from_env()
-        self.fallbacks = Counter(
-            "dynamo_worker_disagg_fallback",
-            "disaggregated requests this decode worker prefilled locally instead, by reason",
-            ["reason"],
-            registry=registry,
-        )
-        self.transfers = Counter(
-            "dynamo_worker_disagg_transfers",
-            "requests this decode worker continued from a prefill worker's KV",
-            registry=registry,
-        )
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.engine, name)
-
-    async def start(self) -> None:
-        await self.engine.start()
-
-    async def stop(self) -> None:
-        await self.engine.stop()
-
-    def load_metrics(self) -> Any:
-        return self.engine.load_metrics()
-
-    async def generate(self, req: PreprocessedRequest) -> AsyncGenerator[EngineOutput, None]:
-        """Stream the request's outputs; see the module docstring for the three request shapes."""
-        rid = req.request_id
-        reason: str | None = None
-        params = req.kv_transfer_params if isinstance(req.kv_transfer_params, dict) else None
-        hint = params.get(REMOTE_PREFILL_KEY) if params else None
-        if hint is not None:
-            try:
-                result = await run_remote_prefill(
-                    self.client, str(hint["address"]), str(hint["handler"]), req, self.timeouts.prefill_s
-                )
-                params = result.kv_transfer_params
-                log.debug(
-                    "request %s: remote prefill at %s done in %.3f s", rid, hint["address"], result.seconds
-                )
-            except PrefillFailed as exc:
-                reason = exc.reason
-                log.warning("request %s: remote prefill failed (%s); prefilling locally", rid, exc)
-                params = None
-            except (KeyError, TypeError) as exc:
-                reason = PREFILL_FAILED
-                log.warning(
-                    "request %s: malformed remote prefill target %r (%s); prefilling locally", rid, hint, exc
-                )
-                params = None
-        if params:
-            transfer = msgspec.structs.replace(req, kv_transfer_params=params)
-            async with contextlib.aclosing(self.engine.generate(transfer)) as outputs:
-                first: EngineOutput | None = None
-                try:
-                    async with asyncio.timeout(self.timeouts.transfer_s):
-                        first = await anext(outputs)
-                except TimeoutError:
-                    reason = TRANSFER_TIMEOUT
-                    log.warning(
-                        "request %s: no first token within %g s of the KV transfer starting; prefilling locally",
-                        rid,
-                        self.timeouts.transfer_s,
-                    )
-                except StopAsyncIteration:
-                    reason = TRANSFER_FAILED
-                    log.warning(
-                        "request %s: the engine ended the transfer without output; prefilling locally", rid
-                    )
-                if first is not None:
-                    if first.finish_reason == FINISH_ERROR and not first.token_ids:
-                        reason = TRANSFER_FAILED
-                        log.warning(
-                            "request %s: the KV transfer failed (%s); prefilling locally",
-                            rid,
-                            first.error or "the engine could not load the prefill worker's KV",
-                        )
-                    else:
-                        self.transfers.inc()
-                        yield first
-                        async for out in outputs:
-                            yield out
-                        return
-        if reason is not None:
-            self.fallbacks.labels(reason).inc()
-        local = msgspec.structs.replace(req, kv_transfer_params=None)
-        first_chunk = True
-        async with contextlib.aclosing(self.engine.generate(local)) as outputs:
-            async for out in outputs:
-                if first_chunk and reason is not None:
-                    out.kv_transfer_params = {**(out.kv_transfer_params or {}), FALLBACK_KEY: reason}
-                first_chunk = False
-                yield out
+def decode_first_request(request: PreprocessedRequest, address: str, handler: str) -> PreprocessedRequest:
+    """``request`` for a decode worker that is to call the prefill worker at ``address`` itself."""
+    return msgspec.structs.replace(
+        request, kv_transfer_params=None, remote_prefill=RemotePrefill(address=address, handler=handler)
+    )

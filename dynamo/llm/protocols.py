@@ -44,6 +44,13 @@ class OutputOptions(msgspec.Struct, omit_defaults=True):
     logprobs: int | None = None  # number of top logprobs per token; 0 = only the sampled token's
 
 
+class RemotePrefill(msgspec.Struct, omit_defaults=True):
+    """decode_first: the prefill worker a decode worker should call before decoding."""
+
+    address: str  # request-plane address of the prefill worker
+    handler: str  # its generate handler's name
+
+
 class PreprocessedRequest(msgspec.Struct, omit_defaults=True):
     """A tokenized request as sent to an engine worker."""
 
@@ -54,8 +61,11 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True):
     stop: StopConditions = msgspec.field(default_factory=StopConditions)
     output: OutputOptions = msgspec.field(default_factory=OutputOptions)
     eos_token_ids: list[int] = []
-    # Disaggregation: parameters handed from a prefill worker to a decode worker (engine-specific).
+    # Disaggregation: the engine's own parameters handed from a prefill worker to a decode worker
+    # (vLLM's NIXL params, SGLang's bootstrap room, TensorRT-LLM's DisaggregatedParams): opaque here.
     kv_transfer_params: dict[str, Any] | None = None
+    # Disaggregation, decode_first: the prefill worker the decode worker calls itself.
+    remote_prefill: RemotePrefill | None = None
     # Disaggregation: run this request as a prefill-only request (one token, keep KV for transfer).
     prefill_only: bool = False
     annotations: list[str] = []
@@ -84,6 +94,8 @@ class EngineOutput(msgspec.Struct, omit_defaults=True):
     cached_tokens: int | None = None
     prompt_tokens: int | None = None
     kv_transfer_params: dict[str, Any] | None = None
+    # First chunk of a disaggregated request that a decode worker prefilled locally instead: why.
+    disagg_fallback: str | None = None
     error: str | None = None
 
 

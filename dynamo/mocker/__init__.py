@@ -1,5 +1,5 @@
 """The mocker: a simulated vLLM-like engine for testing routing, disaggregation and planning at
-scale without GPUs. ``MockEngine`` is the engine core; the worker wiring lives in ``main.py``."""
+scale without GPUs. ``MockEngine`` is the engine core; the worker adapter on the shared base lives in ``worker.py``, its flags in ``args.py``."""
 
 from dynamo.mocker.config import MockerConfig
 from dynamo.mocker.engine import MockEngine

@@ -146,18 +146,6 @@ class MockerConfig:
             help="fraction of KV blocks kept free at admission (default 0.01)",
         )
         g.add_argument(
-            "--is-prefill-worker",
-            action="store_true",
-            default=False,
-            help="disaggregated prefill worker: prefill, return one token and KV transfer params",
-        )
-        g.add_argument(
-            "--is-decode-worker",
-            action="store_true",
-            default=False,
-            help="disaggregated decode worker: pull the prefill's KV instead of computing it",
-        )
-        g.add_argument(
             "--kv-transfer-bandwidth",
             type=float,
             default=d.kv_transfer_bandwidth,
@@ -172,7 +160,13 @@ class MockerConfig:
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> MockerConfig:
-        """Build a config from parsed ``add_cli_args`` flags (missing attributes keep defaults)."""
+        """Build a config from parsed ``add_cli_args`` flags (missing attributes keep defaults); the
+        role comes from the shared worker flags (``--disaggregation-mode``, ``--is-prefill-worker``,
+        ``--is-decode-worker``) when they were parsed too."""
         d = cls()
         kwargs = {name: getattr(ns, name, getattr(d, name)) for name in cls.__dataclass_fields__}
+        mode = getattr(ns, "disaggregation_mode", None)
+        if mode is not None:
+            kwargs["is_prefill_worker"] = mode == "prefill"
+            kwargs["is_decode_worker"] = mode == "decode"
         return cls(**kwargs)

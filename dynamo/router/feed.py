@@ -23,8 +23,8 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter
 
 from dynamo.llm import kv_events
+from dynamo.llm.endpoints import kv_replay_endpoint_name, kv_snapshot_endpoint_name
 from dynamo.llm.kv_events import KvEvent, KvEventBatch
-from dynamo.llm.worker import kv_replay_endpoint_name, kv_snapshot_endpoint_name
 from dynamo.router.indexer import ResyncRequest
 from dynamo.router.kv_router import KvRouter
 from dynamo.router.sync_events import RouterSyncEvent, SyncAddRequest, decode_sync_events, encode_sync_events

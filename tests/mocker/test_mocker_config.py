@@ -1,16 +1,14 @@
 """MockerConfig: reference defaults and the worker's command-line flags."""
 
-import argparse
-
 import pytest
 
+from dynamo.mocker.args import build_parser
 from dynamo.mocker.config import DEFAULT_KV_BYTES_PER_TOKEN, MockerConfig
 
 
 def parse(*argv: str) -> MockerConfig:
-    parser = argparse.ArgumentParser()
-    MockerConfig.add_cli_args(parser)
-    return MockerConfig.from_args(parser.parse_args(list(argv)))
+    """The engine part of the mocker worker's command line (role flags are the shared worker group's)."""
+    return MockerConfig.from_args(build_parser().parse_args(["--model-path", "m", *argv]))
 
 
 def test_reference_defaults() -> None:

@@ -12,22 +12,21 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import msgspec
 import pytest
 import pytest_asyncio
 from prometheus_client import generate_latest
 
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.protocols import PreprocessedRequest, StopConditions
-from dynamo.llm.worker import KvEventRelay, serve_engine
 from dynamo.mocker.config import MockerConfig
 from dynamo.mocker.engine import MockEngine
 from dynamo.router import KvRouter, KvRouterConfig
 from dynamo.router import feed as feed_module
 from dynamo.router.feed import KvFeed
 from dynamo.router.sync_events import router_sync_subject
-from dynamo.runtime import DistributedRuntime, EndpointId, InstanceRecord, RuntimeConfig
-from dynamo.runtime.runtime import INSTANCES_PREFIX
+from dynamo.runtime import DistributedRuntime, EndpointId, RuntimeConfig
+from dynamo.worker.kv_publisher import KvEventPublisher
+from dynamo.worker.serve import serve_engine
 from tests.support.graph import metric_value
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -64,7 +63,7 @@ async def test_a_router_that_lost_events_catches_up_by_replay(
 ):
     worker = await DistributedRuntime.create(config())
     runtimes.append(worker)
-    relay = KvEventRelay(worker, ENDPOINT)
+    relay = KvEventPublisher(worker, ENDPOINT)
     engine = MockEngine(
         MockerConfig(speedup_ratio=1000.0, num_gpu_blocks=1000, block_size=BLOCK),
         worker.instance_id,
@@ -73,7 +72,7 @@ async def test_a_router_that_lost_events_catches_up_by_replay(
     )
     await engine.start()
     card = ModelDeploymentCard.from_local_path(smollm2_tokenizer_dir, "m", kv_cache_block_size=BLOCK)
-    await serve_engine(worker, ENDPOINT, card, engine, relay=relay)
+    await serve_engine(worker, ENDPOINT, card, engine.generate, engine.load_metrics, kv_publisher=relay)
     wid = worker.instance_id
 
     async def generate(base: int) -> None:
@@ -86,8 +85,7 @@ async def test_a_router_that_lost_events_catches_up_by_replay(
 
         frontend = await DistributedRuntime.create(config())
         runtimes.append(frontend)
-        [raw] = (await frontend.discovery.get_prefix(INSTANCES_PREFIX)).values()
-        record = msgspec.json.decode(raw, type=InstanceRecord)
+        [record] = await frontend.list_instances()
         lost = False
         router = KvRouter(
             KvRouterConfig(block_size=BLOCK), on_resync_needed=lambda r: feed.on_resync_needed(r)

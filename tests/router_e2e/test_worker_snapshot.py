@@ -1,4 +1,4 @@
-"""A worker's cached-block snapshot (``dynamo.llm.worker.CachedBlocks``) rebuilds exactly the index that
+"""A worker's cached-block snapshot (``dynamo.worker.kv_publisher.CachedBlocks``) rebuilds exactly the index that
 the worker's KV events built, and tells the router which event id comes next."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dynamo.llm.kv_events import (
     StoredBlock,
     compute_block_hashes,
 )
-from dynamo.llm.worker import CachedBlocks
 from dynamo.router import KvIndexer, ResyncRequest
+from dynamo.worker.kv_publisher import CachedBlocks
 
 BLOCK = 4
 WORKER = 0xABC

@@ -1,0 +1,49 @@
+"""Names of the endpoints an engine worker serves: the contract between workers and their callers.
+
+Journey: a frontend or router resolves a worker's ``EndpointId`` (discovery) -> **these names**
+-> request plane handler on the worker: ``generate`` (``PreprocessedRequest`` in, ``EngineOutput``
+chunks out), ``/files`` (the model card's files, for a frontend on another machine), ``/kv_replay``
+(KV events a router missed) and ``/kv_snapshot`` (a worker's cached block set, for a full resync).
+"""
+
+from __future__ import annotations
+
+from dynamo.runtime import EndpointId
+from dynamo.runtime.names import default_namespace
+from dynamo.runtime.runtime import handler_name
+
+BACKEND_COMPONENT = "backend"
+PREFILL_COMPONENT = "prefill"
+GENERATE_ENDPOINT = "generate"
+FILES_SUFFIX = "/files"
+KV_REPLAY_SUFFIX = "/kv_replay"
+KV_SNAPSHOT_SUFFIX = "/kv_snapshot"
+
+
+def worker_endpoint(endpoint: str | None, namespace: str | None, *, prefill: bool = False) -> EndpointId:
+    """The endpoint an engine worker serves: ``--endpoint`` as given, else
+    ``dyn://<namespace>.backend.generate`` (prefill workers: ``dyn://<namespace>.prefill.generate``);
+    the namespace defaults to ``DYN_NAMESPACE``. ``ValueError`` when ``--namespace`` contradicts
+    ``--endpoint``."""
+    if endpoint:
+        parsed = EndpointId.parse(endpoint, namespace or default_namespace())
+        if namespace and namespace != parsed.namespace:
+            raise ValueError(f"--namespace {namespace} contradicts --endpoint {endpoint}")
+        return parsed
+    component = PREFILL_COMPONENT if prefill else BACKEND_COMPONENT
+    return EndpointId(namespace or default_namespace(), component, GENERATE_ENDPOINT)
+
+
+def files_endpoint_name(endpoint: EndpointId) -> str:
+    """Request-plane name of the handler that serves a card's files."""
+    return handler_name(endpoint) + FILES_SUFFIX
+
+
+def kv_replay_endpoint_name(endpoint: EndpointId) -> str:
+    """Request-plane name of the handler that replays recent KV events (router resync)."""
+    return handler_name(endpoint) + KV_REPLAY_SUFFIX
+
+
+def kv_snapshot_endpoint_name(endpoint: EndpointId) -> str:
+    """Request-plane name of the handler that sends the cached block set (router full resync)."""
+    return handler_name(endpoint) + KV_SNAPSHOT_SUFFIX

@@ -1,0 +1,91 @@
+"""The mocker behind the worker base: a ``WorkerEngine`` around the simulated ``MockEngine``.
+
+Journey: request plane -> decode step -> **``MockerWorkerEngine.generate``** -> ``MockEngine``
+(no computation; timing from the reference model) -> ``EngineOutput`` back. ``--num-workers N``
+runs N of these in one process, each its own instance with its own lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from dynamo.llm.kv_events import LoadMetrics
+from dynamo.llm.model_card import ModelDeploymentCard
+from dynamo.llm.protocols import EngineOutput, PreprocessedRequest
+from dynamo.mocker.args import MockerWorkerConfig, parse_args
+from dynamo.mocker.engine import MockEngine
+from dynamo.worker import EngineContext, EngineFacts, EngineStartError, WorkerEngine
+
+
+class MockerWorkerEngine(WorkerEngine):
+    """A simulated vLLM-like engine (no GPU, no torch)."""
+
+    name = "mocker"
+    worker_label = "Mocker worker"
+
+    def __init__(self, config: MockerWorkerConfig, context: EngineContext) -> None:
+        self.config = config
+        self.context = context
+        self.engine: MockEngine | None = None
+
+    @classmethod
+    def parse_config(cls, argv: list[str] | None = None) -> MockerWorkerConfig:
+        return parse_args(argv)
+
+    async def start(self) -> EngineFacts:
+        path = Path(self.config.model_path)
+        if not await asyncio.to_thread((path / "tokenizer.json").is_file):
+            raise EngineStartError(
+                f"--model-path {path} has no tokenizer.json (prepare one: python3 -m dynamo.models prepare "
+                "smollm2 --tokenizer-only)"
+            )
+        engine_config = self.config.engine
+        card = await asyncio.to_thread(
+            ModelDeploymentCard.from_local_path,
+            path,
+            served_model_name=self.config.served_model_name,
+            context_length=self.config.max_model_len,
+            kv_cache_block_size=engine_config.block_size,
+        )
+        engine_config.max_model_len = card.context_length
+        vocab_size, special = await asyncio.to_thread(_tokenizer_facts, path)
+        self.engine = MockEngine(
+            engine_config,
+            self.context.worker_id,
+            vocab_size=vocab_size,
+            eos_token_id=card.eos_token_ids[0] if card.eos_token_ids else None,
+            kv_event_sink=self.context.kv_event_sink,
+            special_token_ids=special,
+        )
+        await self.engine.start()
+        return EngineFacts(
+            kv_cache_block_size=engine_config.block_size,
+            context_length=card.context_length,
+            total_kv_blocks=engine_config.num_gpu_blocks,
+            max_num_seqs=engine_config.max_num_seqs,
+            max_num_batched_tokens=engine_config.max_num_batched_tokens,
+        )
+
+    def generate(self, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+        assert self.engine is not None, "start() first"
+        return self.engine.generate(request)
+
+    def load_metrics(self) -> LoadMetrics:
+        assert self.engine is not None, "start() first"
+        return self.engine.load_metrics()
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            await self.engine.stop()
+
+
+def _tokenizer_facts(model_path: Path) -> tuple[int, list[int]]:
+    tok = Tokenizer.from_file(str(model_path / "tokenizer.json"))
+    raw = json.loads((model_path / "tokenizer.json").read_text())
+    special = [t["id"] for t in raw.get("added_tokens", []) if t.get("special")]
+    return tok.get_vocab_size(with_added_tokens=True), special

@@ -1,0 +1,129 @@
+"""The flags every engine worker shares, composed onto each engine's own parser.
+
+Journey: command line -> **this group** (runtime flags, ``--endpoint``, ``--migration-limit``,
+``--disaggregation-mode`` with ``--is-prefill-worker`` / ``--is-decode-worker``, ``--kv-events``)
+-> ``WorkerArgs`` -> the worker's registration (``dynamo.worker.run``). Engine flags stay in each
+engine's ``args`` module; an engine whose own parser already has ``--disaggregation-mode`` (SGLang)
+keeps it, and its values are read through ``MODE_ALIASES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Literal
+
+from dynamo.llm.endpoints import worker_endpoint
+from dynamo.runtime import EndpointId, RuntimeConfig
+from dynamo.runtime.config import add_runtime_args
+
+DisaggregationMode = Literal["agg", "prefill", "decode"]
+DISAGGREGATION_MODES: tuple[str, ...] = ("agg", "prefill", "decode")
+# Other engines' spellings of the aggregated mode (SGLang's "null", TensorRT-LLM's "prefill_and_decode").
+MODE_ALIASES: dict[str, DisaggregationMode] = {
+    "agg": "agg",
+    "null": "agg",
+    "prefill_and_decode": "agg",
+    "prefill": "prefill",
+    "decode": "decode",
+}
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    """The shared part of a worker's configuration."""
+
+    endpoint: EndpointId
+    disaggregation_mode: DisaggregationMode = "agg"
+    migration_limit: int = 0
+    # None: the engine decides (on when its prefix cache is on).
+    kv_events: bool | None = None
+    args: argparse.Namespace | None = None  # the raw parse, for RuntimeConfig.from_args
+
+    @property
+    def namespace(self) -> str:
+        return self.endpoint.namespace
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.disaggregation_mode == "prefill"
+
+    @property
+    def is_decode(self) -> bool:
+        return self.disaggregation_mode == "decode"
+
+    @property
+    def role(self) -> str | None:
+        """The model card's disaggregation role: None for an aggregated worker."""
+        return None if self.disaggregation_mode == "agg" else self.disaggregation_mode
+
+    def runtime_config(self) -> RuntimeConfig:
+        """Runtime settings from the flags over the environment, in this worker's namespace."""
+        base = RuntimeConfig.from_args(self.args) if self.args is not None else RuntimeConfig.from_env()
+        return base.with_(namespace=self.namespace)
+
+
+def add_worker_args(parser: argparse.ArgumentParser, *, kv_events_help: str = "") -> None:
+    """Add the runtime flags and the ``dynamo worker`` group to an engine's parser."""
+    add_runtime_args(parser)
+    group = parser.add_argument_group("dynamo worker")
+    group.add_argument(
+        "--endpoint",
+        default=None,
+        help="dyn://<namespace>.<component>.<endpoint> to serve (default dyn://<namespace>.backend.generate; "
+        "prefill workers dyn://<namespace>.prefill.generate)",
+    )
+    if "--disaggregation-mode" not in parser._option_string_actions:
+        group.add_argument(
+            "--disaggregation-mode",
+            choices=sorted(MODE_ALIASES),
+            default="agg",
+            help="agg (aliases null, prefill_and_decode): prefill and decode here, and take a prefill "
+            "worker's KV when the graph has prefill workers; prefill: answer prefill-only requests and keep "
+            "the KV for a decode worker; decode: continue requests whose KV a prefill worker computed",
+        )
+    group.add_argument(
+        "--is-prefill-worker",
+        dest="disaggregation_mode",
+        action="store_const",
+        const="prefill",
+        help="alias of --disaggregation-mode prefill",
+    )
+    group.add_argument(
+        "--is-decode-worker",
+        dest="disaggregation_mode",
+        action="store_const",
+        const="decode",
+        help="alias of --disaggregation-mode decode",
+    )
+    group.add_argument(
+        "--migration-limit",
+        type=int,
+        default=0,
+        help="how many times a request may move to another worker when this one fails mid-stream (default 0)",
+    )
+    group.add_argument(
+        "--kv-events",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="publish KV cache events for KV-aware routing"
+        + (f" ({kv_events_help})" if kv_events_help else " (default: on when the prefix cache is on)"),
+    )
+
+
+def worker_args_from(args: argparse.Namespace) -> WorkerArgs:
+    """``WorkerArgs`` from a namespace parsed with ``add_worker_args``; ``ValueError`` on bad values."""
+    raw_mode = str(getattr(args, "disaggregation_mode", None) or "agg")
+    mode = MODE_ALIASES.get(raw_mode)
+    if mode is None:
+        raise ValueError(f"--disaggregation-mode {raw_mode} is not supported by this worker")
+    if args.migration_limit < 0:
+        raise ValueError("--migration-limit must be >= 0")
+    endpoint = worker_endpoint(args.endpoint, args.namespace, prefill=mode == "prefill")
+    return WorkerArgs(
+        endpoint=endpoint,
+        disaggregation_mode=mode,
+        migration_limit=args.migration_limit,
+        kv_events=args.kv_events,
+        args=args,
+    )

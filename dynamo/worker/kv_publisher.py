@@ -1,0 +1,119 @@
+"""A worker's KV events on their way to the routers: published in order, and kept for resyncs.
+
+Journey: the engine's cache stores / evicts blocks -> its event source (``dynamo.worker.zmq_kv_events``
+or an engine's own poller) -> **``KvEventPublisher.sink``** -> event plane -> every router's
+indexer. A router that missed events (a gap in event ids) asks the worker's ``/kv_replay`` for the
+last ``KV_EVENT_HISTORY``; one that started late or lost more asks ``/kv_snapshot`` for the cached
+block set (``CachedBlocks``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+
+from dynamo.llm import kv_events
+from dynamo.llm.kv_events import KvEventBatch
+from dynamo.runtime import DistributedRuntime, EndpointId
+
+log = logging.getLogger(__name__)
+
+KV_EVENT_HISTORY = 1024
+
+
+class CachedBlocks:
+    """An engine's cached blocks as its own KV events describe them: what a router's index should
+    hold for this worker. Per block: engine hash -> (parent engine hash, local tokens hash)."""
+
+    __slots__ = ("blocks", "last_event_id")
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, tuple[int | None, int]] = {}
+        self.last_event_id = -1
+
+    def apply(self, event: kv_events.KvEvent) -> None:
+        data = event.data
+        if isinstance(data, kv_events.KvStored):
+            parent = data.parent_hash
+            for block in data.blocks:
+                self.blocks[block.block_hash] = (parent, block.tokens_hash)
+                parent = block.block_hash
+        elif isinstance(data, kv_events.KvRemoved):
+            for block_hash in data.block_hashes:
+                self.blocks.pop(block_hash, None)
+        else:
+            self.blocks.clear()
+        self.last_event_id = event.event_id
+
+    def snapshot(self, worker_id: int, dp_rank: int) -> KvEventBatch:
+        """``cleared`` then the blocks as ``stored`` events, parents first, all numbered
+        ``last_event_id`` (-1 before any event), so the router expects the next id after it (blocks
+        whose parent is gone are left out: no prompt can reach them)."""
+        children: dict[int | None, list[int]] = {}
+        for block_hash, (parent, _) in self.blocks.items():
+            if parent is None or parent in self.blocks:
+                children.setdefault(parent, []).append(block_hash)
+        events = [kv_events.KvEvent(self.last_event_id, kv_events.KvCleared())]
+        stack: list[tuple[int | None, int]] = [(None, h) for h in reversed(children.get(None, []))]
+        current: kv_events.KvStored | None = None
+        while stack:
+            parent, block_hash = stack.pop()
+            block = kv_events.StoredBlock(block_hash, self.blocks[block_hash][1])
+            if current is not None and current.blocks[-1].block_hash == parent:
+                current.blocks.append(block)
+            else:
+                current = kv_events.KvStored(blocks=[block], parent_hash=parent)
+                events.append(kv_events.KvEvent(self.last_event_id, current))
+            stack.extend((block_hash, child) for child in reversed(children.get(block_hash, [])))
+        return KvEventBatch(worker_id=worker_id, events=events, dp_rank=dp_rank)
+
+
+class KvEventPublisher:
+    """Takes KV event batches from an engine (sync ``sink``) and publishes them in order.
+
+    Keeps the last ``KV_EVENT_HISTORY`` events so a router that missed some (a gap in event ids)
+    can ask for them, and the cached block set (``CachedBlocks``) for a router that started late
+    or lost more than the history holds.
+    """
+
+    def __init__(self, runtime: DistributedRuntime, endpoint: EndpointId) -> None:
+        self.runtime = runtime
+        self.subject = kv_events.kv_events_subject(endpoint.namespace, endpoint.component)
+        self._queue: asyncio.Queue[KvEventBatch] = asyncio.Queue()
+        self.history: collections.deque[kv_events.KvEvent] = collections.deque(maxlen=KV_EVENT_HISTORY)
+        self.cached: dict[int, CachedBlocks] = {}  # dp rank -> its blocks
+        self._task: asyncio.Task[None] | None = None
+
+    def sink(self, batch: KvEventBatch) -> None:
+        """Hand a batch over (called from the engine; never blocks)."""
+        self.history.extend(batch.events)
+        cached = self.cached.get(batch.dp_rank)
+        if cached is None:
+            cached = self.cached[batch.dp_rank] = CachedBlocks()
+        for event in batch.events:
+            cached.apply(event)
+        self._queue.put_nowait(batch)
+
+    def start(self) -> None:
+        self._task = self.runtime.spawn(self._publish(), "kv-event-relay")
+
+    async def _publish(self) -> None:
+        events = await self.runtime.event_plane()
+        while True:
+            batch = await self._queue.get()
+            try:
+                await events.publish(self.subject, kv_events.encode(batch))
+            except Exception as exc:
+                log.warning("could not publish KV events: %s", exc)
+
+    def replay(self, since_event_id: int) -> list[kv_events.KvEvent] | None:
+        """Events after ``since_event_id``; None when they are no longer all held."""
+        if self.history and self.history[0].event_id > since_event_id + 1:
+            return None
+        return [e for e in self.history if e.event_id > since_event_id]
+
+    def snapshot(self, worker_id: int, dp_rank: int = 0) -> KvEventBatch:
+        """Every cached block of ``dp_rank`` as of the last event handed over (see ``CachedBlocks``)."""
+        cached = self.cached.get(dp_rank)
+        return (cached or CachedBlocks()).snapshot(worker_id, dp_rank)

@@ -1,0 +1,119 @@
+"""A started engine made reachable: request-plane handlers, load reports, registration, readiness.
+
+Journey: the frontend's ``PreprocessedRequest`` arrives on the request plane -> **``generate``
+handler here** -> the engine (through the decode step when it takes KV transfers) -> ``EngineOutput``
+chunks stream back. Beside it: ``/files`` (the card's files, for a frontend on another machine),
+``/kv_replay`` and ``/kv_snapshot`` (router resyncs), a load report on the event plane every
+second, then the instance and its card in discovery, ``/health`` ready, and the readiness line
+``<label> <id> initialized: serving model '<name>' on <endpoint>`` that probes grep for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from dynamo.llm import kv_events
+from dynamo.llm.endpoints import files_endpoint_name, kv_replay_endpoint_name, kv_snapshot_endpoint_name
+from dynamo.llm.kv_events import LoadMetrics
+from dynamo.llm.model_card import ModelDeploymentCard
+from dynamo.llm.protocols import EngineOutput, PreprocessedRequest, request_from_wire
+from dynamo.runtime import DistributedRuntime, EndpointId, RequestContext
+from dynamo.worker.kv_publisher import KvEventPublisher
+
+log = logging.getLogger(__name__)
+
+LOAD_METRICS_INTERVAL = 1.0
+
+GenerateFn = Callable[[PreprocessedRequest], AsyncIterator[EngineOutput]]
+LoadFn = Callable[[], LoadMetrics]
+
+
+async def serve_engine(
+    runtime: DistributedRuntime,
+    endpoint: EndpointId,
+    card: ModelDeploymentCard,
+    generate: GenerateFn,
+    load_metrics: LoadFn,
+    *,
+    kv_publisher: KvEventPublisher | None = None,
+    label: str = "Worker",
+) -> None:
+    """Register a started engine under ``endpoint`` with ``card`` and start its publishers.
+
+    Returns once the instance is discoverable and ready.
+    """
+    files = card.read_files()
+    inflight = Gauge("dynamo_worker_inflight_requests", "requests being generated", registry=runtime.metrics)
+    handled = Counter(
+        "dynamo_worker_requests",
+        "requests by outcome (completed, cancelled, error)",
+        ["outcome"],
+        registry=runtime.metrics,
+    )
+
+    async def generate_handler(request: Any, ctx: RequestContext) -> AsyncGenerator[EngineOutput, None]:
+        req = request_from_wire(request)
+        inflight.inc()
+        outcome = "error"
+        try:
+            async for out in generate(req):
+                yield out
+            outcome = "completed"
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
+        finally:
+            inflight.dec()
+            handled.labels(outcome).inc()
+
+    async def serve_files(request: Any, ctx: RequestContext) -> AsyncGenerator[dict[str, bytes], None]:
+        names = request.get("names") if isinstance(request, dict) else None
+        yield {n: files[n] for n in (names or files) if n in files}
+
+    async def kv_replay(request: Any, ctx: RequestContext) -> AsyncGenerator[Any, None]:
+        since = int(request.get("since_event_id", -1)) if isinstance(request, dict) else -1
+        events = kv_publisher.replay(since) if kv_publisher is not None else None
+        yield {"events": events}
+
+    async def kv_snapshot(request: Any, ctx: RequestContext) -> AsyncGenerator[Any, None]:
+        rank = int(request.get("dp_rank", 0)) if isinstance(request, dict) else 0
+        batch = kv_publisher.snapshot(runtime.instance_id, rank) if kv_publisher is not None else None
+        yield {"batch": kv_events.encode(batch) if batch is not None else None}
+
+    server = await runtime.request_server()
+    server.register(files_endpoint_name(endpoint), serve_files)
+    server.register(kv_replay_endpoint_name(endpoint), kv_replay)
+    server.register(kv_snapshot_endpoint_name(endpoint), kv_snapshot)
+    # The first load report opens this process's event publisher before the instance is
+    # discoverable, so routers are listening by the time its first KV events go out.
+    await _report_load(runtime, endpoint, load_metrics)
+    if kv_publisher is not None:
+        kv_publisher.start()
+    runtime.spawn(_publish_load(runtime, endpoint, load_metrics), "load-metrics")
+    await runtime.serve_endpoint(endpoint, generate_handler, model_card=card.to_json())
+    runtime.set_ready()
+    log.info(
+        "%s %x initialized: serving model '%s' on %s", label, runtime.instance_id, card.display_name, endpoint
+    )
+
+
+async def _publish_load(runtime: DistributedRuntime, endpoint: EndpointId, load_metrics: LoadFn) -> None:
+    while True:
+        await asyncio.sleep(LOAD_METRICS_INTERVAL)
+        await _report_load(runtime, endpoint, load_metrics)
+
+
+async def _report_load(runtime: DistributedRuntime, endpoint: EndpointId, load_metrics: LoadFn) -> None:
+    try:
+        events = await runtime.event_plane()
+        metrics = load_metrics()
+        metrics.worker_id = runtime.instance_id
+        subject = kv_events.load_metrics_subject(endpoint.namespace, endpoint.component)
+        await events.publish(subject, kv_events.encode(metrics))
+    except Exception as exc:
+        log.debug("load metrics not published: %s", exc)

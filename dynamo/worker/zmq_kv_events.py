@@ -1,0 +1,154 @@
+"""One ZMQ subscriber for engines that publish KV cache events on ZMQ PUB sockets (vLLM, SGLang).
+
+Journey: the engine's prefix cache stores / evicts blocks -> the engine publishes a msgpack batch,
+frames ``[topic, seq (8 bytes big-endian), payload]`` -> **``ZmqKvEventSubscriber``** decodes it
+with the engine's ``KvBatchDecoder`` (payload -> ``(raw events, dp rank)``) and converts each
+event with the engine's converter -> ``KvEventBatch`` -> the worker's sink -> event plane -> routers.
+
+Event ids increase per worker. A skipped sequence number (batches dropped at the ZMQ high-water
+mark) skips ids too, so the router sees the gap and resynchronises; sequences are tracked per
+data-parallel rank (SGLang publishes one socket per attention-DP rank).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from dynamo.llm.kv_events import KvEvent, KvEventBatch, KvEventData
+from dynamo.worker.engine import KvEventSink
+
+log = logging.getLogger(__name__)
+
+_U64 = (1 << 64) - 1
+
+# payload -> (the batch's raw events, its data-parallel rank); None: not a batch (logged and skipped).
+KvBatchDecoder = Callable[[bytes], tuple[Iterable[Any], int] | None]
+# one raw engine event -> our event data; None: not for the router (other media, unknown kinds).
+KvEventConverter = Callable[[Any], KvEventData | None]
+
+
+def block_hash_to_u64(value: bytes | int) -> int:
+    """An engine's block hash as an unsigned 64-bit int (bytes big-endian, low 64 bits; negative
+    Python ints wrap), so every representation of one hash maps to one number."""
+    if isinstance(value, bytes | bytearray):
+        return int.from_bytes(value, "big") & _U64
+    return int(value) & _U64
+
+
+class ZmqKvEventSubscriber:
+    """Subscribes to an engine's KV event publishers and hands converted batches to ``sink``.
+
+    Owns one task (``start``/``stop``); the sink is called on the event loop and must not block.
+    Connecting before the engine binds is fine.
+    """
+
+    def __init__(
+        self,
+        endpoints: list[str],
+        worker_id: int,
+        sink: KvEventSink,
+        *,
+        decode: KvBatchDecoder,
+        convert: KvEventConverter,
+        topic: str = "",
+        engine: str = "engine",
+    ) -> None:
+        self.endpoints = endpoints
+        self.worker_id = worker_id
+        self._sink = sink
+        self._decode = decode
+        self._convert = convert
+        self._topic = topic.encode()
+        self._engine = engine
+        self._next_event_id = 0
+        self._last_seq: dict[int, int] = {}  # per data-parallel rank
+        self._task: asyncio.Task[None] | None = None
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self.batches_relayed = 0
+
+    def start(self) -> None:
+        """Connect and start relaying (idempotent)."""
+        if self._task is not None:
+            return
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.SUBSCRIBE, self._topic)
+        self._sock.setsockopt(zmq.RCVHWM, 100_000)
+        for endpoint in self.endpoints:
+            self._sock.connect(endpoint)
+        self._task = asyncio.create_task(self._run(), name=f"kv-events-{self.worker_id:x}")
+        log.info(
+            "relaying %s KV events from %s for worker %x",
+            self._engine,
+            ", ".join(self.endpoints),
+            self.worker_id,
+        )
+
+    async def stop(self) -> None:
+        """Cancel the task and close the socket (idempotent)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    async def _run(self) -> None:
+        assert self._sock is not None
+        while True:
+            frames = await self._sock.recv_multipart()
+            try:
+                self.handle(frames)
+            except Exception:
+                log.exception("dropping an undecodable %s KV event batch", self._engine)
+
+    def handle(self, frames: list[bytes]) -> None:
+        """Convert one ZMQ message ``[topic, seq, payload]`` and hand it to the sink."""
+        if len(frames) != 3:
+            log.warning("%s KV event message with %d frames (expected 3); ignored", self._engine, len(frames))
+            return
+        _topic, seq_bytes, payload = frames
+        seq = int.from_bytes(seq_bytes, "big", signed=True)
+        decoded = self._decode(payload)
+        if decoded is None:
+            log.warning("%s KV event batch of unexpected shape; ignored", self._engine)
+            return
+        raw_events, dp_rank = decoded
+        last = self._last_seq.get(dp_rank)
+        if last is not None and seq > last + 1:
+            missed = seq - last - 1
+            log.warning(
+                "missed %d %s KV event batches (rank %d); the router will resync",
+                missed,
+                self._engine,
+                dp_rank,
+            )
+            self._next_event_id += missed
+        self._last_seq[dp_rank] = seq
+        events: list[KvEvent] = []
+        for raw in raw_events:
+            data = self._convert(raw)
+            if data is None:
+                continue
+            events.append(KvEvent(event_id=self._next_event_id, data=data))
+            self._next_event_id += 1
+        if not events:
+            return
+        self.batches_relayed += 1
+        try:
+            self._sink(KvEventBatch(worker_id=self.worker_id, events=events, dp_rank=dp_rank))
+        except Exception:
+            log.exception("KV event sink failed; %d events lost", len(events))
