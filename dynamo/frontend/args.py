@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from dynamo.runtime import RuntimeConfig, add_runtime_args
+from dynamo.runtime.names import validate_name
 
 ROUTER_MODES = ("round-robin", "random", "kv")
 DISAGG_STRATEGIES = ("prefill_first", "decode_first")
@@ -126,9 +127,44 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_int("DYN_MAX_LOCAL_PREFILL_LENGTH", 256),
         help="uncached prompt tokens below which the decode worker prefills locally",
     )
-    add_runtime_args(p)
+    scope = p.add_argument_group("discovery scope")
+    scope.add_argument(
+        "--namespace",
+        default=None,
+        help="Dynamo namespaces whose workers this frontend discovers and serves, comma separated "
+        "(env DYN_DISCOVERY_NAMESPACES; default every namespace); the first is also this frontend's own",
+    )
+    scope.add_argument(
+        "--all-namespaces",
+        action="store_true",
+        help="discover every Dynamo namespace, even when DYN_DISCOVERY_NAMESPACES is set",
+    )
+    add_runtime_args(p, namespace=False)
     p.set_defaults(use_kv_events=True)
     return p
+
+
+def parse_namespaces(text: str, source: str) -> tuple[str, ...]:
+    """``"a, b"`` -> ``("a", "b")``; ``ValueError`` naming ``source`` for a bad or empty list."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise ValueError(f"{source} names no Dynamo namespace: {text!r}")
+    try:
+        return tuple(validate_name("namespace", n) for n in names)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def discovery_namespaces(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The namespaces to discover: ``--namespace``, else ``DYN_DISCOVERY_NAMESPACES``; None is every one."""
+    if args.all_namespaces:
+        if args.namespace:
+            raise ValueError("--namespace and --all-namespaces contradict each other")
+        return None
+    if args.namespace:
+        return parse_namespaces(args.namespace, "--namespace")
+    env = os.environ.get("DYN_DISCOVERY_NAMESPACES", "")
+    return parse_namespaces(env, "DYN_DISCOVERY_NAMESPACES") if env.strip() else None
 
 
 @dataclass(frozen=True)
@@ -138,7 +174,7 @@ class FrontendConfig:
     http_host: str
     http_port: int
     router_mode: str
-    namespace_filter: str | None
+    discovery_namespaces: tuple[str, ...] | None  # None: every namespace
     max_inflight_requests: int
     max_body_size: int
     migration_limit: int | None
@@ -155,6 +191,11 @@ class FrontendConfig:
     runtime: RuntimeConfig
     http_workers: int = 1
 
+    @property
+    def namespace_filter(self) -> str | None:
+        """The discovered namespaces for display (``a,b``); None when every namespace is."""
+        return ",".join(self.discovery_namespaces) if self.discovery_namespaces else None
+
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> FrontendConfig:
         if args.router_mode not in ROUTER_MODES:
@@ -162,14 +203,17 @@ class FrontendConfig:
         if args.http_workers < 1:
             raise ValueError(f"--http-workers must be at least 1 (got {args.http_workers})")
         migration = args.migration_limit
+        namespaces = discovery_namespaces(args)
+        # The frontend's own namespace (event plane, logs): the first one it was told to serve.
+        own_namespace = namespaces[0] if namespaces and args.namespace else None
+        own = argparse.Namespace(**{**vars(args), "namespace": own_namespace})
         if migration is None and os.environ.get("DYN_MIGRATION_LIMIT"):
             migration = int(os.environ["DYN_MIGRATION_LIMIT"])
         return cls(
             http_host=args.http_host,
             http_port=args.http_port,
             router_mode=args.router_mode,
-            # The frontend serves every Dynamo namespace unless --namespace restricts it.
-            namespace_filter=args.namespace,
+            discovery_namespaces=namespaces,
             max_inflight_requests=args.max_inflight_requests,
             max_body_size=args.max_body_size,
             migration_limit=migration,
@@ -184,6 +228,6 @@ class FrontendConfig:
             disaggregation_strategy=args.disaggregation_strategy,
             max_local_prefill_length=args.max_local_prefill_length,
             # The frontend serves /health, /live and /metrics on its HTTP port: no status server.
-            runtime=RuntimeConfig.from_args(args).with_(system_port=None),
+            runtime=RuntimeConfig.from_args(own).with_(system_port=None),
             http_workers=args.http_workers,
         )

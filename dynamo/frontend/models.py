@@ -2,10 +2,11 @@
 
 Journey: workers register (card + instance record) -> **the model watcher here** builds one
 ``ServedModel`` per model name (preprocessor from the card's files, an instance router per pool)
--> HTTP handlers look models up by name. A model appears with its first live instance and goes
-with its last. A card whose checksum differs from the one already serving that name is refused
-(a model cannot change under a running name). Card files come from the local disk when the
-frontend shares the worker's filesystem, else from the worker over the request plane.
+-> HTTP handlers look models up by name. Only the Dynamo namespaces of ``--namespace`` (or
+``DYN_DISCOVERY_NAMESPACES``) are watched, else every one. A model appears with its first live
+instance and goes with its last. A card whose checksum differs from the one already serving that
+name is refused (a model cannot change under a running name). Card files come from the local disk
+when the frontend shares the worker's filesystem, else from the worker over the request plane.
 
 In ``kv`` router mode a ``KvFeed`` keeps every pool's KV router current: KV events and load
 reports from the event plane, a snapshot of each worker's cache when it joins a pool (so a
@@ -18,26 +19,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-
-import msgspec
+from typing import TypeVar
 
 from dynamo.frontend.args import FrontendConfig
 from dynamo.frontend.routing import InstanceRouter
+from dynamo.llm.card_watch import watch_model_cards
+from dynamo.llm.endpoints import files_endpoint_name
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.preprocessor import Preprocessor
-from dynamo.llm.worker import files_endpoint_name
 from dynamo.router import KvRouter, KvRouterConfig
 from dynamo.router.feed import KvFeed
 from dynamo.router.metrics import KvLoadCollector, RoutingMetrics
 from dynamo.router.sync_events import router_sync_subject
 from dynamo.runtime import DistributedRuntime, EndpointId, InstanceRecord
-from dynamo.runtime.runtime import CARDS_PREFIX, INSTANCES_PREFIX, parse_key
 
 log = logging.getLogger(__name__)
 
 PREFILL_COMPONENT = "prefill"
 BACKEND_COMPONENT = "backend"
-RECONCILE_INTERVAL = 30.0
+
+_V = TypeVar("_V")
 
 
 @dataclass(eq=False)
@@ -84,50 +85,36 @@ class ModelManager:
             runtime.metrics.register(KvLoadCollector(self._named_kv_routers, "dynamo_frontend_router_"))
 
     async def start(self) -> None:
-        self.runtime.spawn(self._watch(CARDS_PREFIX, self._on_card), "watch-model-cards")
-        self.runtime.spawn(self._watch(INSTANCES_PREFIX, self._on_instance), "watch-instances")
+        self.runtime.spawn(self._follow_cards(), "watch-model-cards")
+        self.runtime.spawn(self._follow_instances(), "watch-instances")
         if self.kv_feed is not None:
             self.kv_feed.start()
 
     def get(self, name: str) -> ServedModel | None:
         return self.models.get(name)
 
-    def _wanted(self, ep: EndpointId) -> bool:
-        return self.config.namespace_filter is None or ep.namespace == self.config.namespace_filter
+    async def _follow_cards(self) -> None:
+        async for event in watch_model_cards(self.runtime, namespaces=self.config.discovery_namespaces):
+            await self._apply(self._cards, (event.endpoint, event.instance_id), event.card)
 
-    async def _watch(self, prefix: str, handle) -> None:  # type: ignore[no-untyped-def]
-        async for event in self.runtime.discovery.watch_prefix(prefix):
-            parsed = parse_key(event.key, prefix)
-            if parsed is None or not self._wanted(parsed[0]):
-                continue
-            try:
-                async with self._lock:
-                    await handle(parsed, event.value if event.kind == "put" else None)
-            except Exception:
-                log.exception("failed to apply discovery event for %s", event.key)
-            self.changed.set()
+    async def _follow_instances(self) -> None:
+        async for event in self.runtime.watch_instances(namespaces=self.config.discovery_namespaces):
+            await self._apply(self._records, (event.endpoint, event.instance_id), event.record)
 
-    async def _on_card(self, key: tuple[EndpointId, int], value: bytes | None) -> None:
-        if value is None:
-            self._cards.pop(key, None)
-        else:
-            try:
-                self._cards[key] = ModelDeploymentCard.from_json(value)
-            except ValueError as exc:
-                log.error("ignoring model card of instance %x: %s", key[1], exc)
-                return
-        await self._reconcile(key)
-
-    async def _on_instance(self, key: tuple[EndpointId, int], value: bytes | None) -> None:
-        if value is None:
-            self._records.pop(key, None)
-        else:
-            try:
-                self._records[key] = msgspec.json.decode(value, type=InstanceRecord)
-            except msgspec.DecodeError as exc:
-                log.error("ignoring malformed instance record %x: %s", key[1], exc)
-                return
-        await self._reconcile(key)
+    async def _apply(
+        self, table: dict[tuple[EndpointId, int], _V], key: tuple[EndpointId, int], value: _V | None
+    ) -> None:
+        """Record one discovery change (``None``: removed) and reconcile that instance."""
+        try:
+            async with self._lock:
+                if value is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = value
+                await self._reconcile(key)
+        except Exception:
+            log.exception("failed to apply the discovery change of instance %x of %s", key[1], key[0])
+        self.changed.set()
 
     async def _reconcile(self, key: tuple[EndpointId, int]) -> None:
         endpoint, iid = key

@@ -5,9 +5,9 @@ gateway) -> request plane -> **this service** -> either an answer (``best_worker
 ``overlap_scores``) or the request itself forwarded to the chosen worker (``generate``), whose
 outputs stream back through here so the router sees first token and completion.
 
-It watches one worker endpoint in discovery (instances and model cards), keeps a ``KvRouter``
-current with a ``KvFeed`` (KV events, load reports, resyncs, replica sync) and serves, under
-``dyn://<namespace>.router.*``:
+It follows one worker endpoint in discovery (instances and model cards, through the runtime's
+typed watch scoped to that endpoint), keeps a ``KvRouter`` current with a ``KvFeed`` (KV events,
+load reports, resyncs, replica sync) and serves, under ``dyn://<namespace>.router.*``:
 
 - ``generate``: a ``PreprocessedRequest`` (wire form) -> routed, recorded in the load view,
   forwarded; outputs are the worker's ``EngineOutput`` items. An unreachable worker is skipped.
@@ -26,8 +26,7 @@ import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import msgspec
-
+from dynamo.llm.card_watch import watch_model_cards
 from dynamo.llm.kv_events import compute_block_hashes, compute_sequence_hashes
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.router.feed import KvFeed
@@ -37,7 +36,7 @@ from dynamo.router.selector import AllWorkersBusy, NoWorkers, RoutingError
 from dynamo.router.sync_events import router_sync_subject
 from dynamo.router.worker_key import worker_key
 from dynamo.runtime import DistributedRuntime, EndpointId, InstanceRecord, InstanceUnreachable, RequestContext
-from dynamo.runtime.runtime import CARDS_PREFIX, INSTANCES_PREFIX, handler_name, parse_key
+from dynamo.runtime.runtime import handler_name
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +84,8 @@ class StandaloneRouter:
         if not self._waiting_for_block_size:
             self._make_router()
         self.feed.start()
-        self.runtime.spawn(self._watch(INSTANCES_PREFIX, self._on_instance), "router-watch-instances")
-        self.runtime.spawn(self._watch(CARDS_PREFIX, self._on_card), "router-watch-cards")
+        self.runtime.spawn(self._follow_instances(), "router-watch-instances")
+        self.runtime.spawn(self._follow_cards(), "router-watch-cards")
         ns = self.workers.namespace
         await self.runtime.serve_endpoint(EndpointId(ns, component, "best_worker_id"), self.best_worker_id)
         await self.runtime.serve_endpoint(EndpointId(ns, component, "overlap_scores"), self.overlap_scores)
@@ -115,29 +114,28 @@ class StandaloneRouter:
     def _all_routers(self) -> list[KvRouter]:
         return [self.router] if self.router is not None else []
 
-    async def _watch(self, prefix: str, handle: Any) -> None:
-        async for event in self.runtime.discovery.watch_prefix(f"{prefix}{self.workers.path}/"):
-            parsed = parse_key(event.key, prefix)
-            if parsed is None:
-                continue
+    async def _follow_instances(self) -> None:
+        async for event in self.runtime.watch_instances(endpoint=self.workers):
             try:
-                handle(parsed[1], event.value if event.kind == "put" else None)
+                self._on_instance(event.instance_id, event.record)
             except Exception:
-                log.exception("failed to apply discovery event for %s", event.key)
+                log.exception("failed to apply the discovery change of worker %x", event.instance_id)
 
-    def _on_instance(self, iid: int, value: bytes | None) -> None:
-        if value is None:
-            record = self.records.pop(iid, None)
-            if record is not None:
-                self.runtime.request_client.forget(record.address)
+    async def _follow_cards(self) -> None:
+        async for event in watch_model_cards(self.runtime, endpoint=self.workers):
+            try:
+                self._on_card(event.instance_id, event.card)
+            except Exception:
+                log.exception("failed to apply the model card of worker %x", event.instance_id)
+
+    def _on_instance(self, iid: int, record: InstanceRecord | None) -> None:
+        if record is None:
+            gone = self.records.pop(iid, None)
+            if gone is not None:
+                self.runtime.request_client.forget(gone.address)
                 if self.router is not None:
                     self.router.remove_instance(iid)
                 log.info("worker %x left", iid)
-            return
-        try:
-            record = msgspec.json.decode(value, type=InstanceRecord)
-        except msgspec.DecodeError as exc:
-            log.error("ignoring malformed instance record %x: %s", iid, exc)
             return
         new = iid not in self.records
         self.records[iid] = record
@@ -147,10 +145,9 @@ class StandaloneRouter:
                 self.router.add_worker(worker_key(iid), self.total_blocks.get(iid))
                 self.feed.worker_added(iid)
 
-    def _on_card(self, iid: int, value: bytes | None) -> None:
-        if value is None:
+    def _on_card(self, iid: int, card: ModelDeploymentCard | None) -> None:
+        if card is None:
             return
-        card = ModelDeploymentCard.from_json(value)
         if card.runtime.total_kv_blocks:
             self.total_blocks[iid] = card.runtime.total_kv_blocks
         if self._waiting_for_block_size:

@@ -1,6 +1,7 @@
 """Distributed runtime: names, discovery, request plane, event plane, status server, logging."""
 
 from dynamo.runtime.config import RuntimeConfig, add_runtime_args
+from dynamo.runtime.discovery.watch import CardEvent, InstanceEvent
 from dynamo.runtime.names import EndpointId
 from dynamo.runtime.request_plane import (
     InstanceUnreachable,
@@ -13,9 +14,11 @@ from dynamo.runtime.request_plane import (
 from dynamo.runtime.runtime import DistributedRuntime, EndpointClient, InstanceRecord
 
 __all__ = [
+    "CardEvent",
     "DistributedRuntime",
     "EndpointClient",
     "EndpointId",
+    "InstanceEvent",
     "InstanceRecord",
     "InstanceUnreachable",
     "RemoteError",

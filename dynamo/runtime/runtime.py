@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any
 
 import msgspec
@@ -21,6 +21,9 @@ from prometheus_client import CollectorRegistry
 
 from dynamo.runtime.config import RuntimeConfig
 from dynamo.runtime.discovery import Discovery, create_discovery
+from dynamo.runtime.discovery import watch as discovery_watch
+from dynamo.runtime.discovery.registry import InstanceRecord, card_key, instance_key
+from dynamo.runtime.discovery.watch import CardEvent, InstanceEvent
 from dynamo.runtime.event_plane import EventPlane
 from dynamo.runtime.names import EndpointId, new_instance_id
 from dynamo.runtime.request_plane import (
@@ -34,51 +37,10 @@ from dynamo.runtime.status import StatusServer
 
 log = logging.getLogger(__name__)
 
-INSTANCES_PREFIX = "v1/instances/"
-CARDS_PREFIX = "v1/mdc/"
-
-
-class InstanceRecord(msgspec.Struct, omit_defaults=True):
-    """What discovery says about one serving instance of an endpoint."""
-
-    namespace: str
-    component: str
-    endpoint: str
-    instance_id: int
-    address: str
-    transport: str = "tcp"
-    metadata: dict[str, Any] = {}
-
-    @property
-    def endpoint_id(self) -> EndpointId:
-        return EndpointId(self.namespace, self.component, self.endpoint)
-
-
-def instance_key(endpoint: EndpointId, instance_id: int) -> str:
-    return f"{INSTANCES_PREFIX}{endpoint.path}/{instance_id:x}"
-
-
-def card_key(endpoint: EndpointId, instance_id: int) -> str:
-    return f"{CARDS_PREFIX}{endpoint.path}/{instance_id:x}"
-
 
 def handler_name(endpoint: EndpointId) -> str:
     """The name a request-plane server knows an endpoint by."""
     return f"{endpoint.namespace}.{endpoint.component}.{endpoint.name}"
-
-
-def parse_key(key: str, prefix: str) -> tuple[EndpointId, int] | None:
-    """``v1/<kind>/ns/component/endpoint/<id:x>`` -> (endpoint, instance id); None if malformed."""
-    parts = key[len(prefix) :].split("/")
-    if len(parts) != 4:
-        return None
-    try:
-        return EndpointId(parts[0], parts[1], parts[2]), int(parts[3], 16)
-    except ValueError:
-        return None
-
-
-_record_decoder = msgspec.json.Decoder(InstanceRecord)
 
 
 class DistributedRuntime:
@@ -208,6 +170,26 @@ class DistributedRuntime:
         await client.start()
         return client
 
+    # --- discovery --------------------------------------------------------------------------
+    def watch_instances(
+        self, *, namespaces: Iterable[str] | None = None, endpoint: EndpointId | None = None
+    ) -> AsyncIterator[InstanceEvent]:
+        """Instances of ``endpoint``, else of ``namespaces``, else of every namespace: the current
+        ones as ``added``, then changes (see ``dynamo.runtime.discovery.watch``)."""
+        return discovery_watch.watch_instances(self.discovery, namespaces=namespaces, endpoint=endpoint)
+
+    def watch_model_cards(
+        self, *, namespaces: Iterable[str] | None = None, endpoint: EndpointId | None = None
+    ) -> AsyncIterator[CardEvent]:
+        """Model cards (raw JSON) of ``endpoint``, else of ``namespaces``, else of every namespace."""
+        return discovery_watch.watch_model_cards(self.discovery, namespaces=namespaces, endpoint=endpoint)
+
+    async def list_instances(
+        self, *, namespaces: Iterable[str] | None = None, endpoint: EndpointId | None = None
+    ) -> list[InstanceRecord]:
+        """The live instances of a scope now."""
+        return await discovery_watch.list_instances(self.discovery, namespaces=namespaces, endpoint=endpoint)
+
     # --- events -----------------------------------------------------------------------------
     async def event_plane(self) -> EventPlane:
         """The process's event plane (connected on first use)."""
@@ -285,34 +267,23 @@ class EndpointClient:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        prefix = f"{INSTANCES_PREFIX}{self.endpoint.path}/"
-        ready = asyncio.Event()
-        snapshot = await self.runtime.discovery.get_prefix(prefix)
-        for value in snapshot.values():
-            self._on_put(value)
-        ready.set()
-        self._task = self.runtime.spawn(self._watch(prefix), f"watch:{self.endpoint}")
+        for record in await self.runtime.list_instances(endpoint=self.endpoint):
+            self._on_put(record)
+        self._task = self.runtime.spawn(self._follow(), f"watch:{self.endpoint}")
 
-    async def _watch(self, prefix: str) -> None:
-        async for event in self.runtime.discovery.watch_prefix(prefix):
-            if event.kind == "put" and event.value is not None:
-                self._on_put(event.value)
+    async def _follow(self) -> None:
+        async for event in self.runtime.watch_instances(endpoint=self.endpoint):
+            if event.record is not None:
+                self._on_put(event.record)
             else:
-                parsed = parse_key(event.key, INSTANCES_PREFIX)
-                if parsed is not None:
-                    record = self.instances.pop(parsed[1], None)
-                    if record is not None:
-                        self.runtime.request_client.forget(record.address)
-                        for cb in self._listeners:
-                            cb("delete", record)
+                record = self.instances.pop(event.instance_id, None)
+                if record is not None:
+                    self.runtime.request_client.forget(record.address)
+                    for cb in self._listeners:
+                        cb("delete", record)
             self._changed.set()
 
-    def _on_put(self, value: bytes) -> None:
-        try:
-            record = _record_decoder.decode(value)
-        except msgspec.DecodeError as exc:
-            log.warning("ignoring malformed instance record: %s", exc)
-            return
+    def _on_put(self, record: InstanceRecord) -> None:
         self.instances[record.instance_id] = record
         for cb in self._listeners:
             cb("put", record)

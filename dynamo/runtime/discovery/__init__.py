@@ -1,4 +1,5 @@
-"""Discovery backends (etcd, file, mem) behind one interface; see ``base.Discovery``."""
+"""Discovery: backends (etcd, file, mem) behind one key-value interface (``base.Discovery``), the
+key layout of what workers register (``registry``) and typed watches of it (``watch``)."""
 
 from __future__ import annotations
 
