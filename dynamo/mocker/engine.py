@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 
 from dynamo.llm.kv_events import KvEvent, LoadMetrics
 from dynamo.llm.protocols import FINISH_ERROR, EngineOutput, PreprocessedRequest
@@ -118,7 +118,7 @@ class MockEngine:
 
     # ----- requests -----------------------------------------------------------------------------
 
-    async def generate(self, req: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+    async def generate(self, req: PreprocessedRequest) -> AsyncGenerator[EngineOutput, None]:
         """Run one request; yields ``EngineOutput`` chunks (the first carries ``prompt_tokens`` and
         ``cached_tokens``, the last ``finish_reason``). Closing the generator or cancelling its
         consumer aborts the request and frees its KV blocks at once."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -71,7 +71,7 @@ class MockerWorkerEngine(WorkerEngine):
             max_num_batched_tokens=engine_config.max_num_batched_tokens,
         )
 
-    def generate(self, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+    def generate(self, request: PreprocessedRequest) -> AsyncGenerator[EngineOutput, None]:
         assert self.engine is not None, "start() first"
         return self.engine.generate(request)
 

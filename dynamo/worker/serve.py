@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 LOAD_METRICS_INTERVAL = 1.0
 
-GenerateFn = Callable[[PreprocessedRequest], AsyncIterator[EngineOutput]]
+GenerateFn = Callable[[PreprocessedRequest], AsyncGenerator[EngineOutput, None]]
 LoadFn = Callable[[], LoadMetrics]
 
 

@@ -57,11 +57,14 @@ class SharedEngine:
         if self.engine is None:
             from dynamo.vllm.args import parse_args
             from dynamo.vllm.engine import VllmEngine
+            from dynamo.worker import EngineContext
 
             config = parse_args(
                 ["--model", str(self.model_dir), "--max-model-len", "2048", "--max-num-seqs", "8"]
             )
-            engine = VllmEngine(config, worker_id=TEST_WORKER_ID, kv_event_sink=self.kv_batches.append)
+            engine = VllmEngine(
+                config, EngineContext(worker_id=TEST_WORKER_ID, kv_event_sink=self.kv_batches.append)
+            )
             await engine.start()
             self.engine = engine
         return self.engine

@@ -28,6 +28,7 @@ from dynamo.llm.protocols import (
 from dynamo.vllm.args import parse_args
 from dynamo.vllm.engine import EngineStartError, VllmEngine
 from dynamo.vllm.metrics import register_vllm_metrics
+from dynamo.worker import EngineContext
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(180)]
 
@@ -284,7 +285,7 @@ async def test_vllm_prometheus_metrics_on_our_registry(vllm_engine: VllmEngine):
 
 
 async def test_bad_model_path_fails_with_one_clear_error(tmp_path: Path):
-    engine = VllmEngine(parse_args(["--model", str(tmp_path / "missing")]), worker_id=1)
+    engine = VllmEngine(parse_args(["--model", str(tmp_path / "missing")]), EngineContext(worker_id=1))
     with pytest.raises(EngineStartError, match="cannot load model"):
         await engine.start()
     await engine.stop()
@@ -294,6 +295,6 @@ async def test_unsupported_architecture_fails_clearly(tmp_path: Path, smollm2_di
     config = json.loads((smollm2_dir / "config.json").read_text())
     config["architectures"] = ["NoSuchModelForCausalLM"]
     (tmp_path / "config.json").write_text(json.dumps(config))
-    engine = VllmEngine(parse_args(["--model", str(tmp_path)]), worker_id=1)
+    engine = VllmEngine(parse_args(["--model", str(tmp_path)]), EngineContext(worker_id=1))
     with pytest.raises(EngineStartError, match="not supported"):
         await engine.start()

@@ -21,7 +21,7 @@ from vllm.distributed.kv_events import (
 )
 
 from dynamo.llm.kv_events import KvCleared, KvEventBatch, KvRemoved, KvStored, compute_block_hashes
-from dynamo.vllm.kv_publisher import KvEventRelay, block_hash_to_int, convert_event
+from dynamo.vllm.kv_events import block_hash_to_int, convert_event, kv_event_subscriber
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(60)]
 
@@ -82,7 +82,7 @@ async def wait_for(predicate, timeout: float = 10.0) -> None:
 async def test_relay_decodes_vllm_publisher_batches(tmp_path: Path):
     endpoint = f"ipc://{tmp_path}/kv"
     got: list[KvEventBatch] = []
-    relay = KvEventRelay(endpoint, worker_id=42, sink=got.append, topic="kv")
+    relay = kv_event_subscriber(endpoint, worker_id=42, sink=got.append, topic="kv")
     relay.start()  # connecting before the publisher binds is fine
     publisher = ZmqEventPublisher(data_parallel_rank=0, endpoint=endpoint, topic="kv")
     try:
@@ -118,7 +118,7 @@ async def test_sequence_gap_skips_event_ids(tmp_path: Path):
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
     pub.bind(endpoint)
-    relay = KvEventRelay(endpoint, worker_id=1, sink=got.append, topic="kv")
+    relay = kv_event_subscriber(endpoint, worker_id=1, sink=got.append, topic="kv")
     relay.start()
     encoder = msgspec.msgpack.Encoder()
 
