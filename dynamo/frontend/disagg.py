@@ -42,9 +42,9 @@ from dynamo.frontend.models import ServedModel
 from dynamo.frontend.routing import AllWorkersBusy, NoWorkers
 from dynamo.llm.disagg import (
     PREFILL_UNREACHABLE,
-    REMOTE_PREFILL_KEY,
     DisaggTimeouts,
     PrefillFailed,
+    decode_first_request,
     fallback_reason,
     run_remote_prefill,
 )
@@ -191,10 +191,10 @@ class DisaggGeneration:
             router.metrics.requests.labels(model.name, LOCAL_SHORT).inc()
             log.debug("request %s: %d uncached prompt tokens, prefilling locally", rid, uncached)
         elif router.strategy == "decode_first":
-            target = self._pick_prefill_worker()
-            if target is not None:
+            handoff = self._pick_prefill_worker()
+            if handoff is not None:
                 booked = True
-                request = msgspec.structs.replace(request, kv_transfer_params={REMOTE_PREFILL_KEY: target})
+                request = handoff
         else:
             params = await self._prefill_first()
             if params is not None:
@@ -229,8 +229,9 @@ class DisaggGeneration:
             if booked:
                 prefill_pool.on_finished(rid)
 
-    def _pick_prefill_worker(self) -> dict[str, Any] | None:
-        """decode_first: the prefill worker the decode worker should call, or None (local)."""
+    def _pick_prefill_worker(self) -> PreprocessedRequest | None:
+        """decode_first: the request naming the prefill worker the decode worker should call, or
+        None (prefill locally)."""
         router = self.router
         model = self.model
         rid = self.request.request_id
@@ -254,11 +255,7 @@ class DisaggGeneration:
             router.metrics.requests.labels(model.name, REMOTE).inc()
             self.prefill_instance_id = choice.instance_id
             self.prefill_overlap_blocks = choice.overlap_blocks
-            return {
-                "address": record.address,
-                "handler": handler_name(record.endpoint_id),
-                "instance_id": choice.instance_id,
-            }
+            return decode_first_request(self.request, record.address, handler_name(record.endpoint_id))
 
     async def _prefill_first(self) -> dict[str, Any] | None:
         """Run the prefill on a prefill worker; its ``kv_transfer_params``, or None (local)."""

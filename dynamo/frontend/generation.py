@@ -116,12 +116,13 @@ class Generation:
         max_tokens = None if stop.max_tokens is None else max(1, stop.max_tokens - len(self.produced))
         min_tokens = max(0, stop.min_tokens - len(self.produced))
         # A continuation prefills its tokens where it lands: transferred KV (disaggregation) was the
-        # first worker's.
+        # first worker's, and a remote prefill named for it (decode_first) covered the prompt only.
         return msgspec.structs.replace(
             self.request,
             token_ids=[*self.request.token_ids, *self.produced],
             stop=msgspec.structs.replace(stop, max_tokens=max_tokens, min_tokens=min_tokens),
             kv_transfer_params=None,
+            remote_prefill=None,
         )
 
     async def _open(self, request: PreprocessedRequest, tried: set[int]):  # type: ignore[no-untyped-def]
