@@ -4,6 +4,7 @@
 - no timers or delete handlers, hence no finalizers: a graph deletes even with the operator gone
   (owner references let the garbage collector remove its children);
 - a child Deployment changed -> roll its status up into the graph (deleted by hand -> recreate);
+- a child Service (frontend or worker) deleted by hand -> recreate;
 - a docker-config secret appeared -> reconcile the graphs of its namespace (pull secret discovery);
 - request (DGDR) created / changed -> validate and report, without inventing a profile.
 """
@@ -122,6 +123,20 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
                 await _write_status(client, graph, await reconcile_graph(graph, client, config, logger))
                 return
         await refresh_status(client, namespace, graph_name, logger)
+
+    @kopf.on.event("", "v1", "services", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
+    async def child_service_event(
+        type: str | None, body: kopf.Body, namespace: str | None, memo: kopf.Memo, logger: Any, **_: Any
+    ) -> None:
+        """A frontend or worker Service was deleted while its graph lives on: recreate it."""
+        graph_name = (body.get("metadata", {}).get("labels") or {}).get(LABEL_GRAPH)
+        if type != "DELETED" or not graph_name or not namespace:
+            return
+        client: KubeClient = memo["client"]
+        graph = await client.get(graph_path(namespace, graph_name))
+        if graph is not None and not graph["metadata"].get("deletionTimestamp"):
+            logger.info("a Service of graph %s was deleted; reconciling", graph_name)
+            await _write_status(client, graph, await reconcile_graph(graph, client, config, logger))
 
     @kopf.on.event("", "v1", "secrets", when=_is_docker_config, registry=registry)
     async def pull_secret_event(

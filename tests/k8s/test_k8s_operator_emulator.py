@@ -5,6 +5,7 @@ status unless a test writes it, as the Deployment controller would."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -276,6 +277,24 @@ async def test_emulator_deleted_child_is_recreated(api, config) -> None:
         await api.delete(deploy_path("ns1", "vllm-agg-frontend"))
         deps = await get_deployments(api, "ns1", 2)
     assert "vllm-agg-frontend" in deps
+
+
+async def test_emulator_deleted_worker_service_is_recreated(api, config) -> None:
+    async with operator_running(config):
+        await api.create(dgd_path("ns1"), graph_body())
+        worker_svc = svc_path("ns1", "vllm-agg-vllmdecodeworker")
+        await wait_for(lambda: api.get(worker_svc), what="worker Service")
+        await asyncio.sleep(3)  # let the creation's reconciles and status writes settle
+        # Marked, so the recreated object is told apart from the deleted one (kmock sets no uid).
+        await api.merge_patch(worker_svc, {"metadata": {"labels": {"test-mark": "deleted-one"}}})
+        await api.delete(worker_svc)
+
+        async def recreated() -> dict[str, Any] | None:
+            svc = await api.get(worker_svc)
+            return svc if svc and "test-mark" not in svc["metadata"].get("labels", {}) else None
+
+        svc = await wait_for(recreated, timeout=10, what="worker Service recreated")
+    assert svc["spec"]["ports"][0]["port"] == 9090
 
 
 async def test_emulator_image_pull_secret_discovery_and_opt_out(api, config) -> None:
