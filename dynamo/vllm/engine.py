@@ -23,7 +23,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import AsyncGenerator
@@ -54,6 +53,7 @@ from dynamo.vllm.cpu import CoreClaim, claim_cores
 from dynamo.vllm.kv_events import kv_event_subscriber
 from dynamo.vllm.metrics import LoadState, LoadStatLogger, register_vllm_metrics
 from dynamo.worker import EngineContext, EngineFacts, EngineStartError, WorkerEngine
+from dynamo.worker.util import free_port
 from dynamo.worker.zmq_kv_events import ZmqKvEventSubscriber
 
 __all__ = ["EngineDeadError", "EngineStartError", "VllmEngine", "build_sampling_params"]
@@ -149,12 +149,6 @@ def _exception_detail(exc: Exception) -> str:
 def _is_missing_local_path(model: str) -> bool:
     """A model given as a filesystem path that does not exist (hub ids are left to vLLM)."""
     return model.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(model))
-
-
-def _free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class VllmEngine(WorkerEngine):
@@ -286,7 +280,7 @@ class VllmEngine(WorkerEngine):
         if "Nixl" in connector:
             defaults.setdefault("UCX_RCACHE_MAX_UNRELEASED", "1024")
             if "VLLM_NIXL_SIDE_CHANNEL_PORT" not in os.environ:
-                defaults["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(_free_tcp_port())
+                defaults["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(free_port())
             advertise = os.environ.get("DYN_ADVERTISE_HOST") or os.environ.get("POD_IP")
             if advertise:
                 defaults.setdefault("VLLM_NIXL_SIDE_CHANNEL_HOST", advertise)
