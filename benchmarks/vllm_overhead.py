@@ -33,12 +33,14 @@ import argparse
 import asyncio
 import datetime
 import fcntl
+import functools
 import itertools
 import json
 import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -101,10 +103,10 @@ class Engine:
             "--enable-prefix-caching", "--seed", "0",
         ]  # fmt: skip
 
-    def env(self) -> dict[str, str]:
+    def env(self, root: Path = ROOT) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_CPU_", "DYN_"))}
         env.update({"VLLM_CPU_KVCACHE_SPACE": self.kv_cache_gib, "PYTHONUNBUFFERED": "1"})
-        env["PYTHONPATH"] = str(ROOT)
+        env["PYTHONPATH"] = str(root)
         return env
 
 
@@ -117,11 +119,12 @@ class Stack:
     model: str
     tmp: str
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    root: Path = ROOT  # the checkout the stack's processes run from
 
     def spawn(self, role: str, argv: list[str], env: dict[str, str]) -> None:
         with open(Path(self.tmp) / f"{role}.log", "wb") as log:
             self.procs[role] = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+                argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True
             )
 
     def log(self, role: str) -> str:
@@ -219,12 +222,19 @@ def start_vllm(engine: Engine, extra: list[str]) -> Stack:
     return stack
 
 
-def start_ours(engine: Engine, worker_extra: list[str], frontend_extra: list[str]) -> Stack:
-    """``dynamo.frontend`` + one ``dynamo.vllm`` worker (``--cpu-core``), file discovery in a temp dir."""
+def start_ours(
+    engine: Engine,
+    worker_extra: list[str],
+    frontend_extra: list[str],
+    name: str = "ours",
+    root: Path = ROOT,
+) -> Stack:
+    """``dynamo.frontend`` + one ``dynamo.vllm`` worker (``--cpu-core``), file discovery in a temp dir;
+    ``root``: another checkout (e.g. a ``git worktree`` of an older commit) to compare a change."""
     port = free_port()
-    tmp = tempfile.mkdtemp(prefix="ovh-ours-")
-    stack = Stack("ours", f"http://127.0.0.1:{port}", engine.served_name, tmp)
-    env = {**engine.env(), "DYN_FILE_DISCOVERY_DIR": str(Path(tmp) / "discovery"), "DYN_LOG": "info"}
+    tmp = tempfile.mkdtemp(prefix=f"ovh-{name}-")
+    stack = Stack(name, f"http://127.0.0.1:{port}", engine.served_name, tmp, root=root)
+    env = {**engine.env(root), "DYN_FILE_DISCOVERY_DIR": str(Path(tmp) / "discovery"), "DYN_LOG": "info"}
     common = ["--discovery-backend", "file", "--request-plane", "tcp", "--event-plane", "zmq"]
     frontend = [sys.executable, "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port)]
     stack.spawn("frontend", [*frontend, *common, *frontend_extra], env)
@@ -376,14 +386,15 @@ METRICS = (
 )
 
 
-def summarize(levels: list[Level]) -> list[str]:
-    """Markdown table: medians over rounds per stack and level, and the ratios ours / vLLM."""
+def summarize(levels: list[Level], base: str = "vllm") -> list[str]:
+    """Markdown table: medians over rounds per stack and level, and each stack's ratios to ``base``."""
     head = "| conc | stack | " + " | ".join(m[0] for m in METRICS)
     head += " | CPU ms/req: HTTP / dynamo.vllm / EngineCore / model runner / client | other load (cores) |"
     out = [head, "|" + "---|" * (len(METRICS) + 4)]
     for conc in sorted({lv.res.concurrency for lv in levels}):
         med: dict[str, dict[str, float]] = {}
-        for name in ("vllm", "ours"):
+        names = list(dict.fromkeys(lv.stack for lv in levels))
+        for name in names:
             rows = [lv for lv in levels if lv.stack == name and lv.res.concurrency == conc]
             if not rows:
                 continue
@@ -393,7 +404,7 @@ def summarize(levels: list[Level]) -> list[str]:
                 for k in ("server", "frontend", "worker", "core", "model", "client")
             }
             http = cpu["server"] + cpu["frontend"]
-            worker = f"{cpu['worker']:.1f}" if name == "ours" else "-"
+            worker = f"{cpu['worker']:.1f}" if name != "vllm" else "-"
             other = statistics.median(lv.other_cores for lv in rows)
             cells = " | ".join(fmt.format(med[name][key]) for _, key, fmt in METRICS)
             out.append(
@@ -401,22 +412,36 @@ def summarize(levels: list[Level]) -> list[str]:
                 f"{cpu['core']:.1f} / {cpu['model']:.1f} / "
                 f"{cpu['client']:.1f} | {other:.2f} |"
             )
-        if len(med) == 2:
-            ratios = " | ".join(f"**{med['ours'][key] / med['vllm'][key]:.2f}**" for _, key, _ in METRICS)
-            out.append(f"| {conc} | ours / vllm | {ratios} | | |")
+        for name in med:
+            if name == base or base not in med:
+                continue
+            ratios = " | ".join(
+                f"**{med[name][key] / med[base][key]:.2f}**" if med[base][key] else "-"
+                for _, key, _ in METRICS
+            )
+            out.append(f"| {conc} | {name} / {base} | {ratios} | | |")
     return out
 
 
-def config_diff(configs: dict[str, dict[str, str]]) -> list[str]:
-    if len(configs) < 2 or not all(configs.values()):
+def config_diff(configs: dict[str, dict[str, str]], base: str = "vllm") -> list[str]:
+    if len(configs) < 2 or not all(configs.values()) or base not in configs:
         return ["(engine config not found in a log)"]
-    a, b = configs["vllm"], configs["ours"]
-    diff = [
-        f"  {k}: vllm={a.get(k)!r} ours={b.get(k)!r}"
-        for k in sorted(a.keys() | b.keys())
-        if a.get(k) != b.get(k)
-    ]
-    return ["engine config: identical"] if not diff else ["engine config differs:", *diff]
+    out: list[str] = []
+    a = configs[base]
+    for name, b in configs.items():
+        if name == base:
+            continue
+        diff = [
+            f"  {k}: {base}={a.get(k)!r} {name}={b.get(k)!r}"
+            for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)
+        ]
+        out += (
+            [f"engine config {name} vs {base}: identical"]
+            if not diff
+            else [f"engine config {name} vs {base}:", *diff]
+        )
+    return out
 
 
 def machine_facts() -> list[str]:
@@ -490,6 +515,16 @@ def run(args: argparse.Namespace) -> None:
         "vllm": lambda: start_vllm(engine, args.vllm_arg),
         "ours": lambda: start_ours(engine, args.worker_arg, args.frontend_arg),
     }
+    for spec in args.ours_variant:  # NAME=FLAGS: ours with other worker flags
+        vname, _, flags = spec.partition("=")
+        starters[vname] = functools.partial(
+            start_ours, engine, [*args.worker_arg, *shlex.split(flags)], args.frontend_arg, vname
+        )
+    for spec in args.variant:  # NAME=DIR: ours from another checkout
+        vname, _, root = spec.partition("=")
+        starters[vname] = functools.partial(
+            start_ours, engine, args.worker_arg, args.frontend_arg, vname, Path(root).resolve()
+        )
     order = [s.strip() for s in args.stacks.split(",")]
     facts = machine_facts()
     print("\n".join(facts), flush=True)
@@ -534,17 +569,17 @@ def run(args: argparse.Namespace) -> None:
                 raise
             finally:
                 stack.stop()
-    notes = config_diff(configs)
-    if len(probes) == 2:
-        same = probes["vllm"] == probes["ours"]
-        notes.append(f"greedy probe: {'identical' if same else 'DIFFERENT'} on both stacks")
+    notes = config_diff(configs, args.base)
+    if len(probes) >= 2:
+        same = len({repr(v) for v in probes.values()}) == 1
+        notes.append(f"greedy probe: {'identical' if same else 'DIFFERENT'} on all stacks")
         if not same:
             notes += [f"  {k}: {v}" for k, v in probes.items()]
     notes.append("startup s: " + ", ".join(f"{k} {statistics.median(v):.0f}" for k, v in startup.items()))
     for name, runs in idles.items():
         idle = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         notes.append(f"{name} idle cores (median): " + " ".join(f"{k}={v:.3f}" for k, v in idle.items()))
-    table = summarize(levels)
+    table = summarize(levels, args.base)
     print("\n" + "\n".join(notes) + "\n\n" + "\n".join(table))
     if args.out:
         write_markdown(args, engine, facts, notes, table, levels)
@@ -610,6 +645,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--kv-cache-gib", default=CPU_DEFAULT_KVCACHE_SPACE_GIB, help="VLLM_CPU_KVCACHE_SPACE")
     p.add_argument("--worker-arg", action="append", default=[], help="extra flag for dynamo.vllm")
+    p.add_argument(
+        "--ours-variant",
+        action="append",
+        default=[],
+        help="NAME=FLAGS: also a stack of ours whose worker gets these extra flags (name it in --stacks)",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME=DIR: also a stack of ours from another checkout, e.g. a git worktree of an older commit",
+    )
+    p.add_argument("--base", default="vllm", help="the stack the ratios compare with")
     p.add_argument("--frontend-arg", action="append", default=[], help="extra flag for dynamo.frontend")
     p.add_argument("--vllm-arg", action="append", default=[], help="extra flag for vLLM's server")
     p.add_argument("--idle-seconds", type=float, default=5.0, help="idle CPU sample before each sweep")

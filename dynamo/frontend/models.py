@@ -24,7 +24,7 @@ from typing import TypeVar
 from dynamo.frontend.args import FrontendConfig
 from dynamo.frontend.routing import InstanceRouter
 from dynamo.llm.card_watch import watch_model_cards
-from dynamo.llm.endpoints import files_endpoint_name
+from dynamo.llm.endpoints import FilesRequest, files_endpoint_name
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.preprocessor import Preprocessor
 from dynamo.router import KvRouter, KvRouterConfig
@@ -221,7 +221,7 @@ class ModelManager:
 
     async def _fetch_files(self, card: ModelDeploymentCard, record: InstanceRecord) -> dict[str, bytes]:
         stream = await self.runtime.request_client.stream(
-            record.address, files_endpoint_name(record.endpoint_id), {"names": list(card.files)}
+            record.address, files_endpoint_name(record.endpoint_id), FilesRequest(names=list(card.files))
         )
         files: dict[str, bytes] = {}
         async for item in stream:

@@ -8,6 +8,9 @@ chunks out), ``/files`` (the model card's files, for a frontend on another machi
 
 from __future__ import annotations
 
+import msgspec
+
+from dynamo.llm.kv_events import KvEvent
 from dynamo.runtime import EndpointId
 from dynamo.runtime.names import default_namespace
 from dynamo.runtime.runtime import handler_name
@@ -47,3 +50,34 @@ def kv_replay_endpoint_name(endpoint: EndpointId) -> str:
 def kv_snapshot_endpoint_name(endpoint: EndpointId) -> str:
     """Request-plane name of the handler that sends the cached block set (router full resync)."""
     return handler_name(endpoint) + KV_SNAPSHOT_SUFFIX
+
+
+class FilesRequest(msgspec.Struct, omit_defaults=True):
+    """``/files``: the card files wanted (None: all of them)."""
+
+    names: list[str] | None = None
+
+
+class KvReplayRequest(msgspec.Struct, omit_defaults=True):
+    """``/kv_replay``: the events after ``since_event_id`` of data-parallel rank ``dp_rank``."""
+
+    since_event_id: int = -1
+    dp_rank: int = 0
+
+
+class KvReplayReply(msgspec.Struct):
+    """The events asked for; None when the worker no longer holds all of them (take a snapshot)."""
+
+    events: list[KvEvent] | None = None
+
+
+class KvSnapshotRequest(msgspec.Struct, omit_defaults=True):
+    """``/kv_snapshot``: the cached block set of data-parallel rank ``dp_rank``."""
+
+    dp_rank: int = 0
+
+
+class KvSnapshotReply(msgspec.Struct):
+    """An encoded ``KvEventBatch`` (``cleared`` then every cached block); None: no KV events here."""
+
+    batch: bytes | None = None

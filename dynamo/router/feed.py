@@ -23,8 +23,15 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter
 
 from dynamo.llm import kv_events
-from dynamo.llm.endpoints import kv_replay_endpoint_name, kv_snapshot_endpoint_name
-from dynamo.llm.kv_events import KvEvent, KvEventBatch
+from dynamo.llm.endpoints import (
+    KvReplayReply,
+    KvReplayRequest,
+    KvSnapshotReply,
+    KvSnapshotRequest,
+    kv_replay_endpoint_name,
+    kv_snapshot_endpoint_name,
+)
+from dynamo.llm.kv_events import KvEventBatch
 from dynamo.router.indexer import ResyncRequest
 from dynamo.router.kv_router import KvRouter
 from dynamo.router.sync_events import RouterSyncEvent, SyncAddRequest, decode_sync_events, encode_sync_events
@@ -42,7 +49,6 @@ ALIVE_SUFFIX = "_alive"  # heartbeat subject = the replica-sync subject + this
 
 _ids_encoder = msgspec.msgpack.Encoder()
 _ids_decoder = msgspec.msgpack.Decoder(list[int])
-_events_type = list[KvEvent]
 
 
 class KvFeed:
@@ -115,13 +121,16 @@ class KvFeed:
             if record is None:
                 return
             if after_event_id is not None:
-                reply = await self._call(
-                    record,
-                    kv_replay_endpoint_name(record.endpoint_id),
-                    {"since_event_id": after_event_id, "dp_rank": dp_rank},
+                replay = msgspec.convert(
+                    await self._call(
+                        record,
+                        kv_replay_endpoint_name(record.endpoint_id),
+                        KvReplayRequest(since_event_id=after_event_id, dp_rank=dp_rank),
+                    ),
+                    KvReplayReply,
                 )
-                if reply.get("events") is not None:
-                    events = msgspec.convert(reply["events"], _events_type)
+                if replay.events is not None:
+                    events = replay.events
                     batch = KvEventBatch(worker_id=instance_id, events=events, dp_rank=dp_rank)
                     for router in self._routers_of(instance_id):
                         router.on_kv_events(batch)
@@ -133,10 +142,13 @@ class KvFeed:
                         after_event_id,
                     )
                     return
-            reply = await self._call(
-                record, kv_snapshot_endpoint_name(record.endpoint_id), {"dp_rank": dp_rank}
+            snapshot_reply = msgspec.convert(
+                await self._call(
+                    record, kv_snapshot_endpoint_name(record.endpoint_id), KvSnapshotRequest(dp_rank=dp_rank)
+                ),
+                KvSnapshotReply,
             )
-            raw = reply.get("batch")
+            raw = snapshot_reply.batch
             if raw is None:
                 log.info("worker %s publishes no KV events; nothing to resync", format_worker_key(worker))
                 return
@@ -151,7 +163,7 @@ class KvFeed:
         finally:
             self._inflight.discard(worker)
 
-    async def _call(self, record: InstanceRecord, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _call(self, record: InstanceRecord, endpoint: str, body: msgspec.Struct) -> Any:
         stream = await self.runtime.request_client.stream(record.address, endpoint, body)
         try:
             async with asyncio.timeout(RESYNC_TIMEOUT):

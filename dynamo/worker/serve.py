@@ -15,10 +15,20 @@ import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+import msgspec
 from prometheus_client import Counter, Gauge
 
 from dynamo.llm import kv_events
-from dynamo.llm.endpoints import files_endpoint_name, kv_replay_endpoint_name, kv_snapshot_endpoint_name
+from dynamo.llm.endpoints import (
+    FilesRequest,
+    KvReplayReply,
+    KvReplayRequest,
+    KvSnapshotReply,
+    KvSnapshotRequest,
+    files_endpoint_name,
+    kv_replay_endpoint_name,
+    kv_snapshot_endpoint_name,
+)
 from dynamo.llm.kv_events import LoadMetrics
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.protocols import EngineOutput, PreprocessedRequest, request_from_wire
@@ -72,18 +82,17 @@ async def serve_engine(
             handled.labels(outcome).inc()
 
     async def serve_files(request: Any, ctx: RequestContext) -> AsyncGenerator[dict[str, bytes], None]:
-        names = request.get("names") if isinstance(request, dict) else None
+        names = msgspec.convert(request or {}, FilesRequest).names
         yield {n: files[n] for n in (names or files) if n in files}
 
-    async def kv_replay(request: Any, ctx: RequestContext) -> AsyncGenerator[Any, None]:
-        since = int(request.get("since_event_id", -1)) if isinstance(request, dict) else -1
-        events = kv_publisher.replay(since) if kv_publisher is not None else None
-        yield {"events": events}
+    async def kv_replay(request: Any, ctx: RequestContext) -> AsyncGenerator[KvReplayReply, None]:
+        since = msgspec.convert(request or {}, KvReplayRequest).since_event_id
+        yield KvReplayReply(kv_publisher.replay(since) if kv_publisher is not None else None)
 
-    async def kv_snapshot(request: Any, ctx: RequestContext) -> AsyncGenerator[Any, None]:
-        rank = int(request.get("dp_rank", 0)) if isinstance(request, dict) else 0
+    async def kv_snapshot(request: Any, ctx: RequestContext) -> AsyncGenerator[KvSnapshotReply, None]:
+        rank = msgspec.convert(request or {}, KvSnapshotRequest).dp_rank
         batch = kv_publisher.snapshot(runtime.instance_id, rank) if kv_publisher is not None else None
-        yield {"batch": kv_events.encode(batch) if batch is not None else None}
+        yield KvSnapshotReply(kv_events.encode(batch) if batch is not None else None)
 
     server = await runtime.request_server()
     server.register(files_endpoint_name(endpoint), serve_files)

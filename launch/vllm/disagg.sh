@@ -21,7 +21,7 @@ ensure_nats
 
 run frontend "$PYTHON" -m dynamo.frontend --http-port "$HTTP_PORT"
 DYN_SYSTEM_PORT=${DECODE_SYSTEM_PORT:-9090} run decode \
-  "$PYTHON" -m dynamo.vllm --model "$MODEL" --is-decode-worker --cpu-core "${DECODE_CORE:-1}" "$@"
+  "$PYTHON" -m dynamo.vllm --model "$MODEL" --cpu-core "${DECODE_CORE:-1}" "$@"
 DYN_SYSTEM_PORT=${PREFILL_SYSTEM_PORT:-9091} run prefill \
   "$PYTHON" -m dynamo.vllm --model "$MODEL" --is-prefill-worker --cpu-core "${PREFILL_CORE:-0}" "$@"
 

@@ -23,7 +23,7 @@ ensure_nats
 
 run frontend "$PYTHON" -m dynamo.frontend --http-port "$HTTP_PORT" --router-mode kv
 DYN_SYSTEM_PORT=${DECODE_SYSTEM_PORT:-9090} run decode \
-  "$PYTHON" -m dynamo.vllm --model "$MODEL" --is-decode-worker --cpu-core "${DECODE_CORE:-$((CORES - 1))}" "$@"
+  "$PYTHON" -m dynamo.vllm --model "$MODEL" --cpu-core "${DECODE_CORE:-$((CORES - 1))}" "$@"
 for i in $(seq 0 $((PREFILL_WORKERS - 1))); do
   DYN_SYSTEM_PORT=$((${PREFILL_SYSTEM_PORT:-9091} + i)) run "prefill-$i" \
     "$PYTHON" -m dynamo.vllm --model "$MODEL" --is-prefill-worker --cpu-core $((i % CORES)) "$@"
