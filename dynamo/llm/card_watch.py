@@ -39,14 +39,23 @@ async def watch_model_cards(
     namespaces: Iterable[str] | None = None,
     endpoint: EndpointId | None = None,
 ) -> AsyncIterator[ModelCardEvent]:
-    """Cards of ``endpoint``, else of ``namespaces``, else of every namespace: current ones, then changes."""
+    """Cards of ``endpoint``, else of ``namespaces``, else of every namespace: current ones, then changes.
+
+    Like the runtime's watch, each instance's card is ``added`` before it is ``updated`` or
+    ``removed``; an instance whose card never decoded is never reported."""
+    reported: set[tuple[EndpointId, int]] = set()
     async for event in runtime.watch_model_cards(namespaces=namespaces, endpoint=endpoint):
+        key = (event.endpoint, event.instance_id)
         if event.card is None:
-            yield ModelCardEvent(event.kind, event.endpoint, event.instance_id)
+            if key in reported:
+                reported.discard(key)
+                yield ModelCardEvent("removed", event.endpoint, event.instance_id)
             continue
         try:
             card = ModelDeploymentCard.from_json(event.card)
         except ValueError as exc:
             log.error("ignoring model card of instance %x (%s): %s", event.instance_id, event.endpoint, exc)
             continue
-        yield ModelCardEvent(event.kind, event.endpoint, event.instance_id, card)
+        kind: EventKind = "updated" if key in reported else "added"
+        reported.add(key)
+        yield ModelCardEvent(kind, event.endpoint, event.instance_id, card)
