@@ -28,8 +28,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dynamo.runtime.names import EndpointId
-from dynamo.worker.args import DisaggregationMode, WorkerArgs, add_worker_args, worker_args_from
+from dynamo.worker.args import WorkerArgs, WorkerConfigFields, add_worker_args, worker_args_from
 from dynamo.worker.engine import EngineNotInstalledError
 
 if TYPE_CHECKING:
@@ -74,7 +73,7 @@ def vllm_is_cpu_build() -> bool:
 
 
 @dataclass
-class WorkerConfig:
+class WorkerConfig(WorkerConfigFields):
     """Everything the vLLM worker needs: vLLM's engine arguments plus the shared worker flags."""
 
     engine_args: AsyncEngineArgs
@@ -103,44 +102,6 @@ class WorkerConfig:
         if isinstance(names, list | tuple):
             return str(names[0]) if names else self.model
         return str(names) if names else self.model
-
-    @property
-    def args(self) -> argparse.Namespace | None:
-        return self.worker.args
-
-    @property
-    def namespace(self) -> str:
-        return self.worker.namespace
-
-    @property
-    def endpoint(self) -> str:
-        """``dyn://<namespace>.<component>.<endpoint>`` this worker serves."""
-        return str(self.worker.endpoint)
-
-    @property
-    def endpoint_id(self) -> EndpointId:
-        return self.worker.endpoint
-
-    @property
-    def component(self) -> str:
-        """``backend`` for aggregated/decode workers, ``prefill`` for prefill workers (by default)."""
-        return self.worker.endpoint.component
-
-    @property
-    def disaggregation_mode(self) -> DisaggregationMode:
-        return self.worker.disaggregation_mode
-
-    @property
-    def migration_limit(self) -> int:
-        return self.worker.migration_limit
-
-    @property
-    def is_prefill(self) -> bool:
-        return self.worker.is_prefill
-
-    @property
-    def is_decode(self) -> bool:
-        return self.worker.is_decode
 
     @property
     def has_kv_connector(self) -> bool:

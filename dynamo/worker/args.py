@@ -10,12 +10,15 @@ keeps it, and its values are read through ``MODE_ALIASES``.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from dynamo.llm.endpoints import worker_endpoint
 from dynamo.runtime import EndpointId, RuntimeConfig
 from dynamo.runtime.config import add_runtime_args
+
+ConfigT = TypeVar("ConfigT")
 
 DisaggregationMode = Literal["agg", "prefill", "decode"]
 DISAGGREGATION_MODES: tuple[str, ...] = ("agg", "prefill", "decode")
@@ -61,6 +64,50 @@ class WorkerArgs:
         """Runtime settings from the flags over the environment, in this worker's namespace."""
         base = RuntimeConfig.from_args(self.args) if self.args is not None else RuntimeConfig.from_env()
         return base.with_(namespace=self.namespace)
+
+
+class WorkerConfigFields:
+    """What every engine's config answers from its ``worker: WorkerArgs`` (mix into the dataclass)."""
+
+    worker: WorkerArgs
+
+    @property
+    def args(self) -> argparse.Namespace | None:
+        return self.worker.args
+
+    @property
+    def namespace(self) -> str:
+        return self.worker.namespace
+
+    @property
+    def endpoint(self) -> str:
+        """``dyn://<namespace>.<component>.<endpoint>`` this worker serves."""
+        return str(self.worker.endpoint)
+
+    @property
+    def endpoint_id(self) -> EndpointId:
+        return self.worker.endpoint
+
+    @property
+    def component(self) -> str:
+        """``backend`` for aggregated/decode workers, ``prefill`` for prefill workers (by default)."""
+        return self.worker.endpoint.component
+
+    @property
+    def disaggregation_mode(self) -> DisaggregationMode:
+        return self.worker.disaggregation_mode
+
+    @property
+    def migration_limit(self) -> int:
+        return self.worker.migration_limit
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.worker.is_prefill
+
+    @property
+    def is_decode(self) -> bool:
+        return self.worker.is_decode
 
 
 def add_worker_args(parser: argparse.ArgumentParser, *, kv_events_help: str = "") -> None:
@@ -127,3 +174,15 @@ def worker_args_from(args: argparse.Namespace) -> WorkerArgs:
         kv_events=args.kv_events,
         args=args,
     )
+
+
+def parse_with(
+    parser: argparse.ArgumentParser, build: Callable[[argparse.Namespace], ConfigT], argv: list[str] | None
+) -> ConfigT:
+    """Parse ``argv`` and ``build`` the engine's config from it; a ``ValueError`` from ``build``
+    (bad values, contradictions) exits 2 with the parser's usage, like a bad flag."""
+    args = parser.parse_args(argv)
+    try:
+        return build(args)
+    except ValueError as exc:
+        parser.error(str(exc))
