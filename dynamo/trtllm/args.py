@@ -4,9 +4,12 @@ Journey: this configures the **engine** stage (request plane -> TensorRT-LLM -> 
 
 The flags are those of NVIDIA Dynamo's TRT-LLM worker that the guides use (``--model-path``,
 ``--served-model-name``, ``--extra-engine-args FILE.yaml``, ``--disaggregation-mode``,
-``--disaggregation-strategy``, ``--migration-limit``, parallelism and capacity flags) plus the
-runtime flags (``add_runtime_args``) and ``--endpoint``. They parse without TensorRT-LLM
-installed; the worker then refuses to start with one line naming the extra to install.
+``--disaggregation-strategy``, ``--publish-events-and-metrics``, parallelism and capacity flags)
+on top of the shared worker flags (``dynamo.worker.args``: runtime flags, ``--endpoint``,
+``--disaggregation-mode`` -- ``prefill_and_decode`` is NVIDIA's name for ``agg`` -- with
+``--is-prefill-worker`` / ``--is-decode-worker``, ``--migration-limit``, ``--kv-events``). They
+parse without TensorRT-LLM installed; the worker then refuses to start with one line naming the
+extra to install.
 
 The engine's arguments (``LLM(model=..., **engine_kwargs)``) are built in this order, later
 winning: the ``--extra-engine-args`` YAML (TensorRT-LLM LLM-API options), the flags the user
@@ -25,24 +28,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
-from dynamo.llm.worker import worker_endpoint
-from dynamo.runtime.config import add_runtime_args
-from dynamo.runtime.names import EndpointId
+from dynamo.worker.args import WorkerArgs, WorkerConfigFields, add_worker_args, parse_with, worker_args_from
+from dynamo.worker.util import module_installed
 
 logger = logging.getLogger(__name__)
 
-DisaggregationMode = Literal["agg", "prefill", "decode"]
-MODE_CHOICES = ("agg", "prefill_and_decode", "prefill", "decode")  # prefill_and_decode: NVIDIA's name for agg
 STRATEGIES = ("decode_first", "prefill_first")
 DEFAULT_KV_BLOCK_SIZE = 32
 DEFAULT_KV_EVENT_BUFFER = 1024
@@ -65,22 +64,18 @@ _ENGINE_FLAGS = {
 
 def trtllm_installed() -> bool:
     """Whether the ``tensorrt_llm`` package can be found (it is not imported)."""
-    return importlib.util.find_spec("tensorrt_llm") is not None
+    return module_installed("tensorrt_llm")
 
 
 @dataclass
-class TrtllmConfig:
-    """Everything the TRT-LLM worker needs: the LLM-API options plus ours."""
+class TrtllmConfig(WorkerConfigFields):
+    """Everything the TRT-LLM worker needs: the LLM-API options plus the shared worker flags."""
 
     engine_kwargs: dict[str, Any]  # tensorrt_llm.LLM(**engine_kwargs); includes "model"
-    namespace: str
-    endpoint: str  # dyn://<namespace>.<component>.<endpoint>
+    worker: WorkerArgs
     served_model_name: str | None = None
-    disaggregation_mode: DisaggregationMode = "agg"
     disaggregation_strategy: str = "decode_first"
-    migration_limit: int = 0
     kv_events: bool = True
-    args: argparse.Namespace | None = field(default=None, repr=False)  # for RuntimeConfig.from_args
 
     @property
     def model_path(self) -> str:
@@ -91,18 +86,6 @@ class TrtllmConfig:
         """``kv_cache_config.tokens_per_block`` as configured (TensorRT-LLM's default when unset)."""
         kv = self.engine_kwargs.get("kv_cache_config") or {}
         return int(kv.get("tokens_per_block") or DEFAULT_KV_BLOCK_SIZE)
-
-    @property
-    def endpoint_id(self) -> EndpointId:
-        return EndpointId.parse(self.endpoint, self.namespace)
-
-    @property
-    def is_prefill(self) -> bool:
-        return self.disaggregation_mode == "prefill"
-
-    @property
-    def is_decode(self) -> bool:
-        return self.disaggregation_mode == "decode"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,37 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--extra-engine-args", default=None, help="YAML file of TensorRT-LLM LLM-API options")
     g.add_argument("--override-engine-args", default=None, help="JSON object merged over everything else")
+    add_worker_args(parser, kv_events_help="default: on unless block reuse is off")
     g = parser.add_argument_group("dynamo trtllm worker")
-    g.add_argument(
-        "--disaggregation-mode",
-        choices=MODE_CHOICES,
-        default="agg",
-        help="agg (alias prefill_and_decode): prefill and decode here; prefill: compute prompts' KV for "
-        "decode workers; decode: continue requests from a prefill worker's KV",
-    )
     g.add_argument(
         "--disaggregation-strategy",
         choices=STRATEGIES,
         default=os.environ.get("DISAGGREGATION_STRATEGY") or "decode_first",
         help="env DISAGGREGATION_STRATEGY (default decode_first); the frontend's setting decides the flow",
-    )
-    g.add_argument(
-        "--endpoint",
-        default=None,
-        help="dyn://<namespace>.<component>.<endpoint> to serve (default dyn://<namespace>.backend.generate; "
-        "prefill workers dyn://<namespace>.prefill.generate)",
-    )
-    g.add_argument(
-        "--migration-limit",
-        type=int,
-        default=0,
-        help="how many times a request may move to another worker when this one fails mid-stream (default 0)",
-    )
-    g.add_argument(
-        "--kv-events",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="publish KV cache events for KV-aware routing (default: on unless block reuse is off)",
     )
     g.add_argument(
         "--publish-events-and-metrics",
@@ -185,18 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         help="alias of --kv-events (NVIDIA Dynamo's name)",
     )
-    add_runtime_args(parser)
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> TrtllmConfig:
     """Parse the worker's command line into a ``TrtllmConfig`` (exits 2 on bad flags or files)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return config_from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
+    return parse_with(build_parser(), config_from_args, argv)
 
 
 def deep_merge(target: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
@@ -266,19 +219,16 @@ def engine_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> TrtllmConfig:
     """Build a ``TrtllmConfig`` from a namespace parsed by ``build_parser()``."""
-    if args.migration_limit < 0:
-        raise ValueError("--migration-limit must be >= 0")
+    worker = worker_args_from(args)
     if args.kv_block_size is not None and args.kv_block_size <= 0:
         raise ValueError("--kv-block-size must be positive")
-    mode: DisaggregationMode = (
-        "agg" if args.disaggregation_mode == "prefill_and_decode" else args.disaggregation_mode
-    )
+    mode = worker.disaggregation_mode
     kwargs = engine_kwargs_from_args(args)
     kv: dict[str, Any] = kwargs.setdefault("kv_cache_config", {})
     if not isinstance(kv, dict):
         raise ValueError("kv_cache_config must be a mapping")
 
-    kv_events = args.kv_events
+    kv_events = worker.kv_events
     reuse = kv.get("enable_block_reuse", True) is not False
     if kv_events is None:
         kv_events = reuse
@@ -302,15 +252,10 @@ def config_from_args(args: argparse.Namespace) -> TrtllmConfig:
             f"DISAGGREGATION_STRATEGY={args.disaggregation_strategy!r} is not one of {', '.join(STRATEGIES)}"
         )
 
-    endpoint = worker_endpoint(args.endpoint, args.namespace, prefill=mode == "prefill")
     return TrtllmConfig(
         engine_kwargs=kwargs,
-        namespace=endpoint.namespace,
-        endpoint=str(endpoint),
+        worker=worker,
         served_model_name=args.served_model_name,
-        disaggregation_mode=mode,
         disaggregation_strategy=args.disaggregation_strategy,
-        migration_limit=args.migration_limit,
         kv_events=bool(kv_events),
-        args=args,
     )

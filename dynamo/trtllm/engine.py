@@ -4,13 +4,13 @@ Journey: request plane -> worker handler -> **``TrtllmEngine.generate``** (``Pre
 -> ``tensorrt_llm.LLM.generate_async(token_ids, SamplingParams, streaming=True)``,
 ``dynamo.trtllm.request``) -> ``EngineOutput`` chunks (``dynamo.trtllm.outputs``) -> back over the
 request plane -> detokenize -> SSE. Alongside: KV cache events (``dynamo.trtllm.kv_events``) and
-load for the router.
+load for the router. This is TensorRT-LLM's adapter on the worker base (``dynamo.worker``).
 
 Modes: aggregated; **prefill** (a ``context_only`` request: one token, and the
 ``DisaggregatedParams`` a decode worker needs, in ``kv_transfer_params``); **decode** (a request
 carrying those parameters runs ``generation_only`` and its KV comes from the prefill worker
-through TensorRT-LLM's cache transceiver; one without them is prefilled here, which is how
-``DisaggDecodeEngine`` falls back).
+through TensorRT-LLM's cache transceiver; one without them is prefilled here, which is how the
+worker's decode step, ``dynamo.worker.decode``, falls back).
 
 Cancellation: a cancelled or closed stream aborts the request (``RequestOutput.abort()``) before
 the exception propagates. A decode request whose KV is still arriving is aborted only once its
@@ -26,26 +26,28 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from dynamo.llm.kv_events import LoadMetrics
 from dynamo.llm.protocols import FINISH_ERROR, EngineOutput, PreprocessedRequest
-from dynamo.trtllm.args import NOT_INSTALLED, TrtllmConfig
-from dynamo.trtllm.kv_events import KvEventConverter, KvEventSink, relay_kv_events
+from dynamo.trtllm.args import NOT_INSTALLED, TrtllmConfig, parse_args, trtllm_installed
+from dynamo.trtllm.kv_events import KvEventConverter, relay_kv_events
 from dynamo.trtllm.outputs import OutputConverter
 from dynamo.trtllm.request import build_sampling_kwargs, is_trtllm_params, params_from_wire
+from dynamo.worker import (
+    EngineContext,
+    EngineFacts,
+    EngineNotInstalledError,
+    EngineStartError,
+    WorkerEngine,
+)
+from dynamo.worker.util import start_failure
+
+__all__ = ["EngineStartError", "TrtllmBindings", "TrtllmEngine"]
 
 logger = logging.getLogger(__name__)
-
-
-class TrtllmNotInstalledError(ImportError):
-    """``tensorrt_llm`` cannot be imported in this environment."""
-
-
-class EngineStartError(RuntimeError):
-    """The TensorRT-LLM engine could not start (not installed, bad model or options, no GPU memory)."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class TrtllmBindings:
             from tensorrt_llm import LLM, SamplingParams
             from tensorrt_llm.llmapi import DisaggregatedParams
         except ImportError as exc:
-            raise TrtllmNotInstalledError(NOT_INSTALLED) from exc
+            raise EngineNotInstalledError(NOT_INSTALLED) from exc
         try:
             from tensorrt_llm.executor.utils import RequestError
         except ImportError:
@@ -76,30 +78,24 @@ class TrtllmBindings:
         )
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-class TrtllmEngine:
+class TrtllmEngine(WorkerEngine):
     """One in-process TensorRT-LLM engine serving ``PreprocessedRequest``s for a worker.
 
-    ``worker_id`` labels KV events and load reports; ``kv_event_sink`` (called on the event loop,
-    must not block) receives converted KV event batches when KV events are on; ``bindings``
-    default to the installed ``tensorrt_llm``.
+    ``context.worker_id`` labels KV events and load reports; ``context.kv_event_sink`` (called on
+    the event loop, must not block) receives converted KV event batches when KV events are on;
+    ``bindings`` default to the installed ``tensorrt_llm`` (tests pass fakes).
     """
 
+    name = "TensorRT-LLM"
+    worker_label = "TrtllmWorker"
+
     def __init__(
-        self,
-        config: TrtllmConfig,
-        worker_id: int,
-        kv_event_sink: KvEventSink | None = None,
-        *,
-        bindings: TrtllmBindings | None = None,
+        self, config: TrtllmConfig, context: EngineContext, bindings: TrtllmBindings | None = None
     ) -> None:
         self.config = config
-        self.worker_id = worker_id
-        self._sink = kv_event_sink
+        self.context = context
+        self.worker_id = context.worker_id
+        self._sink = context.kv_event_sink
         self._bindings = bindings
         self._api: TrtllmBindings | None = None
         self._llm: Any = None
@@ -111,25 +107,40 @@ class TrtllmEngine:
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    @classmethod
+    def parse_config(cls, argv: list[str] | None = None) -> TrtllmConfig:
+        return parse_args(argv)
+
+    @classmethod
+    def check_installed(cls) -> None:
+        if not trtllm_installed():
+            raise EngineNotInstalledError(NOT_INSTALLED)
+
+    async def start(self) -> EngineFacts:
         """Build the TensorRT-LLM engine (off the event loop); raises ``EngineStartError``."""
-        if self._llm is not None:
-            return
+        if self._llm is None:
+            await self._start()
+        return EngineFacts(
+            kv_cache_block_size=self.kv_cache_block_size,
+            context_length=self.context_length,
+            total_kv_blocks=self.total_kv_blocks,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+        )
+
+    async def _start(self) -> None:
         t0 = time.monotonic()
         api = self._bindings
         if api is None:
             try:
                 api = await asyncio.to_thread(TrtllmBindings.load)
-            except TrtllmNotInstalledError as exc:
+            except EngineNotInstalledError as exc:
                 raise EngineStartError(str(exc)) from exc
         kwargs = dict(self.config.engine_kwargs)
         try:
             llm = await asyncio.to_thread(api.LLM, **kwargs)
         except Exception as exc:
-            raise EngineStartError(
-                f"TensorRT-LLM engine for {self.config.model_path!r} failed to start: {type(exc).__name__}: "
-                f"{_first_line(exc)}"
-            ) from exc
+            raise start_failure(self.name, self.config.model_path, exc) from exc
         self._api, self._llm = api, llm
         if self.config.kv_events and self._sink is not None:
             converter = KvEventConverter(self.kv_cache_block_size)
@@ -179,7 +190,7 @@ class TrtllmEngine:
 
     # ----- requests ----------------------------------------------------------------------------
 
-    async def generate(self, req: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+    async def generate(self, req: PreprocessedRequest) -> AsyncGenerator[EngineOutput, None]:
         """Stream ``EngineOutput`` chunks for one request (see the module docstring for the modes)."""
         llm, api = self._llm, self._api
         if llm is None or api is None:

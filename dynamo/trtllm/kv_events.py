@@ -1,8 +1,10 @@
-"""Relay of TensorRT-LLM's KV cache events to the KV router, as our ``KvEventBatch``.
+"""TensorRT-LLM's KV cache events to the KV router, as our ``KvEventBatch``.
 
 Journey: the **engine**'s KV cache manager stores / evicts blocks (``kv_cache_config:
 event_buffer_max_size`` > 0, block reuse on) -> ``llm.get_kv_cache_events_async()`` yields them
-as dicts -> ``KvEventConverter`` -> the sink (the worker puts them on the event plane) -> router.
+as dicts -> ``KvEventConverter`` -> the worker's sink -> event plane -> router. TensorRT-LLM hands
+its events out through the LLM API, not a ZMQ socket, so this poller stands in for the shared ZMQ
+subscriber (``dynamo.worker.zmq_kv_events``).
 
 Event shape: ``{"event_id", "data": {"type": "stored", "parent_hash", "blocks": [{"block_hash",
 "tokens": [{"token_id", ...}], ...}]}, "attention_dp_rank"?}``, ``{"type": "removed",
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from dynamo.llm.kv_events import (
@@ -28,12 +29,11 @@ from dynamo.llm.kv_events import (
     StoredBlock,
     compute_block_hashes,
 )
+from dynamo.worker.engine import KvEventSink
+from dynamo.worker.zmq_kv_events import block_hash_to_u64
 
 logger = logging.getLogger(__name__)
 
-KvEventSink = Callable[[KvEventBatch], None]
-
-_U64 = (1 << 64) - 1
 POLL_TIMEOUT_S = 1.0  # how long one get_kv_cache_events_async pass waits for events
 RETRY_S = 1.0  # before asking again when TensorRT-LLM has no event stream yet (before the first request)
 
@@ -72,7 +72,7 @@ class KvEventConverter:
                 tokens = [
                     int(t["token_id"]) if isinstance(t, dict) else int(t) for t in block.get("tokens") or []
                 ]
-                block_hash = int(block["block_hash"]) & _U64
+                block_hash = block_hash_to_u64(int(block["block_hash"]))
                 if len(tokens) != self.block_size:
                     self._partial.add(block_hash)
                     break
@@ -80,11 +80,13 @@ class KvEventConverter:
             if not blocks:
                 return None
             parent = data.get("parent_hash")
-            return KvStored(blocks=blocks, parent_hash=None if parent is None else int(parent) & _U64)
+            return KvStored(
+                blocks=blocks, parent_hash=None if parent is None else block_hash_to_u64(int(parent))
+            )
         if kind == "removed":
             hashes = []
             for raw in data.get("block_hashes") or []:
-                block_hash = int(raw) & _U64
+                block_hash = block_hash_to_u64(int(raw))
                 if block_hash in self._partial:
                     self._partial.discard(block_hash)
                     continue

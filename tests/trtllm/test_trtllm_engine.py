@@ -16,7 +16,8 @@ import pytest
 from dynamo.llm.kv_events import KvEventBatch, KvRemoved, KvStored
 from dynamo.llm.protocols import EngineOutput, PreprocessedRequest, StopConditions
 from dynamo.trtllm.args import parse_args
-from dynamo.trtllm.engine import EngineStartError, TrtllmBindings, TrtllmEngine
+from dynamo.trtllm.engine import TrtllmBindings, TrtllmEngine
+from dynamo.worker import EngineContext, EngineStartError
 from tests.trtllm.fake_trtllm import (
     Behaviour,
     FakeDisaggregatedParams,
@@ -37,9 +38,8 @@ def request(rid: str = "req-1", **kw) -> PreprocessedRequest:
 
 def make(behaviour: Behaviour | None = None, args: str = "", sink=None) -> TrtllmEngine:
     config = parse_args(shlex.split(f"--model-path /models/fake {args}"))
-    return TrtllmEngine(
-        config, worker_id=0x88, kv_event_sink=sink, bindings=fake_bindings(behaviour or Behaviour())
-    )
+    context = EngineContext(worker_id=0x88, kv_event_sink=sink)
+    return TrtllmEngine(config, context, bindings=fake_bindings(behaviour or Behaviour()))
 
 
 @contextlib.asynccontextmanager

@@ -1,5 +1,6 @@
-"""The real ``dynamo.trtllm`` worker entry point (``dynamo.trtllm.main.run``), in-process, with
-the fake TensorRT-LLM classes injected through its test hook (the real engine needs a GPU):
+"""The real ``dynamo.trtllm`` worker (``TrtllmEngine`` served by ``dynamo.worker.serve``, as
+``run_worker`` does), in-process, with the fake TensorRT-LLM classes injected through its
+``bindings`` test hook (the real engine needs a GPU):
 
 - end to end: registered through a real runtime with file discovery, a real frontend process
   answers an OpenAI chat request through it;
@@ -23,14 +24,14 @@ import openai
 import pytest
 from tokenizers import Tokenizer
 
-from dynamo.llm.disagg import FALLBACK_KEY, REMOTE_PREFILL_KEY
 from dynamo.llm.model_card import ModelDeploymentCard
-from dynamo.llm.protocols import PreprocessedRequest, StopConditions
+from dynamo.llm.protocols import PreprocessedRequest, RemotePrefill, StopConditions
 from dynamo.runtime import DistributedRuntime, EndpointId, RuntimeConfig
 from dynamo.runtime.discovery.mem import MemDiscovery, MemStore
 from dynamo.runtime.runtime import handler_name
 from dynamo.trtllm.args import parse_args
-from dynamo.trtllm.main import run
+from dynamo.trtllm.engine import TrtllmEngine
+from dynamo.worker import serve
 from tests.support.graph import Frontend
 from tests.trtllm.fake_trtllm import Behaviour, FakeTrtllmLLM, fake_bindings
 
@@ -43,23 +44,26 @@ ANSWER = "Paris is the capital of France."
 async def worker(
     args: str, runtime: DistributedRuntime, behaviour: Behaviour
 ) -> AsyncIterator[asyncio.Task[int]]:
-    """``dynamo.trtllm.main.run`` as a task in ``runtime``'s namespace; shut down through it at the end."""
+    """The worker as a task in ``runtime``'s namespace; shut down through it at the end."""
     config = parse_args([*shlex.split(args), "--namespace", runtime.namespace])
-    task = asyncio.create_task(run(config, runtime=runtime, test_bindings=fake_bindings(behaviour)))
+    bindings = fake_bindings(behaviour)
+    task = asyncio.create_task(
+        serve(lambda ctx: TrtllmEngine(config, ctx, bindings=bindings), config, runtime=runtime)
+    )
     try:
         yield task
     finally:
         runtime.request_shutdown()
         assert await asyncio.wait_for(task, 30) == 0
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # run() installed the worker's handlers on this loop
+        for sig in (signal.SIGTERM, signal.SIGINT):  # serve() installed the worker's handlers on this loop
             loop.remove_signal_handler(sig)
 
 
 async def test_worker_with_fake_engine_answers_a_chat_request_through_a_real_frontend(
     tmp_path: Path, log_dir: Path, smollm2_tokenizer_dir: Path, caplog: pytest.LogCaptureFixture
 ):
-    caplog.set_level(logging.INFO, logger="dynamo.llm.worker")
+    caplog.set_level(logging.INFO, logger="dynamo.worker.serve")
     namespace = "trtllm-e2e"
     discovery = tmp_path / "discovery"
     card = ModelDeploymentCard.from_local_path(smollm2_tokenizer_dir)
@@ -134,17 +138,17 @@ async def test_decode_first_decode_worker_continues_from_the_prefill_workers_par
         decodes = await rt_client.endpoint_client(EndpointId(ns, "backend", "generate"))
         (prefill_id,) = await prefills.wait_for_instances(10)
         await decodes.wait_for_instances(10)
-        target = {
-            "address": prefills.instances[prefill_id].address,
-            "handler": handler_name(EndpointId(ns, "prefill", "generate")),
-        }
+        target = RemotePrefill(
+            address=prefills.instances[prefill_id].address,
+            handler=handler_name(EndpointId(ns, "prefill", "generate")),
+        )
         req = PreprocessedRequest(
             request_id="df-1",
             model="m",
             token_ids=list(range(50, 90)),
             eos_token_ids=[2],
             stop=StopConditions(max_tokens=8),
-            kv_transfer_params={REMOTE_PREFILL_KEY: target},
+            remote_prefill=target,
         )
         stream = await decodes.round_robin(msgspec.to_builtins(req))
         items = [item async for item in stream]
@@ -152,7 +156,7 @@ async def test_decode_first_decode_worker_continues_from_the_prefill_workers_par
         await decodes.close()
     await rt_client.shutdown()
     assert [t for item in items for t in item.get("token_ids", [])] == [51, 52, 53, 2]
-    assert not any((item.get("kv_transfer_params") or {}).get(FALLBACK_KEY) for item in items)
+    assert not any(item.get("disagg_fallback") for item in items)
     (pllm,) = [f for f in FakeTrtllmLLM.instances if f.behaviour is prefill_b]
     (dllm,) = [f for f in FakeTrtllmLLM.instances if f.behaviour is decode_b]
     assert pllm.calls[0].disagg.request_type == "context_only"
