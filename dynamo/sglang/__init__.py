@@ -1,7 +1,7 @@
-"""SGLang engine worker: ``args`` (command line: SGLang's server flags plus ours), ``engine`` (the
-in-process ``sglang.Engine`` behind ``generate``), ``request`` / ``outputs`` (our wire types to and
-from SGLang's), ``kv_events`` (KV events for the router), ``disagg`` (decode workers find a prefill
-worker). ``main`` wires them to the runtime.
+"""SGLang engine worker: ``args`` (command line: SGLang's server flags plus the shared worker
+flags), ``engine`` (``SglangEngine``: the in-process ``sglang.Engine`` on the worker base),
+``request`` / ``outputs`` (our wire types to and from SGLang's), ``kv_events`` (SGLang's KV events
+for the shared ZMQ subscriber). ``main`` is ``run_worker(SglangEngine)``.
 
 Journey: request plane -> **engine worker** -> token ids back.
 """

@@ -9,8 +9,9 @@ Two modes, named in ``--help``:
   and our Kubernetes examples use, spelled as SGLang spells them), so commands can be checked
   anywhere; the worker itself then refuses to start with one line naming the extra to install.
 
-Ours on top: the runtime flags (``add_runtime_args``), ``--endpoint``, ``--migration-limit`` and
-``--kv-events/--no-kv-events``. Settings we choose when the user did not: ``--page-size 16`` (the
+Ours on top: the shared worker flags (``dynamo.worker.args``: runtime flags, ``--endpoint``,
+``--migration-limit``, ``--is-prefill-worker`` / ``--is-decode-worker``, ``--kv-events``); SGLang's
+own ``--disaggregation-mode`` (``null|prefill|decode``) is the worker's role. Settings we choose when the user did not: ``--page-size 16`` (the
 KV router hashes blocks of this size; SGLang's own default is 1), token ids in and out
 (``skip_tokenizer_init``), incremental streaming output, a free ``--disaggregation-bootstrap-port``
 for prefill workers, and (KV events on) an SGLang ZMQ KV event publisher on a private endpoint,
@@ -21,20 +22,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import logging
-import socket
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
-from dynamo.llm.worker import worker_endpoint
-from dynamo.runtime.config import add_runtime_args
-from dynamo.runtime.names import EndpointId
+from dynamo.worker.args import WorkerArgs, WorkerConfigFields, add_worker_args, parse_with, worker_args_from
+from dynamo.worker.util import free_port, module_installed
 
 logger = logging.getLogger(__name__)
 
-DisaggregationMode = Literal["agg", "prefill", "decode"]
 DEFAULT_PAGE_SIZE = 16
 NOT_INSTALLED = "SGLang is not installed: install the worker's extra with `pip install .[sglang]` (GPU only)"
 
@@ -49,7 +46,7 @@ _PARALLEL_ALIASES = {
 
 def sglang_installed() -> bool:
     """Whether the ``sglang`` package can be found (it is not imported)."""
-    return importlib.util.find_spec("sglang") is not None
+    return module_installed("sglang")
 
 
 @dataclass(frozen=True)
@@ -113,19 +110,15 @@ SGLANG_SUBSET: tuple[SubsetFlag, ...] = (
 
 
 @dataclass
-class SglangConfig:
-    """Everything the SGLang worker needs: SGLang's server arguments plus ours."""
+class SglangConfig(WorkerConfigFields):
+    """Everything the SGLang worker needs: SGLang's server arguments plus the shared worker flags."""
 
     engine_kwargs: dict[str, Any]  # ServerArgs fields: sglang.Engine(**engine_kwargs)
-    namespace: str
-    endpoint: str  # dyn://<namespace>.<component>.<endpoint>
-    disaggregation_mode: DisaggregationMode = "agg"
-    migration_limit: int = 0
+    worker: WorkerArgs
     kv_events: bool = True
     # The user's own ZMQ publisher (``--kv-events-config``): (endpoint, topic); None: we configure one.
     kv_events_publisher: tuple[str, str] | None = None
     passthrough: bool = False  # parsed by SGLang's own ServerArgs.add_cli_args
-    args: argparse.Namespace | None = field(default=None, repr=False)  # for RuntimeConfig.from_args
 
     @property
     def model_path(self) -> str:
@@ -144,18 +137,6 @@ class SglangConfig:
     @property
     def dp_size(self) -> int:
         return int(self.engine_kwargs.get("dp_size") or 1)
-
-    @property
-    def endpoint_id(self) -> EndpointId:
-        return EndpointId.parse(self.endpoint, self.namespace)
-
-    @property
-    def is_prefill(self) -> bool:
-        return self.disaggregation_mode == "prefill"
-
-    @property
-    def is_decode(self) -> bool:
-        return self.disaggregation_mode == "decode"
 
 
 def _add_subset(parser: argparse.ArgumentParser) -> None:
@@ -211,45 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
         _add_subset(parser)
     # "Not given" must be visible so that our defaults only fill what the user left out.
     parser.set_defaults(page_size=None, disaggregation_bootstrap_port=None, _passthrough=passthrough)
-
-    add_runtime_args(parser)
-    group = parser.add_argument_group("dynamo sglang worker")
-    group.add_argument(
-        "--endpoint",
-        default=None,
-        help="dyn://<namespace>.<component>.<endpoint> to serve (default dyn://<namespace>.backend.generate; "
-        "prefill workers dyn://<namespace>.prefill.generate)",
-    )
-    group.add_argument(
-        "--migration-limit",
-        type=int,
-        default=0,
-        help="how many times a request may move to another worker when this one fails mid-stream (default 0)",
-    )
-    group.add_argument(
-        "--kv-events",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="publish KV cache events for KV-aware routing (default: on unless --disable-radix-cache; "
-        "uses --kv-events-config when given, else a private ZMQ endpoint)",
+    add_worker_args(
+        parser,
+        kv_events_help="default: on unless --disable-radix-cache; uses --kv-events-config when given, "
+        "else a private ZMQ endpoint",
     )
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> SglangConfig:
     """Parse the worker's command line into an ``SglangConfig`` (exits 2 on bad flags)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return config_from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
+    return parse_with(build_parser(), config_from_args, argv)
 
 
 def _engine_kwargs(args: argparse.Namespace, passthrough: bool) -> dict[str, Any]:
@@ -294,21 +247,15 @@ def config_from_args(args: argparse.Namespace) -> SglangConfig:
     passthrough = bool(getattr(args, "_passthrough", False))
     if not getattr(args, "model_path", None):
         raise ValueError("--model-path is required")
-    if args.migration_limit < 0:
-        raise ValueError("--migration-limit must be >= 0")
+    worker = worker_args_from(args)
     kwargs = _engine_kwargs(args, passthrough)
     if kwargs.get("page_size") is None:
         kwargs["page_size"] = DEFAULT_PAGE_SIZE
-
-    raw_mode = str(kwargs.get("disaggregation_mode") or "null")
-    mode: DisaggregationMode = "agg" if raw_mode == "null" else raw_mode  # type: ignore[assignment]
-    if mode not in ("agg", "prefill", "decode"):
-        raise ValueError(f"--disaggregation-mode {raw_mode} is not supported by this worker")
     if kwargs.get("disaggregation_bootstrap_port") is None:
         # Each prefill worker serves its KV from its own bootstrap port; several on one machine must differ.
-        kwargs["disaggregation_bootstrap_port"] = _free_port() if mode == "prefill" else 8998
+        kwargs["disaggregation_bootstrap_port"] = free_port() if worker.is_prefill else 8998
 
-    kv_events = args.kv_events
+    kv_events = worker.kv_events
     publisher: tuple[str, str] | None = None
     radix_off = bool(kwargs.get("disable_radix_cache"))
     if kwargs.get("kv_events_config"):
@@ -326,15 +273,10 @@ def config_from_args(args: argparse.Namespace) -> SglangConfig:
             "--kv-events needs the radix cache: drop --disable-radix-cache or add --no-kv-events"
         )
 
-    endpoint = worker_endpoint(args.endpoint, args.namespace, prefill=mode == "prefill")
     return SglangConfig(
         engine_kwargs=kwargs,
-        namespace=endpoint.namespace,
-        endpoint=str(endpoint),
-        disaggregation_mode=mode,
-        migration_limit=args.migration_limit,
+        worker=worker,
         kv_events=bool(kv_events),
         kv_events_publisher=publisher,
         passthrough=passthrough,
-        args=args,
     )

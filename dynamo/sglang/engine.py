@@ -3,7 +3,8 @@
 Journey: request plane -> worker handler -> **``SglangEngine.generate``** (``PreprocessedRequest``
 -> ``sglang.Engine.async_generate(input_ids=..., stream=True)``, ``dynamo.sglang.request``) ->
 ``EngineOutput`` chunks (``dynamo.sglang.outputs``) -> back over the request plane -> detokenize
--> SSE. Alongside: SGLang's KV cache events (``dynamo.sglang.kv_events``) and load for the router.
+-> SSE. Alongside: SGLang's KV cache events (``dynamo.sglang.kv_events`` through the shared ZMQ
+subscriber) and load for the router. This is SGLang's adapter on the worker base (``dynamo.worker``).
 
 Modes: aggregated; **prefill** (the request's prompt is computed here and its KV handed to a decode
 worker: the answer is one chunk carrying ``kv_transfer_params = {bootstrap_host, bootstrap_port,
@@ -11,7 +12,8 @@ bootstrap_room}``, sent as soon as SGLang has the request; SGLang then waits in 
 for the decode side to pull the KV, up to ``DYN_PREFILL_TIMEOUT`` + ``DYN_KV_TRANSFER_TIMEOUT``,
 and the request is aborted if it never comes); **decode** (continues a request from those
 parameters; SGLang cannot prefill on a decode worker, so a request without them ends with an
-error chunk -- ``dynamo.sglang.disagg`` makes sure one is found first).
+error chunk -- ``decode_can_prefill = False`` has the worker's decode step (``dynamo.worker.decode``)
+pick a prefill worker first).
 
 Cancellation: a cancelled or closed stream aborts the SGLang request
 (``tokenizer_manager.abort_request``) before the exception propagates.
@@ -29,10 +31,9 @@ import json
 import logging
 import secrets
 import shutil
-import socket
 import tempfile
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,22 +46,25 @@ from dynamo.llm.protocols import (
     EngineOutput,
     PreprocessedRequest,
 )
-from dynamo.sglang.args import NOT_INSTALLED, SglangConfig
-from dynamo.sglang.kv_events import KvEventSink, SglangKvEventRelay, subscriber_endpoints
+from dynamo.sglang.args import NOT_INSTALLED, SglangConfig, parse_args, sglang_installed
+from dynamo.sglang.kv_events import kv_event_subscriber, subscriber_endpoints
 from dynamo.sglang.outputs import OutputConverter, finish_of
 from dynamo.sglang.request import Bootstrap, generate_kwargs, new_bootstrap_room
+from dynamo.worker import (
+    EngineContext,
+    EngineFacts,
+    EngineNotInstalledError,
+    EngineStartError,
+    WorkerEngine,
+)
+from dynamo.worker.util import free_port, start_failure
+from dynamo.worker.zmq_kv_events import ZmqKvEventSubscriber
+
+__all__ = ["EngineStartError", "SglangBindings", "SglangEngine"]
 
 logger = logging.getLogger(__name__)
 
 KV_EVENTS_TOPIC = "kv"
-
-
-class SglangNotInstalledError(ImportError):
-    """``sglang`` cannot be imported in this environment."""
-
-
-class EngineStartError(RuntimeError):
-    """The SGLang engine could not start (not installed, bad model, not enough GPU memory, ...)."""
 
 
 @dataclass(frozen=True)
@@ -75,46 +79,34 @@ class SglangBindings:
         try:
             import sglang
         except ImportError as exc:
-            raise SglangNotInstalledError(NOT_INSTALLED) from exc
+            raise EngineNotInstalledError(NOT_INSTALLED) from exc
         return cls(Engine=sglang.Engine)
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
-
-
-class SglangEngine:
+class SglangEngine(WorkerEngine):
     """One in-process SGLang engine serving ``PreprocessedRequest``s for a worker.
 
-    ``worker_id`` labels KV events and load reports; ``kv_event_sink`` (called on the event loop,
-    must not block) receives converted KV event batches when KV events are on;
-    ``advertise_host`` is the address decode workers reach this prefill worker's bootstrap server
-    on; ``bindings`` default to the installed ``sglang`` package.
+    ``context.worker_id`` labels KV events and load reports; ``context.kv_event_sink`` (called on
+    the event loop, must not block) receives converted KV event batches when KV events are on;
+    ``context.advertise_host`` is the address decode workers reach this prefill worker's bootstrap
+    server on; ``bindings`` default to the installed ``sglang`` package (tests pass a fake).
     """
 
+    name = "SGLang"
+    worker_label = "SglangWorker"
+    decode_can_prefill = False  # decode workers need a prefill worker's KV for every request
+
     def __init__(
-        self,
-        config: SglangConfig,
-        worker_id: int,
-        kv_event_sink: KvEventSink | None = None,
-        *,
-        advertise_host: str = "127.0.0.1",
-        bindings: SglangBindings | None = None,
+        self, config: SglangConfig, context: EngineContext, bindings: SglangBindings | None = None
     ) -> None:
         self.config = config
-        self.worker_id = worker_id
-        self._sink = kv_event_sink
-        self._advertise_host = advertise_host
+        self.context = context
+        self.worker_id = context.worker_id
+        self._sink = context.kv_event_sink
+        self._advertise_host = context.advertise_host
         self._bindings = bindings
         self._engine: Any = None
-        self._relay: SglangKvEventRelay | None = None
+        self._relay: ZmqKvEventSubscriber | None = None
         self._tmpdir: str | None = None
         self._active: set[str] = set()  # SGLang request ids in flight
         self._aborting: set[str] = set()  # ... that we aborted while their stream is still read
@@ -129,16 +121,35 @@ class SglangEngine:
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    @classmethod
+    def parse_config(cls, argv: list[str] | None = None) -> SglangConfig:
+        return parse_args(argv)
+
+    @classmethod
+    def check_installed(cls) -> None:
+        if not sglang_installed():
+            raise EngineNotInstalledError(NOT_INSTALLED)
+
+    async def start(self) -> EngineFacts:
         """Build the SGLang engine (off the event loop); raises ``EngineStartError``."""
-        if self._engine is not None:
-            return
+        if self._engine is None:
+            await self._start()
+        return EngineFacts(
+            kv_cache_block_size=self.kv_cache_block_size,
+            context_length=self.context_length,
+            total_kv_blocks=self.total_kv_blocks,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            bootstrap_address=self.bootstrap_address,
+        )
+
+    async def _start(self) -> None:
         t0 = time.monotonic()
         bindings = self._bindings
         if bindings is None:
             try:
                 bindings = await asyncio.to_thread(SglangBindings.load)
-            except SglangNotInstalledError as exc:
+            except EngineNotInstalledError as exc:
                 raise EngineStartError(str(exc)) from exc
         kwargs = dict(self.config.engine_kwargs)
         if self.config.kv_events:
@@ -147,10 +158,7 @@ class SglangEngine:
             engine = await asyncio.to_thread(bindings.Engine, **kwargs)
         except Exception as exc:
             await self._cleanup()
-            raise EngineStartError(
-                f"SGLang engine for {self.config.model_path!r} failed to start: {type(exc).__name__}: "
-                f"{_first_line(exc)}"
-            ) from exc
+            raise start_failure(self.name, self.config.model_path, exc) from exc
         # SGLang starts its response loop (and installs its own SIGTERM handler) on first use: do it
         # now, on our loop, so the worker's signal handlers, installed once it is registered, win.
         create_loop = getattr(engine.tokenizer_manager, "auto_create_handle_loop", None)
@@ -198,7 +206,7 @@ class SglangEngine:
             endpoint, topic = publisher
         else:
             if dp_ranks > 1:  # SGLang offsets the port per attention-DP rank: TCP only
-                endpoint = f"tcp://*:{_free_port()}"
+                endpoint = f"tcp://*:{free_port()}"
             else:
                 self._tmpdir = tempfile.mkdtemp(prefix="dynamo-sglang-")
                 endpoint = f"ipc://{self._tmpdir}/kv-events"
@@ -209,7 +217,7 @@ class SglangEngine:
         if self._sink is None:
             logger.info("KV events are on but no sink was given: not subscribing")
             return
-        self._relay = SglangKvEventRelay(
+        self._relay = kv_event_subscriber(
             subscriber_endpoints(endpoint, dp_ranks), self.worker_id, self._sink, topic
         )
         self._relay.start()
@@ -243,7 +251,7 @@ class SglangEngine:
             raise RuntimeError("SGLang engine is not running (call start() first)")
         return self._engine
 
-    async def generate(self, req: PreprocessedRequest) -> AsyncIterator[EngineOutput]:
+    async def generate(self, req: PreprocessedRequest) -> AsyncGenerator[EngineOutput, None]:
         """Stream ``EngineOutput`` chunks for one request (see the module docstring for the modes)."""
         if self.config.is_prefill:
             async with contextlib.aclosing(self._prefill(req)) as answers:

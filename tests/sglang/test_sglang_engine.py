@@ -14,7 +14,8 @@ import pytest
 from dynamo.llm.kv_events import KvEventBatch, KvStored, compute_block_hashes
 from dynamo.llm.protocols import EngineOutput, PreprocessedRequest, StopConditions
 from dynamo.sglang.args import parse_args
-from dynamo.sglang.engine import EngineStartError, SglangEngine
+from dynamo.sglang.engine import SglangEngine
+from dynamo.worker import EngineContext, EngineStartError
 from tests.sglang.fake_sglang import Behaviour, FakeBootstrapServer, FakeSglangEngine, fake_bindings
 
 pytestmark = pytest.mark.timeout(30)
@@ -30,9 +31,8 @@ def make(behaviour: Behaviour | None = None, args: str = "", sink=None) -> tuple
     behaviour = behaviour or Behaviour()
     config = parse_args(shlex.split(f"--model-path /models/fake {args}"))
     bindings = fake_bindings(behaviour)
-    return SglangEngine(
-        config, worker_id=0x77, kv_event_sink=sink, bindings=bindings, advertise_host="10.1.2.3"
-    ), behaviour
+    context = EngineContext(worker_id=0x77, kv_event_sink=sink, advertise_host="10.1.2.3")
+    return SglangEngine(config, context, bindings=bindings), behaviour
 
 
 @contextlib.asynccontextmanager

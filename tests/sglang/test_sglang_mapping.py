@@ -1,5 +1,6 @@
 """Our wire types to SGLang's and back: sampling/stop options, bootstrap parameters, token deltas
-(cumulative and incremental streaming), finish reasons, cached tokens, logprobs, KV events."""
+(cumulative and incremental streaming), finish reasons, cached tokens, logprobs, KV events (through
+the shared ZMQ subscriber's ``handle``)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import pytest
 
 from dynamo.llm.kv_events import KvCleared, KvRemoved, KvStored, compute_block_hashes
 from dynamo.llm.protocols import OutputOptions, PreprocessedRequest, SamplingOptions, StopConditions
-from dynamo.sglang.kv_events import SglangKvEventRelay, block_hash, convert_event, subscriber_endpoints
+from dynamo.sglang.kv_events import convert_event, kv_event_subscriber, subscriber_endpoints
 from dynamo.sglang.outputs import OutputConverter, TokenDeltas, finish_of
 from dynamo.sglang.request import Bootstrap, build_sampling_params, generate_kwargs
+from dynamo.worker.zmq_kv_events import block_hash_to_u64 as block_hash
 
 
 def request(**kw) -> PreprocessedRequest:
@@ -149,7 +151,7 @@ def test_kv_events_convert_from_sglangs_tagged_arrays():
 
 def test_kv_event_relay_numbers_events_and_skips_ids_over_lost_batches():
     batches = []
-    relay = SglangKvEventRelay(["ipc:///unused"], worker_id=0x5, sink=batches.append)
+    relay = kv_event_subscriber(["ipc:///unused"], worker_id=0x5, sink=batches.append)
 
     def message(seq: int, events: list, rank: int | None = None) -> list[bytes]:
         body = [1.0, events] + ([rank] if rank is not None else [])

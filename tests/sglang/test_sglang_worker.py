@@ -1,5 +1,6 @@
-"""The real ``dynamo.sglang`` worker entry point (``dynamo.sglang.main.run``), in-process, with
-``FakeSglangEngine`` injected through its test hook (the real SGLang needs a GPU):
+"""The real ``dynamo.sglang`` worker (``SglangEngine`` served by ``dynamo.worker.serve``, as
+``run_worker`` does), in-process, with ``FakeSglangEngine`` injected through its ``bindings`` test
+hook (the real SGLang needs a GPU):
 
 - end to end: registered through a real runtime with file discovery, a real frontend process
   answers an OpenAI chat request through it;
@@ -23,13 +24,13 @@ import openai
 import pytest
 from tokenizers import Tokenizer
 
-from dynamo.llm.disagg import FALLBACK_KEY
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.protocols import PreprocessedRequest, StopConditions
 from dynamo.runtime import DistributedRuntime, EndpointId, RuntimeConfig
 from dynamo.runtime.discovery.mem import MemDiscovery, MemStore
 from dynamo.sglang.args import parse_args
-from dynamo.sglang.main import run
+from dynamo.sglang.engine import SglangEngine
+from dynamo.worker import serve
 from tests.sglang.fake_sglang import Behaviour, FakeBootstrapServer, FakeSglangEngine, fake_bindings
 from tests.support.graph import Frontend
 
@@ -42,10 +43,12 @@ ANSWER = "Paris is the capital of France."
 async def worker(
     args: str, runtime: DistributedRuntime, behaviour: Behaviour
 ) -> AsyncIterator[asyncio.Task[int]]:
-    """``dynamo.sglang.main.run`` as a task in ``runtime``'s namespace; shut down through it at the end."""
+    """The worker as a task in ``runtime``'s namespace; shut down through it at the end."""
     config = parse_args([*shlex.split(args), "--namespace", runtime.namespace])
     bindings = fake_bindings(behaviour)
-    task = asyncio.create_task(run(config, runtime=runtime, test_bindings=bindings))
+    task = asyncio.create_task(
+        serve(lambda ctx: SglangEngine(config, ctx, bindings=bindings), config, runtime=runtime)
+    )
     try:
         yield task
     finally:
@@ -53,14 +56,14 @@ async def worker(
         code = await asyncio.wait_for(task, 30)
         assert code == 0
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # run() installed the worker's handlers on this loop
+        for sig in (signal.SIGTERM, signal.SIGINT):  # serve() installed the worker's handlers on this loop
             loop.remove_signal_handler(sig)
 
 
 async def test_worker_with_fake_engine_answers_a_chat_request_through_a_real_frontend(
     tmp_path: Path, log_dir: Path, smollm2_tokenizer_dir: Path, caplog: pytest.LogCaptureFixture
 ):
-    caplog.set_level(logging.INFO, logger="dynamo.llm.worker")
+    caplog.set_level(logging.INFO, logger="dynamo.worker.serve")
     namespace = "sglang-e2e"
     discovery = tmp_path / "discovery"
     card = ModelDeploymentCard.from_local_path(smollm2_tokenizer_dir)
@@ -150,7 +153,7 @@ async def test_decode_worker_finds_a_prefill_worker_for_a_request_that_has_none(
     await rt_client.shutdown()
     tokens = [t for item in items for t in item.get("token_ids", [])]
     assert tokens == [41, 42, 43, 2] and items[-1]["finish_reason"] == "stop"
-    assert not any((item.get("kv_transfer_params") or {}).get(FALLBACK_KEY) for item in items)
+    assert not any(item.get("disagg_fallback") for item in items)
     assert len(server.joined) == 1  # the decode request joined the prefill's bootstrap room
 
 
@@ -173,7 +176,8 @@ async def test_worker_whose_engine_fails_to_start_exits_1_with_one_line(
     runtime = await mem_runtime(MemStore(), "sglang-broken")
     config = parse_args(["--model-path", str(smollm2_tokenizer_dir), "--namespace", runtime.namespace])
     behaviour = Behaviour(fail_start=RuntimeError("CUDA out of memory"))
-    assert await run(config, runtime=runtime, test_bindings=fake_bindings(behaviour)) == 1
+    bindings = fake_bindings(behaviour)
+    assert await serve(lambda ctx: SglangEngine(config, ctx, bindings=bindings), config, runtime=runtime) == 1
     (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert (
         line.startswith("SGLang engine failed to start: SGLang engine for") and "CUDA out of memory" in line
