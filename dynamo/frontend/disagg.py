@@ -33,11 +33,10 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import msgspec
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from dynamo.frontend.args import FrontendConfig
 from dynamo.frontend.generation import Generation
-from dynamo.frontend.metrics import FrontendMetrics
+from dynamo.frontend.metrics import DisaggMetrics
 from dynamo.frontend.models import ServedModel
 from dynamo.frontend.routing import AllWorkersBusy, NoWorkers
 from dynamo.llm.disagg import (
@@ -54,55 +53,22 @@ from dynamo.runtime.runtime import handler_name
 
 log = logging.getLogger(__name__)
 
-_PREFILL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-
 # Decisions (label values of dynamo_frontend_disagg_requests{prefill=...}).
 REMOTE = "remote"
 LOCAL_SHORT = "local_short"
 LOCAL_BUSY = "local_busy"
 
 
-class DisaggMetrics:
-    """Where prompts were prefilled, and what the remote prefills cost."""
-
-    def __init__(self, registry: CollectorRegistry, fallbacks: Counter) -> None:
-        p = "dynamo_frontend_disagg_"
-        self.fallbacks = fallbacks
-        self.requests = Counter(
-            p + "requests",
-            "requests of models with prefill workers, by where the prompt was meant to be prefilled",
-            ["model", "prefill"],
-            registry=registry,
-        )
-        self.prefill_seconds = Histogram(
-            p + "prefill_seconds",
-            "remote prefill time seen by the frontend (prefill_first)",
-            ["model"],
-            buckets=_PREFILL_BUCKETS,
-            registry=registry,
-        )
-        self.prefill_cached_tokens = Counter(
-            p + "prefill_cached_tokens",
-            "prompt tokens the prefill workers found in their prefix caches (prefill_first)",
-            ["model"],
-            registry=registry,
-        )
-
-
 class PrefillRouter:
     """One per frontend: decides per request and builds the request's ``Generation``."""
 
     def __init__(
-        self,
-        config: FrontendConfig,
-        metrics: FrontendMetrics,
-        registry: CollectorRegistry,
-        timeouts: DisaggTimeouts | None = None,
+        self, config: FrontendConfig, metrics: DisaggMetrics, timeouts: DisaggTimeouts | None = None
     ) -> None:
         self.strategy = config.disaggregation_strategy
         self.max_local_prefill_length = config.max_local_prefill_length
         self.timeouts = timeouts or DisaggTimeouts.from_env()
-        self.metrics = DisaggMetrics(registry, metrics.disagg_fallbacks)
+        self.metrics = metrics
 
     def generation(
         self,

@@ -1,9 +1,10 @@
-"""Engine outputs -> OpenAI responses (journey: engine -> **detokenize + format** -> HTTP).
+"""Engine outputs -> OpenAI response bodies (journey: engine -> **detokenize + format** -> HTTP).
 
-A ``ResponseBuilder`` per request turns batches of engine outputs into chat or completion
-chunks. Several tokens that arrive together become one SSE event (one write), which is what
-keeps the frontend off the critical path at high request rates. The same builder accumulates the
-non-streaming response. No pydantic here: chunks are plain dicts encoded by msgspec.
+A ``ResponseBuilder`` per request turns batches of engine outputs into chat or completion chunks
+(the ``stream`` stage) or accumulates the whole response (the ``collect`` stage). Several tokens
+that arrive together become one SSE event, one write. ``error_response`` answers a ``RequestError``.
+No pydantic here: bodies are plain dicts encoded by msgspec, shaped as the response types of
+``dynamo.llm.openai`` (which the OpenAPI document publishes and the tests check them against).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import time
 from typing import Any
 
 import msgspec
+from starlette.responses import Response
 
 from dynamo.llm.detokenizer import Detokenizer
+from dynamo.llm.errors import RequestError
 from dynamo.llm.preprocessor import PreprocessedOutput, Preprocessor
 
 _json = msgspec.json.Encoder()
@@ -23,6 +26,14 @@ DONE = b"data: [DONE]\n\n"
 def sse(obj: Any) -> bytes:
     """One server-sent event carrying ``obj`` as JSON."""
     return b"data: " + _json.encode(obj) + b"\n\n"
+
+
+def error_response(exc: RequestError) -> Response:
+    """The HTTP answer to a refused or failed request: its status, the OpenAI error body, any
+    ``Retry-After``."""
+    return Response(
+        exc.to_body(), status_code=exc.status, media_type="application/json", headers=exc.headers()
+    )
 
 
 class ResponseBuilder:
@@ -68,7 +79,8 @@ class ResponseBuilder:
 
     # --- core -------------------------------------------------------------------------------
     def consume(self, batch: list[dict[str, Any]]) -> tuple[str, list[Any] | None]:
-        """Feed a batch of engine outputs; returns (new text, new logprob entries or None)."""
+        """Feed a batch of engine outputs; returns (new text, new logprob entries or None).
+        ``RequestError(500, code="engine_error")`` when the engine failed the request."""
         ids: list[int] = []
         logprobs: list[Any] | None = None
         finish: str | None = None
@@ -84,7 +96,8 @@ class ResponseBuilder:
             if out.get("finish_reason") is not None:
                 finish = out["finish_reason"]
                 if finish == "error":
-                    raise RuntimeError(out.get("error") or "the engine failed this request")
+                    message = out.get("error") or "the engine failed this request"
+                    raise RequestError(500, message, type="internal_error", code="engine_error")
         self.completion_tokens += len(ids)
         result = self.detok.add(ids)
         text = result.text

@@ -1,8 +1,11 @@
-"""OpenAI request types (``/v1/chat/completions``, ``/v1/completions``) and their validation.
+"""OpenAI protocol types (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``): requests
+and their validation, and the responses' shapes.
 
 Journey: **HTTP body -> parse + validate here** -> preprocess (``dynamo.llm.preprocessor``) -> route
--> request plane -> engine. Pydantic lives only at this edge: once a request is parsed, the
-preprocessor turns it into msgspec structs and nothing on the token path touches pydantic.
+-> request plane -> engine -> ... -> response (shaped as the response types below). Pydantic lives
+only at this edge: once a request is parsed, the preprocessor turns it into msgspec structs and
+nothing on the token path touches pydantic. The frontend's ``/openapi.json`` is generated from
+these types.
 
 ``parse_chat_request`` / ``parse_completion_request`` are the entry points: they never raise a
 pydantic error, only ``RequestError(400, param=<field path>)``. Unknown fields are ignored.
@@ -88,7 +91,7 @@ class _SamplingFields(_Model):
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
     logit_bias: dict[str, float] | None = None
-    n: int | None = 1
+    n: int | None = Field(1, json_schema_extra={"minimum": 1, "maximum": 1})  # only n = 1 is served
     seed: Seed | None = None
     stop: str | list[str] | None = None
     stream: bool | None = False
@@ -121,7 +124,7 @@ class _SamplingFields(_Model):
 class ChatCompletionRequest(_SamplingFields):
     """``POST /v1/chat/completions``."""
 
-    messages: list[ChatMessage]
+    messages: list[ChatMessage] = Field(json_schema_extra={"minItems": 1})
     logprobs: bool | None = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     max_tokens: MaxTokens | None = None
@@ -143,12 +146,13 @@ class ChatCompletionRequest(_SamplingFields):
 class CompletionRequest(_SamplingFields):
     """``POST /v1/completions``. ``max_tokens`` defaults to 16, as in the OpenAI API and vLLM."""
 
-    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]] = Field(json_schema_extra={"minItems": 1})
     logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     max_tokens: MaxTokens | None = 16
-    best_of: int | None = None
-    echo: bool | None = False
-    suffix: str | None = None
+    # Accepted for compatibility, served only with their neutral values (the schema says so).
+    best_of: int | None = Field(None, json_schema_extra={"minimum": 1, "maximum": 1})
+    echo: bool | None = Field(False, json_schema_extra={"not": {"const": True}})
+    suffix: str | None = Field(None, json_schema_extra={"maxLength": 0})
     add_special_tokens: bool = True
 
     @property
@@ -278,3 +282,161 @@ def _loc_to_param(loc: tuple[int | str, ...]) -> str:
         else:
             out += f".{part}" if out else part
     return out
+
+
+# --- response types -----------------------------------------------------------------------------
+# What the frontend answers, as types: the OpenAPI document (``/openapi.json``) is generated from
+# them and the tests hold real responses to them. The frontend does not build responses through
+# them (``dynamo.frontend.responses`` writes plain dicts with msgspec, off pydantic's path), so
+# a field added there must be added here.
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class ErrorDetail(_Response):
+    message: str
+    type: str  # invalid_request_error, not_found_error, rate_limit_error, internal_error, ...
+    param: str | None  # the offending field as a path, e.g. "messages[0].content"
+    code: str | None
+
+
+class ErrorResponse(_Response):
+    """Every error, with its HTTP status; also a streamed event when a stream fails midway."""
+
+    error: ErrorDetail
+
+
+class PromptTokensDetails(_Response):
+    cached_tokens: int  # prompt tokens the engine found in its prefix cache
+
+
+class Usage(_Response):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None  # when the engine reports cached tokens
+
+
+class TopLogprob(_Response):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class ChatTokenLogprob(_Response):
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(_Response):
+    content: list[ChatTokenLogprob]
+
+
+class CompletionLogprobs(_Response):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+
+
+class AssistantMessage(_Response):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(_Response):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None
+    finish_reason: FinishReason
+
+
+class ChatCompletionResponse(_Response):
+    """``POST /v1/chat/completions`` with ``stream: false``."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(_Response):
+    role: Literal["assistant"] | None = None  # on the first chunk only
+    content: str
+
+
+class ChatChunkChoice(_Response):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None
+    finish_reason: FinishReason | None
+
+
+class ChatCompletionChunk(_Response):
+    """One streamed event of ``POST /v1/chat/completions``. ``usage`` is present (null) on every
+    chunk when ``stream_options.include_usage`` is true, and filled on a last chunk without choices."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChoice(_Response):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None
+    finish_reason: FinishReason
+
+
+class CompletionResponse(_Response):
+    """``POST /v1/completions`` with ``stream: false``."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class CompletionChunkChoice(_Response):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None
+    finish_reason: FinishReason | None
+
+
+class CompletionChunk(_Response):
+    """One streamed event of ``POST /v1/completions`` (``usage`` as in ``ChatCompletionChunk``)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelObject(_Response):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(_Response):
+    """``GET /v1/models``: the models with at least one live worker."""
+
+    object: Literal["list"]
+    data: list[ModelObject]

@@ -1,0 +1,122 @@
+"""The frontend's FastAPI app: every route but the two completion routes, and the lifespan.
+
+Journey: HTTP -> ``app.FrontendApp`` -> **here** for ``/v1/models``, ``/v1/models/{model}/ready``,
+``/health``, ``/live``, ``/metrics`` and the API description (``/openapi.json``, ``/docs``). Errors
+keep the OpenAI shape (404 unknown path, 405 wrong method, 500). Each route declares its response
+types, from which ``openapi`` writes the document.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dynamo.frontend.openapi import build_openapi, error_responses
+from dynamo.frontend.protocol import Health, Live, ModelReadiness
+from dynamo.frontend.responses import error_response
+from dynamo.frontend.service import FrontendService
+from dynamo.llm.errors import RequestError, internal_error, model_not_found
+from dynamo.llm.openai import ModelList
+
+log = logging.getLogger(__name__)
+
+
+def build_api(
+    service: Callable[[], FrontendService],
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+) -> FastAPI:
+    """The FastAPI app; ``service()`` is the running ``FrontendService`` (made in ``lifespan``)."""
+    app = FastAPI(title="dynamo frontend", version="1", lifespan=lifespan)
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        err = RequestError(exc.status_code, str(exc.detail), code=code)
+        return Response(
+            err.to_body(),
+            status_code=exc.status_code,
+            media_type="application/json",
+            headers=dict(exc.headers or {}),
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error")
+        return error_response(internal_error())
+
+    @app.get(
+        "/v1/models", response_model=ModelList, operation_id="list_models", summary="List the served models"
+    )
+    async def list_models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": m.name, "object": "model", "created": 0, "owned_by": "dynamo"}
+                for m in service().models.models.values()
+                if m.has_workers
+            ],
+        }
+
+    @app.get(
+        "/v1/models/{model:path}/ready",
+        response_model=ModelReadiness,
+        operation_id="model_ready",
+        summary="Whether a model has a live worker",
+        responses={503: {"model": ModelReadiness, "description": "no live worker"}, **error_responses(404)},
+    )
+    async def model_ready(model: str) -> Response:
+        served = service().models.get(model)
+        if served is None:
+            return error_response(model_not_found(model))
+        ready = served.has_workers
+        return JSONResponse({"model": model, "ready": ready}, status_code=200 if ready else 503)
+
+    @app.get(
+        "/health",
+        response_model=Health,
+        operation_id="health",
+        summary="Served models and their live instances",
+        responses={503: {"model": Health, "description": "no model has a live worker"}},
+    )
+    async def health() -> Response:
+        models = service().models.models.values()
+        ready = any(m.has_workers for m in models)
+        body = {
+            "status": "healthy" if ready else "unhealthy",
+            "models": [m.name for m in models if m.has_workers],
+            "instances": [
+                {
+                    "model": m.name,
+                    "instance_id": f"{iid:x}",
+                    "endpoint": str(r.endpoint_id),
+                    "address": r.address,
+                }
+                for m in models
+                for iid, r in m.records.items()
+            ],
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/live", response_model=Live, operation_id="live", summary="The process is up")
+    async def live() -> dict[str, str]:
+        return {"status": "live"}
+
+    @app.get(
+        "/metrics",
+        operation_id="metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "OK"}},
+    )
+    async def metrics() -> Response:
+        return Response(generate_latest(service().runtime.metrics), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,116 @@
+"""``/openapi.json``: the frontend's HTTP API, written from its protocol types.
+
+Journey: a client, SDK generator or fuzzer reads **this document** before calling the frontend.
+The FastAPI routes (``api``) are described by FastAPI from the response types they declare; the two
+completion routes, which are served before FastAPI (``app.FrontendApp``), are added from
+``endpoints.ENDPOINTS``: the request body's schema from the request type (``dynamo.llm.openai``),
+a JSON response (``stream: false``) or an event stream (``stream: true``) whose ``data:`` events
+follow ``x-itemSchema`` (a chunk, or an error midway; then ``[DONE]``), and each error status with
+the OpenAI error body. ``x-itemSchema`` is OpenAPI 3.2's ``itemSchema``, as an extension of this
+3.1 document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from dynamo.frontend.endpoints import ENDPOINTS, CompletionEndpoint
+from dynamo.llm.openai import ErrorResponse
+
+REF = "#/components/schemas/{model}"
+ERRORS = {
+    400: "invalid request: the body or a field (named in error.param) is not acceptable",
+    404: "no such model",
+    413: "request body too large",
+    429: "too many requests in flight for the model, or every worker busy; see Retry-After",
+    500: "the engine or the frontend failed",
+    503: "no live or reachable worker for the model right now; see Retry-After",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses=`` entries: the OpenAI error body for each status."""
+    return {status: {"model": ErrorResponse, "description": ERRORS[status]} for status in statuses}
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    """The document for ``app`` and the completion endpoints (built once)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(
+        title=app.title,
+        version=app.version,
+        description="OpenAI-compatible LLM serving: chat and text completions, streamed or not.",
+        routes=app.routes,
+    )
+    _drop_unreachable_validation_errors(doc)
+    schemas: dict[str, Any] = doc.setdefault("components", {}).setdefault("schemas", {})
+    types: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorResponse, "serialization")]
+    for e in ENDPOINTS.values():
+        types += [
+            (e.request_type, "validation"),
+            (e.response_type, "serialization"),
+            (e.chunk_type, "serialization"),
+        ]
+    refs, defs = models_json_schema(types, ref_template=REF)
+    for name, schema in defs.get("$defs", {}).items():
+        if name in schemas and schemas[name] != schema:
+            raise RuntimeError(f"two different schemas are both named {name!r}")
+        schemas[name] = schema
+    paths = doc.setdefault("paths", {})
+    for e in ENDPOINTS.values():
+        paths[e.path] = {"post": _completion_operation(e, refs)}
+    app.openapi_schema = doc
+    return doc
+
+
+def _completion_operation(
+    e: CompletionEndpoint, refs: Mapping[tuple[Any, JsonSchemaMode], Any]
+) -> dict[str, Any]:
+    error_ref = refs[(ErrorResponse, "serialization")]
+    responses: dict[str, Any] = {
+        "200": {
+            "description": (
+                'the response (`"stream": false`), or server-sent events (`"stream": true`): each '
+                "`data:` line one JSON event as `x-itemSchema` describes, the last `data: [DONE]`"
+            ),
+            "content": {
+                "application/json": {"schema": refs[(e.response_type, "serialization")]},
+                "text/event-stream": {
+                    "schema": {"type": "string"},
+                    "x-itemSchema": {"oneOf": [refs[(e.chunk_type, "serialization")], error_ref]},
+                },
+            },
+        }
+    }
+    for status, description in ERRORS.items():
+        responses[str(status)] = {
+            "description": description,
+            "content": {"application/json": {"schema": error_ref}},
+        }
+    return {
+        "summary": e.summary,
+        "operationId": e.operation_id,
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": refs[(e.request_type, "validation")]}},
+        },
+        "responses": responses,
+    }
+
+
+def _drop_unreachable_validation_errors(doc: dict[str, Any]) -> None:
+    """FastAPI lists a 422 for every route with a parameter; ours are plain strings that always
+    validate (and errors are never answered in FastAPI's 422 shape), so the 422s go."""
+    for item in doc.get("paths", {}).values():
+        for operation in item.values():
+            operation.get("responses", {}).pop("422", None)
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)

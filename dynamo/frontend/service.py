@@ -1,0 +1,89 @@
+"""The frontend's state and its completion path (journey: HTTP -> **parse -> preprocess -> route ->
+stream | collect** -> client).
+
+``FrontendService`` holds what one frontend process serves with (runtime, model watcher, metrics,
+prefill router) and ``handle`` runs one ``POST /v1/chat/completions`` or ``/v1/completions`` request
+through the stages of ``dynamo.frontend.stages``. Every refusal and failure is answered in the
+OpenAI error shape with its status (400, 404, 413, 429, 500, 503) and counted by status.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dynamo.frontend.args import FrontendConfig
+from dynamo.frontend.disagg import PrefillRouter
+from dynamo.frontend.endpoints import CompletionEndpoint
+from dynamo.frontend.metrics import FrontendMetrics, RequestMetrics
+from dynamo.frontend.models import ModelManager
+from dynamo.frontend.responses import ResponseBuilder, error_response
+from dynamo.frontend.stages.collect import collect
+from dynamo.frontend.stages.parse import LARGE_BODY, read_body, validate
+from dynamo.frontend.stages.preprocess import admit, preprocess
+from dynamo.frontend.stages.route import route
+from dynamo.frontend.stages.stream import stream_response
+from dynamo.llm.errors import RequestError
+from dynamo.runtime import DistributedRuntime
+
+
+class FrontendService:
+    """One frontend process's serving state; ``handle`` serves a completion request."""
+
+    def __init__(self, config: FrontendConfig, runtime: DistributedRuntime) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.models = ModelManager(runtime, config)
+        self.metrics = FrontendMetrics(runtime.metrics, lambda: self.models.models.values())
+        self.prefill = PrefillRouter(config, self.metrics.disagg)
+
+    async def handle(self, request: Request, endpoint: CompletionEndpoint) -> Response:
+        """parse -> preprocess -> route -> stream | collect."""
+        started = time.monotonic()
+        config = self.config
+        name: str | None = None
+        try:
+            body = await read_body(request, config.max_body_size)
+            offload = len(body) > LARGE_BODY
+            req = await validate(endpoint, body, offload)
+            name = req.model
+            model = admit(self.models, name, config.max_inflight_requests)
+            request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+            pre = await preprocess(model, endpoint, req, request_id, offload)
+        except RequestError as exc:
+            # Labelled by model only when it is served: client-chosen names must not add series.
+            label = name if name is not None and name in self.models.models else "unknown"
+            self.metrics.rejected(label, endpoint.label, exc.status)
+            return error_response(exc)
+
+        mm = self.metrics.model(model.name)
+        record = RequestMetrics(mm, model, endpoint.label, bool(req.stream), started, pre.prompt_len)
+        builder = ResponseBuilder(
+            endpoint.kind,
+            endpoint.id_prefix + request_id,
+            model.name,
+            pre,
+            model.preprocessor,
+            include_usage=req.include_usage,
+        )
+        migration_limit = config.migration_limit
+        if migration_limit is None:
+            migration_limit = model.card.migration_limit
+        try:
+            routed = await route(
+                self.prefill, self.runtime.request_client, model, pre, migration_limit, mm.migrated
+            )
+        except RequestError as exc:
+            record.finish(str(exc.status), 0, None)
+            return error_response(exc)
+        except BaseException:
+            record.finish("500", 0, None)
+            raise
+        record.first_output()
+        headers = routed.debug_headers(request.headers)
+        if req.stream:
+            return stream_response(routed, builder, record, headers)
+        return await collect(routed, builder, record, headers)

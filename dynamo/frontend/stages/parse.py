@@ -1,0 +1,42 @@
+"""Stage 1, parse: the HTTP request body -> a validated OpenAI request.
+
+Journey: HTTP -> **parse** -> preprocess -> route -> stream | collect. ``read_body`` takes at most
+``--max-body-size`` bytes (413 beyond; a larger Content-Length is refused before reading);
+``validate`` applies the endpoint's protocol type (``dynamo.llm.openai``; 400 in the OpenAI error
+shape, naming the field). Bodies above ``LARGE_BODY`` are validated off the event loop, so one huge
+prompt does not stall the other streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+
+from dynamo.frontend.endpoints import CompletionEndpoint
+from dynamo.llm.errors import payload_too_large
+
+LARGE_BODY = 64 * 1024  # bytes; parse and preprocess bodies above this in a thread
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or ``RequestError(413)`` once it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise payload_too_large(limit)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise payload_too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def validate(endpoint: CompletionEndpoint, body: bytes, offload: bool) -> Any:
+    """The endpoint's request type parsed from ``body`` (in a thread when ``offload``)."""
+    if offload:
+        return await asyncio.to_thread(endpoint.parse, body)
+    return endpoint.parse(body)
