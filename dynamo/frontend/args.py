@@ -1,4 +1,5 @@
-"""Flags of ``python3 -m dynamo.frontend`` (every flag also has an environment variable)."""
+"""Flags of ``python3 -m dynamo.frontend`` -> ``FrontendConfig`` (journey: **start-up**, before any
+request). Every flag also has an environment variable; a bad value is a ``ValueError`` naming it."""
 
 from __future__ import annotations
 

@@ -1,29 +1,23 @@
-"""The frontend's prefill router: disaggregated prefill/decode for models with prefill workers.
+"""Where a prompt is prefilled, for models with prefill workers (journey: preprocess -> **route:
+prefill here or there** -> decode worker -> tokens back).
 
-Journey: preprocess -> **here: decide where the prompt is prefilled** -> (prefill_first: run the
-prefill on a prefill worker, take its ``kv_transfer_params``) -> route to a decode worker
-(``Generation``: failover, migration) -> tokens back -> detokenize. The client sees one ordinary
-stream; TTFT counts from its request, so it includes the remote prefill and the KV transfer.
+``PrefillRouter.generation`` gives a plain ``Generation`` when nothing is disaggregated (no prefill
+workers, or the client pinned an instance), else a ``DisaggGeneration`` that decides per request:
 
-Decision per request, when the model has prefill workers and the client did not pin an instance:
+- **local** (the decode worker prefills) when the prompt's uncached part -- its length minus the
+  blocks the best decode worker caches (kv mode) -- is below ``--max-local-prefill-length``, or when
+  every prefill worker is above ``--active-prefill-tokens-threshold`` (kv mode);
+- else **remote**: a prefill worker is picked from the prefill pool (by its routing policy), then by
+  ``--disaggregation-strategy``: ``prefill_first`` runs the prefill from here and sends the request
+  with the returned ``kv_transfer_params`` to a decode worker; ``decode_first`` sends the request to a
+  decode worker naming the prefill worker (``RemotePrefill``), which the decode worker calls.
 
-- **local** (prefill on the decode worker) when the prompt's uncached part -- its length minus the
-  blocks the best decode worker already caches (KV router mode) -- is below
-  ``--max-local-prefill-length`` (default 256 tokens: two of the 128-token blocks vLLM's NIXL
-  connector moves on the CPU, where only whole blocks travel; a prompt that short costs the decode
-  worker well under a second to prefill, measured ~3.8 s per 1200 tokens on one core), or when every
-  prefill worker is above ``--active-prefill-tokens-threshold`` (KV router mode);
-- else **remote**: a prefill worker is picked (KV-aware across the prefill pool in KV mode), and
-  then, by ``--disaggregation-strategy`` / ``DISAGGREGATION_STRATEGY``:
-  ``prefill_first`` runs the prefill here and sends the request with the returned transfer
-  parameters to a decode worker (KV-aware across the decode pool); ``decode_first`` sends the
-  request to a decode worker naming the chosen prefill worker, and the decode worker calls it.
-
+The client sees one ordinary stream; its TTFT includes the remote prefill and the KV transfer.
 Failures never fail the request: an unreachable prefill worker is skipped for another; when none
-answers, it errs, or it is slower than ``DYN_PREFILL_TIMEOUT``, the request is prefilled locally;
-a decode worker that could not load the KV prefills locally too and says so on its first chunk
-(``dynamo.llm.disagg``). Each fallback is logged with its reason and counted in
-``dynamo_frontend_disagg_fallback{model,reason}``.
+answers, it errs, or it is slower than ``DYN_PREFILL_TIMEOUT``, the prompt is prefilled locally; a
+decode worker that could not load the KV prefills locally and says so on its first output. Each
+fallback is logged with its reason and counted in ``dynamo_frontend_disagg_fallback{model,reason}``.
+Why the defaults are what they are: docs/frontend.md, "Disaggregation".
 """
 
 from __future__ import annotations

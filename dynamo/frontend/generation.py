@@ -1,12 +1,15 @@
-"""Sending a preprocessed request to a worker and getting its outputs back, reliably.
+"""One request's stream from the workers, kept whole across failures.
 
-Journey: route -> **open a stream on the chosen instance (skip unreachable ones), read engine
-outputs in batches, resume on another instance if the stream breaks (migration)** -> detokenize.
+Journey: route -> **open a stream on the instance the pool's routing policy chose (skip unreachable
+ones), read engine outputs in batches, resume on another instance if the stream breaks
+(migration)** -> stream | collect.
 
-Failover before the first output is always safe (nothing reached the client). After that, a
-broken stream is *migrated* when the migration limit allows: the tokens already produced are
-appended to the prompt, ``max_tokens`` is reduced by as many, and a new stream continues on
-another instance; the client sees one continuous stream.
+Failover before the first output is always safe (nothing reached the client). After that, a broken
+stream is *migrated* when the migration limit allows: the tokens already produced are appended to
+the prompt, ``max_tokens`` is reduced by as many, and a new stream continues on another instance;
+the client sees one continuous stream. The policy hears of each placement: ``on_first_token`` at
+the first output of every instance the request lands on, ``on_finished`` when it leaves one (done,
+failed, cancelled or migrated), so a KV router's predicted load follows the request.
 """
 
 from __future__ import annotations

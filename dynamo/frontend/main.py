@@ -1,9 +1,10 @@
-"""``python3 -m dynamo.frontend``: the OpenAI-compatible HTTP entry point.
+"""``python3 -m dynamo.frontend``: the process entry point (journey: **start-up**, then HTTP -> ...).
 
-One process serves the port with uvicorn (uvloop + httptools). ``--http-workers N`` forks N such
-processes that share the port through ``SO_REUSEPORT`` (the kernel spreads connections among
-them); the parent only supervises: it forwards SIGTERM/SIGINT and, when one worker dies, stops
-the others and exits with its status.
+One process serves the port with uvicorn (uvloop + httptools) and the ASGI app of ``app``.
+``--http-workers N`` forks N such processes that share the port through ``SO_REUSEPORT`` (the kernel
+spreads connections among them); the parent only supervises: it forwards SIGTERM/SIGINT and, when
+one worker dies, stops the others and exits with its status. Exit status 1 when the port cannot be
+bound, 2 for bad flags.
 """
 
 from __future__ import annotations
@@ -25,11 +26,9 @@ from dynamo.runtime.logging import configure_logging
 
 log = logging.getLogger("dynamo.frontend")
 
-# Allocations between young-generation collections (CPython's default: 700). A streamed request's
-# objects live ~100 ms, through many default-sized collections, so they were promoted and set off
-# full collections of the whole heap several times a second under load (measured: 15-20% of the
-# frontend's time at ~1,000 requests/s). With a large young generation they die by reference
-# counting first; the heap alive after start-up is frozen out of collections altogether.
+# Allocations between young-generation collections (CPython's default: 700): a streamed request's
+# objects die by reference counting before they are promoted (why: docs/frontend.md, "Garbage
+# collection").
 GC_YOUNG_THRESHOLD = 50_000
 _PR_SET_PDEATHSIG = 1
 

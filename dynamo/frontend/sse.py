@@ -1,7 +1,9 @@
-"""A lean ASGI response for server-sent events that notices client disconnects.
+"""A lean ASGI response for server-sent events that notices client disconnects (journey: stream
+stage -> **the wire**).
 
-When the client goes away, the task producing events is cancelled, which closes the engine
-stream and so cancels the work on the worker.
+The events are written as they come; the chunk ending in the last event goes out with the end of
+the body. When the client goes away, the task producing events is cancelled, which closes the
+engine stream and so cancels the work on the worker; ``on_done(disconnected)`` runs either way.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""Prometheus metrics of routing decisions (journey: **route**), for the frontend and the standalone router.
+"""Prometheus metrics of routing decisions (journey: **route**), declared once for the frontend and
+the standalone router.
 
 Names start with the process's prefix (``dynamo_frontend_router_`` in the frontend,
-``dynamo_router_`` in ``python3 -m dynamo.router``). The frontend's cache hit rate is
-``dynamo_frontend_kv_hit_rate``; these add the per-decision view behind it and the router's
-predicted load per worker.
+``dynamo_router_`` in ``python3 -m dynamo.router``): decisions per chosen instance, the chosen
+instance's cached overlap, refusals when every worker is busy (``RoutingMetrics``), and the KV
+router's own predicted load per worker, read at scrape time (``KvLoadCollector``). The frontend's
+request metrics and its model-level ``dynamo_frontend_kv_hit_rate`` are ``dynamo.frontend.metrics``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``--router-mode kv``: the instance with the best KV-cache overlap for the least predicted load.
+"""``--router-mode kv`` (journey: route): the instance with the best KV-cache overlap for the least
+predicted load.
 
 A thin adapter from the ``RoutingPolicy`` hooks to ``dynamo.router.KvRouter``, which does the work
 (cache index fed by ``KvFeed``, per-worker load prediction, cost function). Load accounting follows

@@ -1,4 +1,4 @@
-"""``--router-mode random``: each request goes to a uniformly random live instance."""
+"""``--router-mode random`` (journey: route): each request goes to a uniformly random live instance."""
 
 from __future__ import annotations
 

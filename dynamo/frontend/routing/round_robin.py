@@ -1,4 +1,5 @@
-"""``--router-mode round-robin``: each request goes to the next live instance in id order."""
+"""``--router-mode round-robin`` (journey: route): each request goes to the next live instance in id
+order."""
 
 from __future__ import annotations
 
