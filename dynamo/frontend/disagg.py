@@ -23,7 +23,7 @@ Why the defaults are what they are: docs/frontend.md, "Disaggregation".
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import msgspec
@@ -72,7 +72,7 @@ class PrefillRouter:
         *,
         pinned: int | None = None,
         migration_limit: int = 0,
-        on_migration: Any = None,
+        on_migration: Callable[[str], None] | None = None,
     ) -> Generation | DisaggGeneration:
         """A plain ``Generation`` when nothing is disaggregated (no prefill workers, or the client
         pinned an instance), else a ``DisaggGeneration``."""
@@ -113,7 +113,7 @@ class DisaggGeneration:
         model: ServedModel,
         request: PreprocessedRequest,
         migration_limit: int,
-        on_migration: Any,
+        on_migration: Callable[[str], None] | None,
     ) -> None:
         self.router = router
         self.client = client
@@ -122,8 +122,6 @@ class DisaggGeneration:
         self.migration_limit = migration_limit
         self.on_migration = on_migration
         self.inner: Generation | None = None
-        self.prefill_instance_id: int | None = None
-        self.prefill_overlap_blocks = 0
 
     @property
     def instance_id(self) -> int | None:
@@ -133,10 +131,6 @@ class DisaggGeneration:
     @property
     def overlap_blocks(self) -> int:
         return self.inner.overlap_blocks if self.inner is not None else 0
-
-    @property
-    def produced(self) -> list[int]:
-        return self.inner.produced if self.inner is not None else []
 
     async def batches(self) -> AsyncGenerator[list[dict[str, Any]], None]:
         """Batches of the decode worker's outputs; the prefill (if remote) happens first."""
@@ -213,8 +207,6 @@ class DisaggGeneration:
                 tried.add(choice.instance_id)
                 continue
             router.metrics.requests.labels(model.name, REMOTE).inc()
-            self.prefill_instance_id = choice.instance_id
-            self.prefill_overlap_blocks = choice.overlap_blocks
             return decode_first_request(self.request, record.address, handler_name(record.endpoint_id))
 
     async def _prefill_first(self) -> dict[str, Any] | None:
@@ -244,8 +236,6 @@ class DisaggGeneration:
             try:
                 if record is None:
                     raise PrefillFailed(PREFILL_UNREACHABLE, f"instance {iid:x} is gone")
-                self.prefill_instance_id = iid
-                self.prefill_overlap_blocks = choice.overlap_blocks
                 result = await run_remote_prefill(
                     self.client,
                     record.address,

@@ -15,7 +15,7 @@ failed, cancelled or migrated), so a KV router's predicted load follows the requ
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import msgspec
@@ -42,7 +42,7 @@ class Generation:
         *,
         pinned: int | None = None,
         migration_limit: int = 0,
-        on_migration: Any = None,
+        on_migration: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
         self.model = model

@@ -66,10 +66,6 @@ class InstanceRouter:
         )
         return cls(policy, metrics=metrics, label=label)
 
-    @property
-    def mode(self) -> str:
-        return self.policy.name
-
     # --- membership -------------------------------------------------------------------------
     def add(self, instance_id: int, total_blocks: int | None = None) -> bool:
         """Add (or refresh) a live instance; True when it is new to this pool."""
