@@ -322,3 +322,33 @@ def test_migration_resumes_a_broken_stream_on_another_worker(own_graph):
     assert usage["completion_tokens"] == 60
     assert events[-2]["choices"][0]["finish_reason"] == "length"
     assert metric_value(g.frontend.metrics(), "dynamo_frontend_model_migration_total") >= 1
+
+
+async def test_in_flight_and_queued_gauges_follow_a_stream(graph: Graph):
+    def gauges(text: str) -> tuple[float, float]:
+        return (
+            metric_value(text, "dynamo_frontend_inflight_requests", model=MODEL),
+            metric_value(text, "dynamo_frontend_queued_requests", model=MODEL),
+        )
+
+    async with httpx.AsyncClient(timeout=60) as http:
+        left_before = metric_value(
+            (await http.get(f"{graph.frontend.url}/metrics")).text,
+            "dynamo_frontend_requests_total",
+            status="499",
+        )
+        body = {"model": MODEL, "messages": CHAT, "max_tokens": 2000, "ignore_eos": True, "stream": True}
+        async with http.stream("POST", f"{graph.base_url}/chat/completions", json=body) as resp:
+            lines = resp.aiter_lines()
+            await anext(lines)  # it has its first token; unread, the rest waits (flow control)
+            assert gauges((await http.get(f"{graph.frontend.url}/metrics")).text) == (1, 0)
+        # the client left mid-stream
+
+        deadline = time.monotonic() + 10
+        while True:
+            text = (await http.get(f"{graph.frontend.url}/metrics")).text
+            left = metric_value(text, "dynamo_frontend_requests_total", status="499") - left_before
+            if gauges(text) == (0, 0) and left == 1:
+                break
+            assert time.monotonic() < deadline, (gauges(text), left)
+            await asyncio.sleep(0.1)
