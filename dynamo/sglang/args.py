@@ -35,6 +35,12 @@ logger = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 16
 NOT_INSTALLED = "SGLang is not installed: install the worker's extra with `pip install .[sglang]` (GPU only)"
 
+
+def sglang_installed() -> bool:
+    """Whether the ``sglang`` package can be found (it is not imported)."""
+    return module_installed("sglang")
+
+
 # SGLang's names for its parallelism flags (older versions store them under the long dest).
 _PARALLEL_ALIASES = {
     "tensor_parallel_size": "tp_size",
@@ -42,11 +48,6 @@ _PARALLEL_ALIASES = {
     "data_parallel_size": "dp_size",
     "expert_parallel_size": "ep_size",
 }
-
-
-def sglang_installed() -> bool:
-    """Whether the ``sglang`` package can be found (it is not imported)."""
-    return module_installed("sglang")
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,29 @@ def _user_publisher(raw: str) -> tuple[bool, tuple[str, str] | None]:
     return True, (str(cfg.get("endpoint", "tcp://*:5557")), str(cfg.get("topic", "")))
 
 
+def _kv_events(asked: bool | None, kwargs: dict[str, Any]) -> tuple[bool, tuple[str, str] | None]:
+    """Whether to relay KV events (``--kv-events``, else on when the radix cache is, or as the
+    user's ``--kv-events-config`` says) and the user's ZMQ publisher to read them from, if any."""
+    publisher: tuple[str, str] | None = None
+    radix_off = bool(kwargs.get("disable_radix_cache"))
+    on = asked
+    if kwargs.get("kv_events_config"):
+        publishes, publisher = _user_publisher(str(kwargs["kv_events_config"]))
+        if on and publisher is None:
+            raise ValueError(
+                '--kv-events needs a ZMQ publisher: set "publisher": "zmq" in --kv-events-config'
+            )
+        if on is None:
+            on = publishes and publisher is not None
+    elif on is None:
+        on = not radix_off
+    if on and radix_off:
+        raise ValueError(
+            "--kv-events needs the radix cache: drop --disable-radix-cache or add --no-kv-events"
+        )
+    return bool(on), publisher
+
+
 def config_from_args(args: argparse.Namespace) -> SglangConfig:
     """Build an ``SglangConfig`` from a namespace parsed by ``build_parser()``."""
     passthrough = bool(getattr(args, "_passthrough", False))
@@ -254,29 +278,11 @@ def config_from_args(args: argparse.Namespace) -> SglangConfig:
     if kwargs.get("disaggregation_bootstrap_port") is None:
         # Each prefill worker serves its KV from its own bootstrap port; several on one machine must differ.
         kwargs["disaggregation_bootstrap_port"] = free_port() if worker.is_prefill else 8998
-
-    kv_events = worker.kv_events
-    publisher: tuple[str, str] | None = None
-    radix_off = bool(kwargs.get("disable_radix_cache"))
-    if kwargs.get("kv_events_config"):
-        publishes, publisher = _user_publisher(str(kwargs["kv_events_config"]))
-        if kv_events and publisher is None:
-            raise ValueError(
-                '--kv-events needs a ZMQ publisher: set "publisher": "zmq" in --kv-events-config'
-            )
-        if kv_events is None:
-            kv_events = publishes and publisher is not None
-    elif kv_events is None:
-        kv_events = not radix_off
-    if kv_events and radix_off:
-        raise ValueError(
-            "--kv-events needs the radix cache: drop --disable-radix-cache or add --no-kv-events"
-        )
-
+    kv_events, publisher = _kv_events(worker.kv_events, kwargs)
     return SglangConfig(
         engine_kwargs=kwargs,
         worker=worker,
-        kv_events=bool(kv_events),
+        kv_events=kv_events,
         kv_events_publisher=publisher,
         passthrough=passthrough,
     )

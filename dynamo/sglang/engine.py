@@ -46,21 +46,14 @@ from dynamo.llm.protocols import (
     EngineOutput,
     PreprocessedRequest,
 )
-from dynamo.sglang.args import NOT_INSTALLED, SglangConfig, parse_args, sglang_installed
+from dynamo.sglang.args import NOT_INSTALLED, SglangConfig, parse_args
 from dynamo.sglang.kv_events import kv_event_subscriber, subscriber_endpoints
 from dynamo.sglang.outputs import OutputConverter, finish_of
 from dynamo.sglang.request import Bootstrap, generate_kwargs, new_bootstrap_room
-from dynamo.worker import (
-    EngineContext,
-    EngineFacts,
-    EngineNotInstalledError,
-    EngineStartError,
-    WorkerEngine,
-)
-from dynamo.worker.util import free_port, start_failure
+from dynamo.worker import EngineContext, EngineFacts, EngineNotInstalledError, EngineStartError, WorkerEngine
+from dynamo.worker.engine import KvEventSink
+from dynamo.worker.util import construct_engine, free_port, import_engine
 from dynamo.worker.zmq_kv_events import ZmqKvEventSubscriber
-
-__all__ = ["EngineStartError", "SglangBindings", "SglangEngine"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +87,14 @@ class SglangEngine(WorkerEngine):
 
     name = "SGLang"
     worker_label = "SglangWorker"
+    package = "sglang"
+    install_hint = NOT_INSTALLED
     decode_can_prefill = False  # decode workers need a prefill worker's KV for every request
 
     def __init__(
         self, config: SglangConfig, context: EngineContext, bindings: SglangBindings | None = None
     ) -> None:
-        self.config = config
-        self.context = context
-        self.worker_id = context.worker_id
-        self._sink = context.kv_event_sink
-        self._advertise_host = context.advertise_host
+        super().__init__(config, context)
         self._bindings = bindings
         self._engine: Any = None
         self._relay: ZmqKvEventSubscriber | None = None
@@ -125,40 +116,21 @@ class SglangEngine(WorkerEngine):
     def parse_config(cls, argv: list[str] | None = None) -> SglangConfig:
         return parse_args(argv)
 
-    @classmethod
-    def check_installed(cls) -> None:
-        if not sglang_installed():
-            raise EngineNotInstalledError(NOT_INSTALLED)
-
     async def start(self) -> EngineFacts:
         """Build the SGLang engine (off the event loop); raises ``EngineStartError``."""
-        if self._engine is None:
-            await self._start()
-        return EngineFacts(
-            kv_cache_block_size=self.kv_cache_block_size,
-            context_length=self.context_length,
-            total_kv_blocks=self.total_kv_blocks,
-            max_num_seqs=self.max_num_seqs,
-            max_num_batched_tokens=self.max_num_batched_tokens,
-            bootstrap_address=self.bootstrap_address,
-        )
-
-    async def _start(self) -> None:
+        kwargs = self.config.engine_kwargs
+        sink = self.context.kv_event_sink
+        if self.config.kv_events and sink is not None:
+            kwargs = {**kwargs, **self._relay_kv_events(sink)}
         t0 = time.monotonic()
-        bindings = self._bindings
-        if bindings is None:
-            try:
-                bindings = await asyncio.to_thread(SglangBindings.load)
-            except EngineNotInstalledError as exc:
-                raise EngineStartError(str(exc)) from exc
-        kwargs = dict(self.config.engine_kwargs)
-        if self.config.kv_events:
-            self._start_kv_events(kwargs)
         try:
-            engine = await asyncio.to_thread(bindings.Engine, **kwargs)
-        except Exception as exc:
+            bindings = self._bindings
+            if bindings is None:
+                bindings = await import_engine(SglangBindings.load)
+            engine = await construct_engine(self.name, self.config.model_path, bindings.Engine, **kwargs)
+        except EngineStartError:
             await self._cleanup()
-            raise start_failure(self.name, self.config.model_path, exc) from exc
+            raise
         # SGLang starts its response loop (and installs its own SIGTERM handler) on first use: do it
         # now, on our loop, so the worker's signal handlers, installed once it is registered, win.
         create_loop = getattr(engine.tokenizer_manager, "auto_create_handle_loop", None)
@@ -177,6 +149,42 @@ class SglangEngine(WorkerEngine):
             self.total_kv_blocks,
             "on" if self._relay else "off",
         )
+        return EngineFacts.of(self)
+
+    def _relay_kv_events(self, sink: KvEventSink) -> dict[str, Any]:
+        """Subscribe to SGLang's KV event publishers (the user's ``--kv-events-config``, else ours on
+        a private endpoint); the engine arguments that make SGLang publish there."""
+        dp_ranks = self.config.dp_size if self.config.engine_kwargs.get("enable_dp_attention") else 1
+        extra: dict[str, Any] = {}
+        if self.config.kv_events_publisher is not None:
+            endpoint, topic = self.config.kv_events_publisher
+        else:
+            if dp_ranks > 1:  # SGLang offsets the port per attention-DP rank: TCP only
+                endpoint = f"tcp://*:{free_port()}"
+            else:
+                self._tmpdir = tempfile.mkdtemp(prefix="dynamo-sglang-")
+                endpoint = f"ipc://{self._tmpdir}/kv-events"
+            topic = KV_EVENTS_TOPIC
+            extra["kv_events_config"] = json.dumps({"publisher": "zmq", "endpoint": endpoint, "topic": topic})
+        self._relay = kv_event_subscriber(
+            subscriber_endpoints(endpoint, dp_ranks), self.context.worker_id, sink, topic
+        )
+        self._relay.start()
+        return extra
+
+    def _read_facts(self, engine: Any) -> None:
+        tm = engine.tokenizer_manager
+        server_args = getattr(tm, "server_args", None) or getattr(engine, "server_args", None)
+        info = _scheduler_info(engine)
+        context = getattr(tm, "context_len", None) or getattr(server_args, "context_length", None)
+        self._context_length = int(context) if context else None
+        running = info.get("max_running_requests") or getattr(server_args, "max_running_requests", None)
+        self._max_running = int(running) if running else None
+        total = info.get("max_total_num_tokens")
+        self._max_total_tokens = int(total) if total else None
+        # SGLang may change the page size some attention backends need (e.g. 64 for FlashMLA).
+        page = getattr(server_args, "page_size", None)
+        self._page_size = int(page) if page else None
 
     async def stop(self) -> None:
         """Abort requests in flight, cancel waiting prefills, shut SGLang down (idempotent)."""
@@ -199,29 +207,6 @@ class SglangEngine(WorkerEngine):
             logger.info("SGLang engine stopped")
         await self._cleanup()
 
-    def _start_kv_events(self, kwargs: dict[str, Any]) -> None:
-        publisher = self.config.kv_events_publisher
-        dp_ranks = self.config.dp_size if kwargs.get("enable_dp_attention") else 1
-        if publisher is not None:
-            endpoint, topic = publisher
-        else:
-            if dp_ranks > 1:  # SGLang offsets the port per attention-DP rank: TCP only
-                endpoint = f"tcp://*:{free_port()}"
-            else:
-                self._tmpdir = tempfile.mkdtemp(prefix="dynamo-sglang-")
-                endpoint = f"ipc://{self._tmpdir}/kv-events"
-            topic = KV_EVENTS_TOPIC
-            kwargs["kv_events_config"] = json.dumps(
-                {"publisher": "zmq", "endpoint": endpoint, "topic": topic}
-            )
-        if self._sink is None:
-            logger.info("KV events are on but no sink was given: not subscribing")
-            return
-        self._relay = kv_event_subscriber(
-            subscriber_endpoints(endpoint, dp_ranks), self.worker_id, self._sink, topic
-        )
-        self._relay.start()
-
     async def _cleanup(self) -> None:
         if self._relay is not None:
             await self._relay.stop()
@@ -229,20 +214,6 @@ class SglangEngine(WorkerEngine):
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
-
-    def _read_facts(self, engine: Any) -> None:
-        tm = engine.tokenizer_manager
-        server_args = getattr(tm, "server_args", None) or getattr(engine, "server_args", None)
-        info = _scheduler_info(engine)
-        context = getattr(tm, "context_len", None) or getattr(server_args, "context_length", None)
-        self._context_length = int(context) if context else None
-        running = info.get("max_running_requests") or getattr(server_args, "max_running_requests", None)
-        self._max_running = int(running) if running else None
-        total = info.get("max_total_num_tokens")
-        self._max_total_tokens = int(total) if total else None
-        # SGLang may change the page size some attention backends need (e.g. 64 for FlashMLA).
-        page = getattr(server_args, "page_size", None)
-        self._page_size = int(page) if page else None
 
     # ----- requests ----------------------------------------------------------------------------
 
@@ -403,7 +374,7 @@ class SglangEngine(WorkerEngine):
     def load_metrics(self) -> LoadMetrics:
         """Requests in flight here (SGLang's scheduler numbers are not read back yet)."""
         return LoadMetrics(
-            worker_id=self.worker_id,
+            worker_id=self.context.worker_id,
             active_requests=len(self._active),
             max_requests=self.max_num_seqs or 0,
             kv_total_blocks=self.total_kv_blocks or 0,
@@ -439,7 +410,7 @@ class SglangEngine(WorkerEngine):
         dist = self.config.engine_kwargs.get("dist_init_addr")
         if dist:
             return str(dist).rsplit(":", 1)[0].strip("[]")
-        return self._advertise_host
+        return self.context.advertise_host
 
     @property
     def bootstrap_port(self) -> int:

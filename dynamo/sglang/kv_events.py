@@ -21,20 +21,11 @@ from typing import Any
 
 import msgspec
 
-from dynamo.llm.kv_events import (
-    KvCleared,
-    KvEventData,
-    KvRemoved,
-    KvStored,
-    StoredBlock,
-    compute_block_hashes,
-)
+from dynamo.llm.kv_events import KvCleared, KvEventData, KvRemoved
 from dynamo.worker.engine import KvEventSink
-from dynamo.worker.zmq_kv_events import ZmqKvEventSubscriber, block_hash_to_u64
+from dynamo.worker.zmq_kv_events import MAIN_POOL_MEDIA, ZmqKvEventSubscriber, block_hash_to_u64, stored_event
 
 logger = logging.getLogger(__name__)
-
-_MAIN_POOL = (None, "GPU")
 
 
 def _fields(raw: Any) -> tuple[str, list[Any]]:
@@ -65,28 +56,16 @@ def convert_event(raw: Any) -> KvEventData | None:
         return KvCleared()
     if tag == "BlockRemoved":
         medium = f[1] if len(f) > 1 else None
-        if medium not in _MAIN_POOL:
+        if medium not in MAIN_POOL_MEDIA:
             return None
         return KvRemoved(block_hashes=[block_hash_to_u64(h) for h in f[0]])
     if tag == "BlockStored":
         medium = f[5] if len(f) > 5 and isinstance(f[5], str | None) else None
-        if medium not in _MAIN_POOL:
+        if medium not in MAIN_POOL_MEDIA:
             return None
-        hashes = [block_hash_to_u64(h) for h in f[0]]
         token_ids = [int(t) for t in f[2]]
-        size = int(f[3]) if f[3] else len(token_ids) // max(1, len(hashes))
-        local = compute_block_hashes(token_ids, size)
-        if len(local) != len(hashes):
-            logger.warning(
-                "BlockStored with %d block hashes but %d full blocks of token ids; keeping the common prefix",
-                len(hashes),
-                len(local),
-            )
-        parent = f[1]
-        return KvStored(
-            blocks=[StoredBlock(h, t) for h, t in zip(hashes, local, strict=False)],
-            parent_hash=None if parent is None else block_hash_to_u64(parent),
-        )
+        size = int(f[3]) if f[3] else len(token_ids) // max(1, len(f[0]))
+        return stored_event(f[0], f[1], token_ids, size)
     logger.debug("ignoring unknown SGLang KV event %r", tag)
     return None
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynamo.llm.protocols import PreprocessedRequest
+from dynamo.worker.sampling import given_options, max_new_tokens, stop_token_ids
 
 _PASSTHROUGH = (
     "temperature",
@@ -35,25 +36,17 @@ def build_sampling_params(req: PreprocessedRequest, *, context_length: int | Non
     ``sampling_seed``.
     """
     s, stop = req.sampling, req.stop
-    params: dict[str, Any] = {}
-    max_new = stop.max_tokens
-    if max_new is None and context_length:
-        max_new = max(1, context_length - len(req.token_ids))
+    params = given_options(s, _PASSTHROUGH)
+    max_new = max_new_tokens(req, context_length)
     if max_new is not None:
         params["max_new_tokens"] = max_new
     if stop.min_tokens:
         params["min_new_tokens"] = stop.min_tokens
-    stop_ids = list(stop.stop_token_ids)
     if stop.ignore_eos:
         params["ignore_eos"] = True
-    else:
-        stop_ids += [t for t in req.eos_token_ids if t not in stop_ids]
+    stop_ids = stop_token_ids(req)
     if stop_ids:
         params["stop_token_ids"] = stop_ids
-    for name in _PASSTHROUGH:
-        value = getattr(s, name)
-        if value is not None:
-            params[name] = value
     if s.top_k is not None:
         params["top_k"] = s.top_k if s.top_k > 0 else -1
     if s.seed is not None:

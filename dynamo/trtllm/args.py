@@ -8,8 +8,8 @@ The flags are those of NVIDIA Dynamo's TRT-LLM worker that the guides use (``--m
 on top of the shared worker flags (``dynamo.worker.args``: runtime flags, ``--endpoint``,
 ``--disaggregation-mode`` -- ``prefill_and_decode`` is NVIDIA's name for ``agg`` -- with
 ``--is-prefill-worker`` / ``--is-decode-worker``, ``--migration-limit``, ``--kv-events``). They
-parse without TensorRT-LLM installed; the worker then refuses to start with one line naming the
-extra to install.
+parse without TensorRT-LLM installed; the worker then refuses to start with one line saying how
+to install it.
 
 The engine's arguments (``LLM(model=..., **engine_kwargs)``) are built in this order, later
 winning: the ``--extra-engine-args`` YAML (TensorRT-LLM LLM-API options), the flags the user
@@ -45,8 +45,10 @@ logger = logging.getLogger(__name__)
 STRATEGIES = ("decode_first", "prefill_first")
 DEFAULT_KV_BLOCK_SIZE = 32
 DEFAULT_KV_EVENT_BUFFER = 1024
+# No pip extra: TensorRT-LLM's pins clash with ours, so it is installed by hand (README.md, "Install").
 NOT_INSTALLED = (
-    "TensorRT-LLM is not installed: install the worker's extra with `pip install .[trtllm]` (GPU only)"
+    "TensorRT-LLM is not installed: install it as NVIDIA documents, then this package with "
+    "`pip install --no-deps -e .` (README.md, Install; GPU only)"
 )
 
 # Flags that map onto top-level LLM-API options (dest -> option).

@@ -32,20 +32,12 @@ from typing import Any
 
 from dynamo.llm.kv_events import LoadMetrics
 from dynamo.llm.protocols import FINISH_ERROR, EngineOutput, PreprocessedRequest
-from dynamo.trtllm.args import NOT_INSTALLED, TrtllmConfig, parse_args, trtllm_installed
+from dynamo.trtllm.args import NOT_INSTALLED, TrtllmConfig, parse_args
 from dynamo.trtllm.kv_events import KvEventConverter, relay_kv_events
 from dynamo.trtllm.outputs import OutputConverter
 from dynamo.trtllm.request import build_sampling_kwargs, is_trtllm_params, params_from_wire
-from dynamo.worker import (
-    EngineContext,
-    EngineFacts,
-    EngineNotInstalledError,
-    EngineStartError,
-    WorkerEngine,
-)
-from dynamo.worker.util import start_failure
-
-__all__ = ["EngineStartError", "TrtllmBindings", "TrtllmEngine"]
+from dynamo.worker import EngineContext, EngineFacts, EngineNotInstalledError, WorkerEngine
+from dynamo.worker.util import construct_engine, import_engine
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +80,13 @@ class TrtllmEngine(WorkerEngine):
 
     name = "TensorRT-LLM"
     worker_label = "TrtllmWorker"
+    package = "tensorrt_llm"
+    install_hint = NOT_INSTALLED
 
     def __init__(
         self, config: TrtllmConfig, context: EngineContext, bindings: TrtllmBindings | None = None
     ) -> None:
-        self.config = config
-        self.context = context
-        self.worker_id = context.worker_id
-        self._sink = context.kv_event_sink
+        super().__init__(config, context)
         self._bindings = bindings
         self._api: TrtllmBindings | None = None
         self._llm: Any = None
@@ -111,42 +102,19 @@ class TrtllmEngine(WorkerEngine):
     def parse_config(cls, argv: list[str] | None = None) -> TrtllmConfig:
         return parse_args(argv)
 
-    @classmethod
-    def check_installed(cls) -> None:
-        if not trtllm_installed():
-            raise EngineNotInstalledError(NOT_INSTALLED)
-
     async def start(self) -> EngineFacts:
         """Build the TensorRT-LLM engine (off the event loop); raises ``EngineStartError``."""
-        if self._llm is None:
-            await self._start()
-        return EngineFacts(
-            kv_cache_block_size=self.kv_cache_block_size,
-            context_length=self.context_length,
-            total_kv_blocks=self.total_kv_blocks,
-            max_num_seqs=self.max_num_seqs,
-            max_num_batched_tokens=self.max_num_batched_tokens,
-        )
-
-    async def _start(self) -> None:
         t0 = time.monotonic()
         api = self._bindings
         if api is None:
-            try:
-                api = await asyncio.to_thread(TrtllmBindings.load)
-            except EngineNotInstalledError as exc:
-                raise EngineStartError(str(exc)) from exc
-        kwargs = dict(self.config.engine_kwargs)
-        try:
-            llm = await asyncio.to_thread(api.LLM, **kwargs)
-        except Exception as exc:
-            raise start_failure(self.name, self.config.model_path, exc) from exc
+            api = await import_engine(TrtllmBindings.load)
+        llm = await construct_engine(self.name, self.config.model_path, api.LLM, **self.config.engine_kwargs)
         self._api, self._llm = api, llm
-        if self.config.kv_events and self._sink is not None:
+        sink, worker_id = self.context.kv_event_sink, self.context.worker_id
+        if self.config.kv_events and sink is not None:
             converter = KvEventConverter(self.kv_cache_block_size)
             self._kv_task = asyncio.create_task(
-                relay_kv_events(llm, converter, self.worker_id, self._sink),
-                name=f"trtllm-kv-events-{self.worker_id:x}",
+                relay_kv_events(llm, converter, worker_id, sink), name=f"trtllm-kv-events-{worker_id:x}"
             )
         self.startup_seconds = time.monotonic() - t0
         logger.info(
@@ -166,6 +134,7 @@ class TrtllmEngine(WorkerEngine):
                 "decides the flow (this worker serves both)",
                 self.config.disaggregation_strategy,
             )
+        return EngineFacts.of(self)
 
     async def stop(self) -> None:
         """Abort requests in flight, stop the KV event relay, shut TensorRT-LLM down (idempotent)."""
@@ -273,7 +242,7 @@ class TrtllmEngine(WorkerEngine):
     def load_metrics(self) -> LoadMetrics:
         """Requests in flight here (TensorRT-LLM's iteration stats are not read back yet)."""
         return LoadMetrics(
-            worker_id=self.worker_id,
+            worker_id=self.context.worker_id,
             active_requests=len(self._active),
             max_requests=self.max_num_seqs or 0,
         )

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dynamo.llm.protocols import PreprocessedRequest
+from dynamo.worker.sampling import given_options, max_new_tokens, stop_token_ids
 
 _PASSTHROUGH = (
     "temperature",
@@ -44,10 +45,8 @@ def build_sampling_kwargs(
     ``max_seq_len``. A prefill makes one token. ``top_k`` <= 0 means "off".
     """
     s, stop = req.sampling, req.stop
-    kwargs: dict[str, Any] = {"detokenize": False}
-    max_tokens = 1 if prefill else stop.max_tokens
-    if max_tokens is None and max_seq_len:
-        max_tokens = max(1, max_seq_len - len(req.token_ids))
+    kwargs: dict[str, Any] = {"detokenize": False, **given_options(s, _PASSTHROUGH)}
+    max_tokens = 1 if prefill else max_new_tokens(req, max_seq_len)
     if max_tokens is not None:
         kwargs["max_tokens"] = max_tokens
     if stop.min_tokens and not prefill:
@@ -56,17 +55,11 @@ def build_sampling_kwargs(
     if eos:
         kwargs["end_id"] = eos[0]
         kwargs["pad_id"] = eos[0]
-    stop_ids = list(stop.stop_token_ids)
     if stop.ignore_eos:
         kwargs["ignore_eos"] = True
-    else:
-        stop_ids += [t for t in eos[1:] if t not in stop_ids]
+    stop_ids = stop_token_ids(req, eos[1:])
     if stop_ids:
         kwargs["stop_token_ids"] = stop_ids
-    for name in _PASSTHROUGH:
-        value = getattr(s, name)
-        if value is not None:
-            kwargs[name] = value
     if s.top_k is not None and s.top_k > 0:
         kwargs["top_k"] = s.top_k
     if req.output.logprobs is not None:

@@ -193,13 +193,7 @@ class VllmEngine(WorkerEngine):
             await self._start()
             if self.context.metrics is not None:
                 register_vllm_metrics(self.context.metrics)
-        return EngineFacts(
-            kv_cache_block_size=self.kv_cache_block_size,
-            context_length=self.context_length,
-            total_kv_blocks=self.total_kv_blocks,
-            max_num_seqs=self.max_num_seqs,
-            max_num_batched_tokens=self.max_num_batched_tokens,
-        )
+        return EngineFacts.of(self)
 
     async def _start(self) -> None:
         t0 = time.monotonic()

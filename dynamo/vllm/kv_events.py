@@ -19,20 +19,11 @@ from typing import Any
 
 import msgspec
 
-from dynamo.llm.kv_events import (
-    KvCleared,
-    KvEventData,
-    KvRemoved,
-    KvStored,
-    StoredBlock,
-    compute_block_hashes,
-)
+from dynamo.llm.kv_events import KvCleared, KvEventData, KvRemoved
 from dynamo.worker.engine import KvEventSink
-from dynamo.worker.zmq_kv_events import ZmqKvEventSubscriber, block_hash_to_u64
+from dynamo.worker.zmq_kv_events import MAIN_POOL_MEDIA, ZmqKvEventSubscriber, block_hash_to_u64, stored_event
 
 logger = logging.getLogger(__name__)
-
-_MAIN_POOL_MEDIA = (None, "GPU")
 
 
 def block_hash_to_int(block_hash: bytes | int) -> int:
@@ -51,25 +42,17 @@ def convert_event(event: Any) -> KvEventData | None:
     kind = type(event).__name__
     if kind == "AllBlocksCleared":
         return KvCleared()
-    if getattr(event, "medium", None) not in _MAIN_POOL_MEDIA:
+    if getattr(event, "medium", None) not in MAIN_POOL_MEDIA:
         return None
     if kind == "BlockRemoved":
         return KvRemoved(block_hashes=[block_hash_to_int(h) for h in event.block_hashes])
     if kind == "BlockStored":
-        hashes = [block_hash_to_int(h) for h in event.block_hashes]
-        tokens_hashes = compute_block_hashes(list(event.token_ids), int(event.block_size), _lora_name(event))
-        if len(tokens_hashes) != len(hashes):
-            logger.warning(
-                "BlockStored with %d block hashes but %d full blocks of token ids; keeping the common prefix",
-                len(hashes),
-                len(tokens_hashes),
-            )
-        parent = event.parent_block_hash
-        return KvStored(
-            blocks=[
-                StoredBlock(block_hash=h, tokens_hash=t) for h, t in zip(hashes, tokens_hashes, strict=False)
-            ],
-            parent_hash=None if parent is None else block_hash_to_int(parent),
+        return stored_event(
+            event.block_hashes,
+            event.parent_block_hash,
+            list(event.token_ids),
+            int(event.block_size),
+            _lora_name(event),
         )
     logger.debug("ignoring unknown KV event %s", kind)
     return None

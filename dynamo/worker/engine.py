@@ -24,8 +24,9 @@ Lifecycle contract (``run_worker`` calls these in order):
 from __future__ import annotations
 
 import abc
+import importlib.util
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Protocol
 
 from dynamo.llm.kv_events import KvEventBatch, LoadMetrics
@@ -80,6 +81,11 @@ class EngineFacts:
     max_num_batched_tokens: int | None = None
     bootstrap_address: str | None = None  # SGLang prefill workers: host:port of the KV bootstrap server
 
+    @classmethod
+    def of(cls, engine: object) -> EngineFacts:
+        """The facts an engine exposes as attributes of these names (``kv_cache_block_size``, ...)."""
+        return cls(**{f.name: getattr(engine, f.name) for f in fields(cls) if hasattr(engine, f.name)})
+
 
 class WorkerEngine(abc.ABC):
     """An inference engine behind a Dynamo worker (see the module docstring for the contract)."""
@@ -89,8 +95,17 @@ class WorkerEngine(abc.ABC):
     # Whether a decode worker of this engine can prefill a request itself when no prefill worker's
     # KV came with it (SGLang cannot: its decode workers find a prefill worker for every request).
     decode_can_prefill: ClassVar[bool] = True
+    # The package the engine imports, and the one line a user without it sees (None: nothing to check).
+    package: ClassVar[str | None] = None
+    install_hint: ClassVar[str] = ""
 
     config: Any
+    context: EngineContext
+
+    def __init__(self, config: Any, context: EngineContext) -> None:
+        """Keep the parsed config and the worker's context (no I/O; see the contract, step 2)."""
+        self.config = config
+        self.context = context
 
     @classmethod
     @abc.abstractmethod
@@ -99,8 +114,10 @@ class WorkerEngine(abc.ABC):
 
     @classmethod
     def check_installed(cls) -> None:
-        """Raise ``EngineNotInstalledError`` when the engine cannot run here."""
-        return None
+        """Raise ``EngineNotInstalledError`` when the engine cannot run here (by default: when
+        ``package`` cannot be found; it is not imported)."""
+        if cls.package is not None and importlib.util.find_spec(cls.package) is None:
+            raise EngineNotInstalledError(cls.install_hint or f"{cls.package} is not installed")
 
     @abc.abstractmethod
     async def start(self) -> EngineFacts:

@@ -1,16 +1,22 @@
-"""Small helpers engine adapters share while they start: a free port, an error in one line.
+"""Helpers engine adapters share while they start: a free port, the engine built off the loop.
 
 Journey: used before the **engine** stage serves anything (``WorkerEngine.start``): ports an
-engine binds for itself (KV event publishers, bootstrap and side-channel servers) and the one line
-a user sees when an engine fails to start (``EngineStartError``).
+engine binds for itself (KV event publishers, bootstrap and side-channel servers), the engine's
+package imported and its blocking constructor run off the event loop, and the one line a user
+sees when either fails (``EngineStartError``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import socket
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from dynamo.worker.engine import EngineStartError
+from dynamo.worker.engine import EngineNotInstalledError, EngineStartError
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -26,13 +32,26 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def start_failure(engine: str, model: str, exc: BaseException) -> EngineStartError:
-    """``EngineStartError`` for an engine constructor that raised ``exc`` while loading ``model``."""
-    return EngineStartError(
-        f"{engine} engine for {model!r} failed to start: {type(exc).__name__}: {first_line(exc)}"
-    )
-
-
 def module_installed(name: str) -> bool:
     """Whether the package ``name`` can be found (it is not imported)."""
     return importlib.util.find_spec(name) is not None
+
+
+async def import_engine(load: Callable[[], T]) -> T:
+    """``load()`` -- an engine package's (slow) import -- off the event loop; a missing package
+    (``EngineNotInstalledError``) becomes an ``EngineStartError`` with the same line."""
+    try:
+        return await asyncio.to_thread(load)
+    except EngineNotInstalledError as exc:
+        raise EngineStartError(str(exc)) from exc
+
+
+async def construct_engine(engine: str, model: str, build: Callable[..., T], /, **kwargs: Any) -> T:
+    """``build(**kwargs)`` -- an engine's blocking constructor -- off the event loop; whatever it
+    raises becomes an ``EngineStartError`` naming the engine, the model and the first line of why."""
+    try:
+        return await asyncio.to_thread(build, **kwargs)
+    except Exception as exc:
+        raise EngineStartError(
+            f"{engine} engine for {model!r} failed to start: {type(exc).__name__}: {first_line(exc)}"
+        ) from exc

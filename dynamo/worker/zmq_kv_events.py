@@ -4,6 +4,8 @@ Journey: the engine's prefix cache stores / evicts blocks -> the engine publishe
 frames ``[topic, seq (8 bytes big-endian), payload]`` -> **``ZmqKvEventSubscriber``** decodes it
 with the engine's ``KvBatchDecoder`` (payload -> ``(raw events, dp rank)``) and converts each
 event with the engine's converter -> ``KvEventBatch`` -> the worker's sink -> event plane -> routers.
+Converters share ``block_hash_to_u64``, ``stored_event`` (engine hashes plus our local token hashes)
+and ``MAIN_POOL_MEDIA`` (the tier relayed).
 
 Event ids increase per worker. A skipped sequence number (batches dropped at the ZMQ high-water
 mark) skips ids too, so the router sees the gap and resynchronises; sequences are tracked per
@@ -21,12 +23,22 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from dynamo.llm.kv_events import KvEvent, KvEventBatch, KvEventData
+from dynamo.llm.kv_events import (
+    KvEvent,
+    KvEventBatch,
+    KvEventData,
+    KvStored,
+    StoredBlock,
+    compute_block_hashes,
+)
 from dynamo.worker.engine import KvEventSink
 
 log = logging.getLogger(__name__)
 
 _U64 = (1 << 64) - 1
+# The media of an engine's main KV pool in its events; other tiers (CPU offload, disk) are not
+# relayed: our schema has no tier.
+MAIN_POOL_MEDIA: tuple[str | None, ...] = (None, "GPU")
 
 # payload -> (the batch's raw events, its data-parallel rank); None: not a batch (logged and skipped).
 KvBatchDecoder = Callable[[bytes], tuple[Iterable[Any], int] | None]
@@ -40,6 +52,29 @@ def block_hash_to_u64(value: bytes | int) -> int:
     if isinstance(value, bytes | bytearray):
         return int.from_bytes(value, "big") & _U64
     return int(value) & _U64
+
+
+def stored_event(
+    block_hashes: Iterable[bytes | int],
+    parent_hash: bytes | int | None,
+    token_ids: list[int],
+    block_size: int,
+    lora_name: str | None = None,
+) -> KvStored:
+    """An engine's "blocks stored" event in our terms: each block's engine hash as a 64-bit int
+    with our local hash of its tokens (``compute_block_hashes``), which the router matches prompts by."""
+    hashes = [block_hash_to_u64(h) for h in block_hashes]
+    local = compute_block_hashes(token_ids, block_size, lora_name)
+    if len(local) != len(hashes):
+        log.warning(
+            "BlockStored with %d block hashes but %d full blocks of token ids; keeping the common prefix",
+            len(hashes),
+            len(local),
+        )
+    return KvStored(
+        blocks=[StoredBlock(block_hash=h, tokens_hash=t) for h, t in zip(hashes, local, strict=False)],
+        parent_hash=None if parent_hash is None else block_hash_to_u64(parent_hash),
+    )
 
 
 class ZmqKvEventSubscriber:
