@@ -10,7 +10,7 @@ import argparse
 from dataclasses import dataclass
 
 from dynamo.mocker.config import MockerConfig
-from dynamo.worker.args import WorkerArgs, add_worker_args, worker_args_from
+from dynamo.worker.args import WorkerArgs, add_worker_args, parse_with, worker_args_from
 
 
 @dataclass
@@ -67,9 +67,4 @@ def config_from_args(args: argparse.Namespace) -> MockerWorkerConfig:
 
 def parse_args(argv: list[str] | None = None) -> MockerWorkerConfig:
     """Parse the command line (exits 2 on bad flags)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return config_from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
+    return parse_with(build_parser(), config_from_args, argv)

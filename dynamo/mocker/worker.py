@@ -28,9 +28,10 @@ class MockerWorkerEngine(WorkerEngine):
     name = "mocker"
     worker_label = "Mocker worker"
 
+    config: MockerWorkerConfig
+
     def __init__(self, config: MockerWorkerConfig, context: EngineContext) -> None:
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         self.engine: MockEngine | None = None
 
     @classmethod

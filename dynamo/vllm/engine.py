@@ -162,9 +162,10 @@ class VllmEngine(WorkerEngine):
     name = "vLLM"
     worker_label = "VllmWorker"
 
+    config: WorkerConfig
+
     def __init__(self, config: WorkerConfig, context: EngineContext) -> None:
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
         self.worker_id = context.worker_id
         self._sink = context.kv_event_sink
         self._llm: AsyncLLM | None = None
