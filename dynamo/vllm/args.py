@@ -96,12 +96,13 @@ class WorkerConfig(WorkerConfigFields):
         return self.model
 
     @property
-    def served_model_name(self) -> str:
-        """The name clients use: first ``--served-model-name``, else the model path."""
+    def served_model_name(self) -> str | None:
+        """The first ``--served-model-name``; None when not given (the card then names the model
+        after its folder, e.g. ``SmolLM2-135M-Instruct``)."""
         names = self.engine_args.served_model_name
         if isinstance(names, list | tuple):
-            return str(names[0]) if names else self.model
-        return str(names) if names else self.model
+            return str(names[0]) if names else None
+        return str(names) if names else None
 
     @property
     def has_kv_connector(self) -> bool:

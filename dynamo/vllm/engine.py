@@ -226,7 +226,7 @@ class VllmEngine(WorkerEngine):
         logger.info(
             "vLLM engine for %s ready in %.1f s: context %d, KV block size %d, %d KV blocks, "
             "max %d sequences, KV events %s, KV connector %s",
-            self.config.served_model_name,
+            self.config.served_model_name or self.config.model,
             self.startup_seconds,
             self.context_length,
             self.kv_cache_block_size,

@@ -61,7 +61,7 @@ def test_defaults_and_names(monkeypatch):
     assert config.kv_events is True
     assert config.engine_args.enable_prefix_caching is True
     assert (config.discovery_backend, config.request_plane, config.event_plane) == (None, None, None)
-    assert config.served_model_name == "/models/x"
+    assert config.served_model_name is None  # the card names the model after its folder
 
     monkeypatch.setenv("DYN_NAMESPACE", "team")
     assert parse_args(["--model", "m"]).endpoint == "dyn://team.backend.generate"
