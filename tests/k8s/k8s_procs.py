@@ -75,6 +75,10 @@ def runner(args: list[str], out: Path, env: dict[str, str]) -> Iterator[RunnerPr
             print("\n".join(log.read_text(errors="replace").splitlines()[-20:]))
         raise
     finally:
+        # SIGTERM first: the runner stops its graph's processes (each in its own session, so a
+        # SIGKILL of the runner alone would leave them running), then whatever is left is killed.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            rp.stop(signal.SIGTERM, timeout=30)
         rp.kill()
 
 
