@@ -15,7 +15,7 @@ PORT=${HTTP_PORT:-8000}
 launch/vllm/agg.sh &
 SERVER=$!
 source launch/lib.sh
-trap 'rc=$?; kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; exit $rc' EXIT
+trap 'rc=$?; kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true; exit $rc' EXIT
 wait_for_model "http://127.0.0.1:$PORT" "$NAME" 300 $SERVER
 
 set -x
