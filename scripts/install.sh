@@ -15,7 +15,7 @@ for arg in "$@"; do
   case "$arg" in
     --cpu) cpu=1 ;;
     --services) services=1 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
