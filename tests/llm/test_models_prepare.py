@@ -183,7 +183,7 @@ CORPUS = [
 ]
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason="needs transformers (the cpu extra)")
+@pytest.mark.skipif(not HAS_TORCH, reason="needs transformers (scripts/install.sh --cpu)")
 def test_tokenizer_agrees_with_transformers_gguf_loader(smollm2_gguf: Path, smollm2_dir: Path) -> None:
     """Our torch-free tokenizer and transformers' GGUF tokenizer encode and decode alike.
 
@@ -212,7 +212,7 @@ def test_tokenizer_agrees_with_transformers_gguf_loader(smollm2_gguf: Path, smol
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_TORCH, reason="needs torch and transformers (the cpu extra)")
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch and transformers (scripts/install.sh --cpu)")
 def test_weights_upgrade_and_paris(prepared_copy: Path) -> None:
     """Adding weights to a tokenizer-only folder keeps its files; the model answers Paris."""
     import torch
