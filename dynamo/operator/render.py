@@ -282,8 +282,11 @@ def leader_worker_set(graph: Graph, service: Service, ctx: RenderContext) -> dic
     }
 
 
-def frontend_service(graph: Graph, service: Service, ctx: RenderContext) -> dict[str, Any]:
-    meta = _meta(graph, service, ctx, frontend_service_name(graph, service))
+def _cluster_ip_service(
+    graph: Graph, service: Service, ctx: RenderContext, name: str, port_name: str, port: int
+) -> dict[str, Any]:
+    """A ClusterIP Service selecting ``service``'s pods, exposing their named port ``port_name``."""
+    meta = _meta(graph, service, ctx, name)
     meta.pop("annotations", None)
     return {
         "apiVersion": "v1",
@@ -292,39 +295,21 @@ def frontend_service(graph: Graph, service: Service, ctx: RenderContext) -> dict
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(graph, service),
-            "ports": [
-                {
-                    "name": FRONTEND_PORT_NAME,
-                    "port": FRONTEND_PORT,
-                    "targetPort": FRONTEND_PORT_NAME,
-                    "protocol": "TCP",
-                }
-            ],
+            "ports": [{"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}],
         },
     }
+
+
+def frontend_service(graph: Graph, service: Service, ctx: RenderContext) -> dict[str, Any]:
+    """A frontend's HTTP port."""
+    return _cluster_ip_service(
+        graph, service, ctx, frontend_service_name(graph, service), FRONTEND_PORT_NAME, FRONTEND_PORT
+    )
 
 
 def worker_service(graph: Graph, service: Service, ctx: RenderContext) -> dict[str, Any]:
     """A worker's status port as a Service named like its Deployment (``<graph>-<service>``)."""
-    meta = _meta(graph, service, ctx, child_name(graph, service))
-    meta.pop("annotations", None)
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": meta,
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector_labels(graph, service),
-            "ports": [
-                {
-                    "name": SYSTEM_PORT_NAME,
-                    "port": SYSTEM_PORT,
-                    "targetPort": SYSTEM_PORT_NAME,
-                    "protocol": "TCP",
-                }
-            ],
-        },
-    }
+    return _cluster_ip_service(graph, service, ctx, child_name(graph, service), SYSTEM_PORT_NAME, SYSTEM_PORT)
 
 
 def workload(graph: Graph, service: Service, ctx: RenderContext) -> dict[str, Any]:

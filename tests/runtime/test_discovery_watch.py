@@ -17,7 +17,6 @@ import pytest
 from dynamo.runtime import CardEvent, EndpointId, InstanceEvent, InstanceRecord
 from dynamo.runtime.discovery import Discovery
 from dynamo.runtime.discovery.etcd import EtcdDiscovery
-from dynamo.runtime.discovery.file import FileDiscovery
 from dynamo.runtime.discovery.mem import MemDiscovery, MemStore
 from dynamo.runtime.discovery.registry import card_key, instance_key, scope_prefixes
 from dynamo.runtime.discovery.watch import list_instances, watch_instances, watch_model_cards
@@ -74,29 +73,6 @@ async def register(d: Discovery, ep: EndpointId, iid: int, address: str = "127.0
     rec = record(ep, iid, address)
     await d.put(instance_key(ep, iid), msgspec.json.encode(rec))
     return rec
-
-
-@pytest.fixture(params=["mem", "file", "etcd"])
-async def backend_pair(request, tmp_path: Path) -> AsyncIterator[tuple[Discovery, Discovery]]:
-    """Two discovery clients of the same backend (a registrant and an observer)."""
-    if request.param == "mem":
-        store = MemStore()
-        a: Discovery = MemDiscovery(2.0, store)
-        b: Discovery = MemDiscovery(2.0, store)
-    elif request.param == "file":
-        a = FileDiscovery(tmp_path, ttl=2.0)
-        b = FileDiscovery(tmp_path, ttl=2.0)
-    else:
-        etcd = request.getfixturevalue("etcd")
-        a = EtcdDiscovery([etcd.endpoint], ttl=2.0)
-        b = EtcdDiscovery([etcd.endpoint], ttl=2.0)
-    await a.start()
-    await b.start()
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
 
 
 def names(tag: str) -> tuple[EndpointId, EndpointId, EndpointId]:
