@@ -1,4 +1,5 @@
-"""vLLM's NixlConnector, keeping each engine's compute on the cores Dynamo bound it to (CPU build).
+"""vLLM's NixlConnector, keeping each engine's compute on the cores Dynamo bound it to (CPU build),
+and NIXL's agent without its busy-polling progress thread.
 
 Journey: loaded once inside vLLM's worker process when a prefill or decode engine starts; it moves
 the KV between engines (prefill -> decode) for the rest of the engine's life.
@@ -15,16 +16,26 @@ that name still apply (``dynamo.vllm.args.default_kv_transfer_config``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
 
 from vllm.distributed.kv_transfer.kv_connector.v1.nixl import NixlPullConnector
+from vllm.distributed.kv_transfer.kv_connector.v1.nixl import base_worker as _nixl_worker
 
 # Under "vllm." so that vLLM's logging setup in its worker process prints it.
 logger = logging.getLogger(f"vllm.{__name__}")
 
 MODULE_PATH = __name__
+
+# NIXL's Python API starts its UCX progress thread with no delay between polls, so an idle engine
+# keeps a core busy and an aggregated one computes on what is left of its cores. Without the
+# thread, UCX progresses when vLLM polls its transfers and notifications on every engine step.
+if getattr(_nixl_worker, "nixl_agent_config", None) is not None:
+    _nixl_worker.nixl_agent_config = functools.partial(
+        _nixl_worker.nixl_agent_config, enable_prog_thread=False
+    )
 
 
 class NixlConnector(NixlPullConnector):
