@@ -7,14 +7,12 @@ an unscoped one sees every namespace (and refuses the differing card, as it alwa
 from __future__ import annotations
 
 import argparse
-import json
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from dynamo.frontend.args import FrontendConfig, build_parser
-from tests.support.graph import Frontend, discovery_env, metric_value, start_mocker
+from tests.support.graph import Frontend, complete, discovery_env, get_json, start_mocker, worker_completed
 from tests.support.procs import ManagedProcess, free_port, wait_until
 
 MODEL = "ns-scoped-mock"
@@ -68,26 +66,6 @@ def test_bad_namespace_settings_are_refused(
 
 
 # -- real processes -------------------------------------------------------------------------------
-
-
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
-def complete(frontend: Frontend, count: int) -> None:
-    body = json.dumps({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 3}).encode()
-    for _ in range(count):
-        req = urllib.request.Request(
-            f"{frontend.url}/v1/completions", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            assert json.loads(resp.read())["usage"]["completion_tokens"] == 3
-
-
-def completed(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        return metric_value(resp.read().decode(), "dynamo_worker_requests_total", outcome="completed")
 
 
 def listed(frontend: Frontend) -> list[str]:
@@ -148,13 +126,13 @@ def test_scoped_frontends_use_only_their_namespaces_workers(
             assert [m["id"] for m in get_json(f"{f.url}/v1/models")["data"]] == [MODEL]
             assert "refusing" not in f.proc.log_text(), f.proc.tail()
 
-        complete(scoped_a, 6)
-        complete(scoped_b, 4)
-        counts = {ns: [completed(p) for p in ps] for ns, ps in ports.items()}
+        complete(scoped_a.url, MODEL, 6)
+        complete(scoped_b.url, MODEL, 4)
+        counts = {ns: [worker_completed(p) for p in ps] for ns, ps in ports.items()}
         assert counts == {"team-a": [3, 3], "team-b": [4], "team-c": [0]}, counts
 
-        complete(everything, 3)  # round-robin over team-a's two workers and team-c's
-        counts = {ns: [completed(p) for p in ps] for ns, ps in ports.items()}
+        complete(everything.url, MODEL, 3)  # round-robin over team-a's two workers and team-c's
+        counts = {ns: [worker_completed(p) for p in ps] for ns, ps in ports.items()}
         assert counts == {"team-a": [4, 4], "team-b": [4], "team-c": [1]}, counts
 
         # Workers that go stay gone for their own frontend only.

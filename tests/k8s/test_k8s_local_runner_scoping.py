@@ -8,10 +8,8 @@ example does; graph B sets none (so its services share the derived ``<k8s-namesp
 
 from __future__ import annotations
 
-import json
 import re
 import signal
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import pytest
 import yaml
 from k8s_procs import runner
 
-from tests.support.graph import metric_value
+from tests.support.graph import complete, get_json, worker_completed
 from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -76,28 +74,6 @@ def table_ports(text: str, service: str) -> list[int]:
     return [int(m.group(1)) for m in re.finditer(rf"^{service}\s+\d+\s+\d+\s+(\d+)\s", last_table, re.M)]
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
-def completions(frontend: str, count: int) -> None:
-    body = json.dumps({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 3}).encode()
-    for _ in range(count):
-        req = urllib.request.Request(
-            f"{frontend}/v1/completions", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            answer = json.loads(resp.read())
-        assert answer["usage"]["completion_tokens"] == 3, answer
-
-
-def completed(worker_port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{worker_port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    return metric_value(text, "dynamo_worker_requests_total", outcome="completed")
-
-
 def run_args(tmp_path: Path, tag: str, doc: dict[str, Any]) -> list[str]:
     path = tmp_path / f"{tag}.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -140,14 +116,14 @@ def test_two_graphs_on_one_etcd_use_only_their_own_workers(
                 assert [m["id"] for m in get_json(f"{front[tag]}/v1/models")["data"]] == [MODEL]
 
             # Requests to each frontend land only on that graph's workers.
-            completions(front["a"], 6)
-            completions(front["b"], 4)
-            counts = {tag: [completed(p) for p in ports] for tag, ports in workers.items()}
+            complete(front["a"], MODEL, 6)
+            complete(front["b"], MODEL, 4)
+            counts = {tag: [worker_completed(p) for p in ports] for tag, ports in workers.items()}
             assert sum(counts["a"]) == 6 and sum(counts["b"]) == 4, counts
             assert all(c > 0 for c in counts["a"]), counts  # both of A's workers take requests
 
             assert rp_b.stop(signal.SIGTERM, timeout=30) == 0
         # Graph B gone: A's frontend serves on from its own workers, as it did all along.
-        completions(front["a"], 2)
-        assert sum(completed(p) for p in workers["a"]) == 8
+        complete(front["a"], MODEL, 2)
+        assert sum(worker_completed(p) for p in workers["a"]) == 8
         assert rp_a.stop(signal.SIGTERM, timeout=30) == 0

@@ -89,3 +89,30 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
             total += float(value)
     return total
+
+
+def get_json(url: str) -> dict:
+    """GET ``url`` and decode its JSON body."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def complete(frontend_url: str, model: str, count: int, max_tokens: int = 3) -> None:
+    """``count`` completions of ``model`` through the frontend, each checked to produce ``max_tokens``."""
+    body = json.dumps(
+        {"model": model, "prompt": "The capital of France is", "max_tokens": max_tokens}
+    ).encode()
+    for _ in range(count):
+        req = urllib.request.Request(
+            f"{frontend_url}/v1/completions", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            answer = json.loads(resp.read())
+        assert answer["usage"]["completion_tokens"] == max_tokens, answer
+
+
+def worker_completed(system_port: int) -> float:
+    """Requests a worker completed, from its status server's ``/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{system_port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return metric_value(text, "dynamo_worker_requests_total", outcome="completed")
