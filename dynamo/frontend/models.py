@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from dynamo.frontend.args import FrontendConfig
-from dynamo.frontend.routing import InstanceRouter
+from dynamo.frontend.routing import InstanceRouter, create_policy
 from dynamo.llm.card_watch import watch_model_cards
 from dynamo.llm.endpoints import FilesRequest, files_endpoint_name
 from dynamo.llm.model_card import ModelDeploymentCard
@@ -210,7 +210,7 @@ class ModelManager:
         publish = None
         if feed is not None and cfg.router_replica_sync:
             publish = feed.sync_publisher(sync_subject, kv_config.router_id)
-        return InstanceRouter.for_mode(
+        policy = create_policy(
             cfg.router_mode,
             kv_config=kv_config,
             publish_sync=publish,
@@ -218,6 +218,7 @@ class ModelManager:
             metrics=self.routing_metrics,
             label=card.display_name,
         )
+        return InstanceRouter(policy, metrics=self.routing_metrics, label=card.display_name)
 
     async def _fetch_files(self, card: ModelDeploymentCard, record: InstanceRecord) -> dict[str, bytes]:
         stream = await self.runtime.request_client.stream(

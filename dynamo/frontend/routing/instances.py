@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 from prometheus_client import Counter
 
-from dynamo.frontend.routing.factory import create_policy
 from dynamo.frontend.routing.policy import Choice, RoutingPolicy
-from dynamo.router import KvRouter, KvRouterConfig, NoWorkers, ResyncRequest
+from dynamo.router import KvRouter, NoWorkers
 from dynamo.router.metrics import RoutingMetrics
-from dynamo.router.sync_events import RouterSyncEvent
 
 log = logging.getLogger(__name__)
 
@@ -42,29 +39,6 @@ class InstanceRouter:
         router = getattr(policy, "router", None)
         # The KV router behind a kv policy: the KV feed, the prefill router and /metrics read it.
         self.kv: KvRouter | None = router if isinstance(router, KvRouter) else None
-
-    @classmethod
-    def for_mode(
-        cls,
-        mode: str,
-        *,
-        kv_config: KvRouterConfig | None = None,
-        publish_sync: Callable[[RouterSyncEvent], None] | None = None,
-        on_resync_needed: Callable[[ResyncRequest], None] | None = None,
-        metrics: RoutingMetrics | None = None,
-        label: str = "",
-    ) -> InstanceRouter:
-        """The router of a pool with the policy ``mode`` names (``create_policy``; the keywords
-        configure the kv policy)."""
-        policy = create_policy(
-            mode,
-            kv_config=kv_config,
-            publish_sync=publish_sync,
-            on_resync_needed=on_resync_needed,
-            metrics=metrics,
-            label=label,
-        )
-        return cls(policy, metrics=metrics, label=label)
 
     # --- membership -------------------------------------------------------------------------
     def add(self, instance_id: int, total_blocks: int | None = None) -> bool:
