@@ -8,7 +8,7 @@ runs N of these in one process, each its own instance with its own lease.
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -85,8 +85,9 @@ class MockerWorkerEngine(WorkerEngine):
             await self.engine.stop()
 
 
+@functools.cache
 def _tokenizer_facts(model_path: Path) -> tuple[int, list[int]]:
+    """Vocabulary size and special token ids, read once per model for all of a process's replicas."""
     tok = Tokenizer.from_file(str(model_path / "tokenizer.json"))
-    raw = json.loads((model_path / "tokenizer.json").read_text())
-    special = [t["id"] for t in raw.get("added_tokens", []) if t.get("special")]
+    special = sorted(i for i, t in tok.get_added_tokens_decoder().items() if t.special)
     return tok.get_vocab_size(with_added_tokens=True), special
