@@ -84,8 +84,8 @@ def test_kv_policy_accounts_prefill_until_the_first_token_and_blocks_until_compl
 
 
 def test_kv_policy_refuses_when_every_worker_is_busy():
-    router = InstanceRouter.for_mode(
-        "kv", kv_config=KvRouterConfig(block_size=16, active_prefill_tokens_threshold=10)
+    router = InstanceRouter(
+        create_policy("kv", kv_config=KvRouterConfig(block_size=16, active_prefill_tokens_threshold=10))
     )
     router.add(1)
     router.select(PROMPT, "a")
@@ -95,5 +95,5 @@ def test_kv_policy_refuses_when_every_worker_is_busy():
 
 
 def test_stateless_policies_have_no_kv_router():
-    assert InstanceRouter.for_mode("round-robin").kv is None
-    assert InstanceRouter.for_mode("random").kv is None
+    assert InstanceRouter(create_policy("round-robin")).kv is None
+    assert InstanceRouter(create_policy("random")).kv is None
