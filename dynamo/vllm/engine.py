@@ -166,8 +166,6 @@ class VllmEngine(WorkerEngine):
 
     def __init__(self, config: WorkerConfig, context: EngineContext) -> None:
         super().__init__(config, context)
-        self.worker_id = context.worker_id
-        self._sink = context.kv_event_sink
         self._llm: AsyncLLM | None = None
         self._relay: ZmqKvEventSubscriber | None = None
         self._tmpdir: str | None = None
@@ -305,10 +303,11 @@ class VllmEngine(WorkerEngine):
                 enable_kv_cache_events=True, publisher="zmq", endpoint=endpoint, topic=topic
             )
         engine_args.enable_prefix_caching = True
-        if self._sink is None:
+        sink = self.context.kv_event_sink
+        if sink is None:
             logger.info("KV events are on but no sink was given: not subscribing")
             return
-        self._relay = kv_event_subscriber(endpoint, self.worker_id, self._sink, topic=topic)
+        self._relay = kv_event_subscriber(endpoint, self.context.worker_id, sink, topic=topic)
         self._relay.start()
 
     async def _cleanup(self) -> None:
@@ -454,7 +453,7 @@ class VllmEngine(WorkerEngine):
         total = self.total_kv_blocks if self._llm is not None else 0
         usage = state.kv_usage if in_flight else 0.0
         return LoadMetrics(
-            worker_id=self.worker_id,
+            worker_id=self.context.worker_id,
             active_requests=running,
             waiting_requests=in_flight - running,
             max_requests=self.max_num_seqs if self._llm is not None else 0,

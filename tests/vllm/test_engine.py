@@ -217,7 +217,7 @@ async def test_kv_events_carry_our_block_hashes(vllm_engine: VllmEngine, shared_
     assert events[0].parent_hash is None  # a new prefix starts at the root
     assert len({blk.block_hash for blk in blocks}) == len(blocks)
     assert all(0 <= blk.block_hash < 2**64 for blk in blocks)
-    assert all(b.worker_id == vllm_engine.worker_id for b in shared_vllm.kv_batches)
+    assert all(b.worker_id == vllm_engine.context.worker_id for b in shared_vllm.kv_batches)
 
     # Clearing the cache is announced once the engine steps again.
     assert await vllm_engine.clear_kv_blocks()
@@ -265,7 +265,7 @@ async def test_model_card_values_and_load(vllm_engine: VllmEngine):
     assert vllm_engine.max_num_batched_tokens >= 2048
     assert vllm_engine.total_kv_blocks > 0
     load = vllm_engine.load_metrics()
-    assert load.worker_id == vllm_engine.worker_id
+    assert load.worker_id == vllm_engine.context.worker_id
     assert load.kv_total_blocks == vllm_engine.total_kv_blocks
     assert load.max_requests == 8
     assert (load.active_requests, load.waiting_requests, load.kv_active_blocks) == (0, 0, 0)
