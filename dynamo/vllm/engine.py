@@ -53,6 +53,7 @@ from dynamo.vllm.cpu import CoreClaim, claim_cores
 from dynamo.vllm.kv_events import kv_event_subscriber
 from dynamo.vllm.metrics import LoadState, LoadStatLogger, register_vllm_metrics
 from dynamo.worker import EngineContext, EngineFacts, EngineStartError, WorkerEngine
+from dynamo.worker.sampling import given_options, stop_token_ids
 from dynamo.worker.util import free_port
 from dynamo.worker.zmq_kv_events import ZmqKvEventSubscriber
 
@@ -87,19 +88,10 @@ def build_sampling_params(req: PreprocessedRequest, *, prefill: bool = False) ->
         "ignore_eos": stop.ignore_eos,
         "logprobs": req.output.logprobs,
     }
-    stop_ids = list(stop.stop_token_ids)
-    if not stop.ignore_eos:
-        stop_ids += [t for t in req.eos_token_ids if t not in stop_ids]
+    stop_ids = stop_token_ids(req)
     if stop_ids:
         kwargs["stop_token_ids"] = stop_ids
-    for name in ("temperature", "top_p", "top_k", "min_p", "seed"):
-        value = getattr(s, name)
-        if value is not None:
-            kwargs[name] = value
-    for name in ("presence_penalty", "frequency_penalty", "repetition_penalty"):
-        value = getattr(s, name)
-        if value is not None:
-            kwargs[name] = value
+    kwargs.update(given_options(s, _SAMPLING_OPTIONS))
 
     kv_params = dict(req.kv_transfer_params) if req.kv_transfer_params else None
     if prefill:
@@ -149,6 +141,19 @@ def _exception_detail(exc: Exception) -> str:
 def _is_missing_local_path(model: str) -> bool:
     """A model given as a filesystem path that does not exist (hub ids are left to vLLM)."""
     return model.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(model))
+
+
+# SamplingOptions fields vLLM's SamplingParams takes under the same names.
+_SAMPLING_OPTIONS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+)
 
 
 class VllmEngine(WorkerEngine):
