@@ -58,6 +58,15 @@ class RuntimeFacts(msgspec.Struct, omit_defaults=True):
     bootstrap_address: str | None = None  # disaggregation: where a decode worker reaches this one
 
 
+class EngineFeatures(msgspec.Struct, omit_defaults=True, frozen=True):
+    """What the serving engine can do beyond plain sampling; the frontend refuses (400, naming the
+    field) a request that needs a feature its model's engine lacks. Declared by each engine class."""
+
+    structured_outputs: bool = False  # guided decoding: JSON schema/object, regex, choice, grammar
+    logit_bias: bool = False
+    prompt_logprobs: bool = False  # logprobs of the prompt's tokens (completions ``echo`` + ``logprobs``)
+
+
 class ModelDeploymentCard(msgspec.Struct, kw_only=True):
     """The card itself; JSON in discovery (``to_json`` / ``from_json``)."""
 
@@ -71,6 +80,13 @@ class ModelDeploymentCard(msgspec.Struct, kw_only=True):
     eos_token_ids: list[int] = []
     bos_token_id: int | None = None
     files: dict[str, FileRef] = {}
+    # Where a file is read from when not ``source_path/<name>`` (``--custom-jinja-template``).
+    file_paths: dict[str, str] = {}
+    # The worker's ``--dyn-tool-call-parser`` / ``--dyn-reasoning-parser``: how the frontend turns
+    # this model's text into ``tool_calls`` and ``reasoning_content``.
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    features: EngineFeatures = msgspec.field(default_factory=EngineFeatures)
     runtime: RuntimeFacts = msgspec.field(default_factory=RuntimeFacts)
     checksum: str = ""
 
@@ -83,10 +99,17 @@ class ModelDeploymentCard(msgspec.Struct, kw_only=True):
         kv_cache_block_size: int = 16,
         migration_limit: int = 0,
         runtime: RuntimeFacts | None = None,
+        *,
+        custom_chat_template: str | Path | None = None,
+        tool_call_parser: str | None = None,
+        reasoning_parser: str | None = None,
+        features: EngineFeatures | None = None,
     ) -> ModelDeploymentCard:
         """Build the card for a local HF folder (or, if ``huggingface_hub`` is installed, a hub name).
 
         ``display_name`` is ``served_model_name``, else the hub name, else the folder's name.
+        ``custom_chat_template``: a Jinja file served as the card's ``chat_template.jinja`` instead of
+        the model's own template (``ValueError`` if it cannot be read).
         """
         folder, hub_name = _resolve(path)
         config = _read_json(folder / "config.json")
@@ -105,6 +128,14 @@ class ModelDeploymentCard(msgspec.Struct, kw_only=True):
         }
         if "tokenizer.json" not in files:
             raise ValueError(f"{folder} has no tokenizer.json (only HF fast tokenizers are supported)")
+        file_paths: dict[str, str] = {}
+        if custom_chat_template is not None:
+            template_path = Path(custom_chat_template).expanduser().absolute()
+            data = _read_bytes(template_path)
+            if data is None:
+                raise ValueError(f"custom chat template {template_path} cannot be read")
+            files["chat_template.jinja"] = FileRef(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+            file_paths["chat_template.jinja"] = str(template_path)
         has_template = bool(tok_config.get("chat_template")) or "chat_template.jinja" in files
         card = cls(
             display_name=served_model_name or hub_name or folder.name,
@@ -116,15 +147,22 @@ class ModelDeploymentCard(msgspec.Struct, kw_only=True):
             eos_token_ids=_eos_token_ids(generation, config),
             bos_token_id=_first_int(generation.get("bos_token_id"), config.get("bos_token_id")),
             files=files,
+            file_paths=file_paths,
+            tool_call_parser=tool_call_parser,
+            reasoning_parser=reasoning_parser,
+            features=features or EngineFeatures(),
             runtime=runtime or RuntimeFacts(),
         )
         card.checksum = card.compute_checksum()
         return card
 
     def compute_checksum(self) -> str:
-        """sha256 over what defines the model: files' hashes, context length, block size, name."""
+        """sha256 over what defines the model for a client: files' hashes, context length, block
+        size, name, and the parsers that shape its responses."""
         defining = {
             "display_name": self.display_name,
+            "tool_call_parser": self.tool_call_parser,
+            "reasoning_parser": self.reasoning_parser,
             "model_input": self.model_input,
             "context_length": self.context_length,
             "kv_cache_block_size": self.kv_cache_block_size,
@@ -153,9 +191,10 @@ class ModelDeploymentCard(msgspec.Struct, kw_only=True):
         folder = Path(self.source_path)
         files: dict[str, bytes] = {}
         for name in self.files:
-            data = _read_bytes(folder / name)
+            path = Path(self.file_paths[name]) if name in self.file_paths else folder / name
+            data = _read_bytes(path)
             if data is None:
-                raise CardFileError(f"{folder / name} is missing")
+                raise CardFileError(f"{path} is missing")
             files[name] = data
         self.verify_files(files)
         return files

@@ -26,6 +26,7 @@ class SamplingOptions(msgspec.Struct, omit_defaults=True):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
+    logit_bias: dict[int, float] | None = None  # token id -> bias added to its logit, in [-100, 100]
 
 
 class StopConditions(msgspec.Struct, omit_defaults=True):
@@ -42,6 +43,31 @@ class OutputOptions(msgspec.Struct, omit_defaults=True):
     """Extra outputs the engine should return."""
 
     logprobs: int | None = None  # number of top logprobs per token; 0 = only the sampled token's
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (sent on the first chunk)
+
+
+class GuidedDecoding(msgspec.Struct, omit_defaults=True):
+    """Constrained decoding: the output must match exactly one of these (the engine's own guided
+    decoding enforces it). Filled from ``response_format``, the ``structured_outputs`` extension and
+    ``tool_choice`` ``required`` / a named function (their JSON schema)."""
+
+    json: dict[str, Any] | None = None  # a JSON schema
+    json_object: bool = False  # any JSON object
+    regex: str | None = None
+    choice: list[str] | None = None  # exactly one of these strings
+    grammar: str | None = None  # an EBNF (GBNF/Lark as the engine accepts) grammar
+
+    def kind(self) -> str:
+        """Which constraint is set (``json``, ``json_object``, ``regex``, ``choice``, ``grammar``)."""
+        if self.json is not None:
+            return "json"
+        if self.json_object:
+            return "json_object"
+        if self.regex is not None:
+            return "regex"
+        if self.choice is not None:
+            return "choice"
+        return "grammar"
 
 
 class RemotePrefill(msgspec.Struct, omit_defaults=True):
@@ -60,6 +86,7 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True):
     sampling: SamplingOptions = msgspec.field(default_factory=SamplingOptions)
     stop: StopConditions = msgspec.field(default_factory=StopConditions)
     output: OutputOptions = msgspec.field(default_factory=OutputOptions)
+    guided: GuidedDecoding | None = None
     eos_token_ids: list[int] = []
     # Disaggregation: the engine's own parameters handed from a prefill worker to a decode worker
     # (vLLM's NIXL params, SGLang's bootstrap room, TensorRT-LLM's DisaggregatedParams): opaque here.
@@ -91,6 +118,8 @@ class EngineOutput(msgspec.Struct, omit_defaults=True):
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     logprobs: list[TokenLogprob] | None = None
+    # First chunk only, when asked: one entry per prompt token, None for the first (no context).
+    prompt_logprobs: list[TokenLogprob | None] | None = None
     cached_tokens: int | None = None
     prompt_tokens: int | None = None
     kv_transfer_params: dict[str, Any] | None = None

@@ -1,8 +1,9 @@
 """The flags every engine worker shares, composed onto each engine's own parser.
 
 Journey: command line -> **this group** (runtime flags, ``--endpoint``, ``--migration-limit``,
-``--disaggregation-mode`` with ``--is-prefill-worker`` / ``--is-decode-worker``, ``--kv-events``)
--> ``WorkerArgs`` -> the worker's registration (``dynamo.worker.run``). Engine flags stay in each
+``--disaggregation-mode`` with ``--is-prefill-worker`` / ``--is-decode-worker``, ``--kv-events``,
+and what the model card tells the frontend: ``--dyn-tool-call-parser``, ``--dyn-reasoning-parser``,
+``--custom-jinja-template``) -> ``WorkerArgs`` -> the worker's registration (``dynamo.worker.run``). Engine flags stay in each
 engine's ``args`` module; an engine whose own parser already has ``--disaggregation-mode`` (SGLang)
 keeps it, and its values are read through ``MODE_ALIASES``.
 """
@@ -10,11 +11,13 @@ keeps it, and its values are read through ``MODE_ALIASES``.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from dynamo.llm.endpoints import worker_endpoint
+from dynamo.llm.parsers import REASONING_PARSERS, TOOL_CALL_PARSERS
 from dynamo.runtime import EndpointId, RuntimeConfig
 from dynamo.runtime.config import add_runtime_args
 
@@ -41,6 +44,9 @@ class WorkerArgs:
     migration_limit: int = 0
     # None: the engine decides (on when its prefix cache is on).
     kv_events: bool | None = None
+    tool_call_parser: str | None = None  # the frontend's parser of this model's tool calls
+    reasoning_parser: str | None = None  # ... and of its reasoning text
+    custom_jinja_template: str | None = None  # a chat template file replacing the model's own
     args: argparse.Namespace | None = None  # the raw parse, for RuntimeConfig.from_args
 
     @property
@@ -156,6 +162,27 @@ def add_worker_args(parser: argparse.ArgumentParser, *, kv_events_help: str = ""
         help="publish KV cache events for KV-aware routing"
         + (f" ({kv_events_help})" if kv_events_help else " (default: on when the prefix cache is on)"),
     )
+    group.add_argument(
+        "--dyn-tool-call-parser",
+        default=os.environ.get("DYN_TOOL_CALL_PARSER") or None,
+        help="how the frontend turns this model's output into tool_calls: "
+        + ", ".join(sorted(TOOL_CALL_PARSERS))
+        + " (env DYN_TOOL_CALL_PARSER; default none: tool_choice auto answers text)",
+    )
+    group.add_argument(
+        "--dyn-reasoning-parser",
+        default=os.environ.get("DYN_REASONING_PARSER") or None,
+        help="how the frontend splits this model's thinking into reasoning_content: "
+        + ", ".join(sorted(REASONING_PARSERS))
+        + " (env DYN_REASONING_PARSER)",
+    )
+    group.add_argument(
+        "--custom-jinja-template",
+        default=os.environ.get("DYN_CUSTOM_JINJA_TEMPLATE") or None,
+        metavar="PATH",
+        help="a Jinja chat template replacing the model's own, e.g. one that renders tools "
+        "(env DYN_CUSTOM_JINJA_TEMPLATE)",
+    )
 
 
 def worker_args_from(args: argparse.Namespace) -> WorkerArgs:
@@ -167,11 +194,27 @@ def worker_args_from(args: argparse.Namespace) -> WorkerArgs:
     if args.migration_limit < 0:
         raise ValueError("--migration-limit must be >= 0")
     endpoint = worker_endpoint(args.endpoint, args.namespace, prefill=mode == "prefill")
+    tool_parser = getattr(args, "dyn_tool_call_parser", None)
+    if tool_parser is not None and tool_parser not in TOOL_CALL_PARSERS:
+        raise ValueError(
+            f"--dyn-tool-call-parser {tool_parser} is unknown; choose one of {', '.join(sorted(TOOL_CALL_PARSERS))}"
+        )
+    reasoning = getattr(args, "dyn_reasoning_parser", None)
+    if reasoning is not None and reasoning not in REASONING_PARSERS:
+        raise ValueError(
+            f"--dyn-reasoning-parser {reasoning} is unknown; choose one of {', '.join(sorted(REASONING_PARSERS))}"
+        )
+    template = getattr(args, "custom_jinja_template", None)
+    if template is not None and not os.path.isfile(template):
+        raise ValueError(f"--custom-jinja-template {template}: no such file")
     return WorkerArgs(
         endpoint=endpoint,
         disaggregation_mode=mode,
         migration_limit=args.migration_limit,
         kv_events=args.kv_events,
+        tool_call_parser=tool_parser,
+        reasoning_parser=reasoning,
+        custom_jinja_template=template,
         args=args,
     )
 

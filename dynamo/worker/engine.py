@@ -26,10 +26,11 @@ from __future__ import annotations
 import abc
 import importlib.util
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Protocol
 
 from dynamo.llm.kv_events import KvEventBatch, LoadMetrics
+from dynamo.llm.model_card import EngineFeatures
 from dynamo.llm.protocols import EngineOutput, PreprocessedRequest
 from dynamo.worker.args import WorkerArgs
 
@@ -80,6 +81,7 @@ class EngineFacts:
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     bootstrap_address: str | None = None  # SGLang prefill workers: host:port of the KV bootstrap server
+    features: EngineFeatures = field(default_factory=EngineFeatures)  # card ``features``
 
     @classmethod
     def of(cls, engine: object) -> EngineFacts:
@@ -98,6 +100,9 @@ class WorkerEngine(abc.ABC):
     # The package the engine imports, and the one line a user without it sees (None: nothing to check).
     package: ClassVar[str | None] = None
     install_hint: ClassVar[str] = ""
+    # Beyond plain sampling, what this engine honours (guided decoding, logit_bias, prompt
+    # logprobs); the frontend refuses requests that need more (see ``EngineFeatures``).
+    features: ClassVar[EngineFeatures] = EngineFeatures()
 
     config: Any
     context: EngineContext

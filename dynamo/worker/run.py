@@ -56,6 +56,10 @@ async def load_card(config: EngineConfig, facts: EngineFacts) -> ModelDeployment
         kv_cache_block_size=facts.kv_cache_block_size,
         migration_limit=config.worker.migration_limit,
         runtime=runtime_facts,
+        custom_chat_template=config.worker.custom_jinja_template,
+        tool_call_parser=config.worker.tool_call_parser,
+        reasoning_parser=config.worker.reasoning_parser,
+        features=facts.features,
     )
 
 
