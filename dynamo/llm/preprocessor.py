@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from tokenizers import Tokenizer
 
@@ -42,6 +42,14 @@ class PreprocessedOutput:
     and ``include_stop_str_in_output`` for the detokenizer (engines only see stop token ids),
     ``prompt_len`` for usage, ``logprobs`` (``None``: not asked for; ``n``: ``n`` alternatives per
     token), ``backend_instance_id`` when the client pinned a worker (``nvext``).
+
+    One per choice: ``n`` > 1 and a list of prompts fan out into several, ``index`` = prompt index
+    * n + i (as vLLM numbers them). How the choice's text becomes the response:
+    ``tool_mode`` ``auto`` runs ``tool_parser`` (when the card names one) over the text; ``required``
+    (a JSON array of ``{"name", "parameters"}``) and ``named`` (the arguments object of ``tool_name``)
+    were constrained by the engine and are turned into calls as such; ``reasoning_parser`` splits
+    thinking first. Completions: ``echo_text`` is prepended (with ``prompt_logprobs`` entries when
+    asked), and ``drop_output`` (echo with ``max_tokens`` 0) discards the one token generated.
     """
 
     request: PreprocessedRequest
@@ -51,6 +59,15 @@ class PreprocessedOutput:
     skip_special_tokens: bool = True
     logprobs: int | None = None
     backend_instance_id: int | None = None
+    index: int = 0
+    tool_mode: Literal["none", "auto", "required", "named"] = "none"
+    tool_name: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_parser: str | None = None
+    reasoning_parser: str | None = None
+    echo_text: str | None = None
+    prompt_logprobs: int | None = None
+    drop_output: bool = False
 
 
 class Preprocessor:
