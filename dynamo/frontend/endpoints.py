@@ -31,7 +31,8 @@ class CompletionEndpoint:
     response_type: type[BaseModel]  # stream: false
     chunk_type: type[BaseModel]  # each event of stream: true
     parse: Callable[[bytes], Any]  # body -> validated request, RequestError(400) otherwise
-    preprocess: Callable[[Preprocessor, Any, str], PreprocessedOutput]  # (model's, request, id)
+    # (model's preprocessor, request, id) -> one per choice (n > 1, a list of prompts)
+    preprocess: Callable[[Preprocessor, Any, str], list[PreprocessedOutput]]
 
 
 CHAT = CompletionEndpoint(
@@ -45,7 +46,7 @@ CHAT = CompletionEndpoint(
     response_type=openai.ChatCompletionResponse,
     chunk_type=openai.ChatCompletionChunk,
     parse=openai.parse_chat_request,
-    preprocess=Preprocessor.preprocess_chat,
+    preprocess=Preprocessor.chat_choices,
 )
 
 COMPLETIONS = CompletionEndpoint(
@@ -59,7 +60,7 @@ COMPLETIONS = CompletionEndpoint(
     response_type=openai.CompletionResponse,
     chunk_type=openai.CompletionChunk,
     parse=openai.parse_completion_request,
-    preprocess=Preprocessor.preprocess_completion,
+    preprocess=Preprocessor.completion_choices,
 )
 
 ENDPOINTS: dict[str, CompletionEndpoint] = {e.path: e for e in (CHAT, COMPLETIONS)}

@@ -26,7 +26,7 @@ from dynamo.frontend.stages.parse import LARGE_BODY, read_body, validate
 from dynamo.frontend.stages.preprocess import admit, preprocess
 from dynamo.frontend.stages.route import route
 from dynamo.frontend.stages.stream import stream_response
-from dynamo.llm.errors import RequestError
+from dynamo.llm.errors import RequestError, bad_request
 from dynamo.runtime import DistributedRuntime
 
 
@@ -52,7 +52,10 @@ class FrontendService:
             name = req.model
             model = admit(self.models, name, config.max_inflight_requests)
             request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-            pre = await preprocess(model, endpoint, req, request_id, offload)
+            choices = await preprocess(model, endpoint, req, request_id, offload)
+            if len(choices) != 1:  # the output side serves one choice until fan-out lands there
+                raise bad_request("Only one choice per request is served ('n' = 1, one prompt).", "n")
+            pre = choices[0]
         except RequestError as exc:
             # Labelled by model only when it is served: client-chosen names must not add series.
             label = name if name is not None and name in self.models.models else "unknown"

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
+from msgspec.structs import replace as replace_struct
 from tokenizers import Tokenizer
 
 from dynamo.llm.chat_template import ChatTemplate
@@ -101,6 +102,16 @@ class Preprocessor:
         if template is None:
             log.warning("model %s has no chat template: chat completions are refused", card.display_name)
         return cls(card, tokenizer, template, tool_template)
+
+    # -- choices: what the endpoints call --------------------------------------------------------
+
+    def chat_choices(self, req: ChatCompletionRequest, request_id: str) -> list[PreprocessedOutput]:
+        """One ``PreprocessedOutput`` per choice of a chat request (``n`` of them)."""
+        return _fan_out([self.preprocess_chat(req, request_id)], req.n or 1)
+
+    def completion_choices(self, req: CompletionRequest, request_id: str) -> list[PreprocessedOutput]:
+        """One per choice of a completion request: each prompt of a list, ``n`` times."""
+        return _fan_out([self.preprocess_completion(req, request_id)], req.n or 1)
 
     # -- chat ---------------------------------------------------------------------------------
 
@@ -267,6 +278,23 @@ class Preprocessor:
         """One token as text (for logprobs); special tokens are kept."""
         text: str = self.tokenizer.decode([token_id], skip_special_tokens=False)
         return text
+
+
+def _fan_out(prompts: list[PreprocessedOutput], n: int) -> list[PreprocessedOutput]:
+    """``n`` choices per prompt, numbered prompt * n + i, each its own engine request
+    (``<id>-<index>``; with a seed, choice i samples with ``seed + i``, as vLLM's parallel sampling)."""
+    if len(prompts) == 1 and n == 1:
+        return prompts
+    out = []
+    for p, pre in enumerate(prompts):
+        base = pre.request
+        for i in range(n):
+            index = p * n + i
+            seed = base.sampling.seed
+            sampling = replace_struct(base.sampling, seed=seed + i if seed is not None else None)
+            request = replace_struct(base, request_id=f"{base.request_id}-{index}", sampling=sampling)
+            out.append(replace(pre, request=request, index=index))
+    return out
 
 
 def _first(*values: _T | None) -> _T | None:

@@ -269,7 +269,7 @@ def test_logprobs_and_cached_tokens_match_the_schemas(served: Served, endpoint, 
         )
 
     def builder() -> ResponseBuilder:
-        pre = endpoint.preprocess(preprocessor, req, "r1")
+        pre = endpoint.preprocess(preprocessor, req, "r1")[0]
         return ResponseBuilder(endpoint.kind, "id-r1", MODEL, pre, preprocessor, include_usage=True)
 
     streaming = builder()

@@ -32,8 +32,8 @@ def admit(models: ModelManager, name: str, max_inflight: int) -> ServedModel:
 
 async def preprocess(
     model: ServedModel, endpoint: CompletionEndpoint, request: Any, request_id: str, offload: bool
-) -> PreprocessedOutput:
-    """The tokenized request for the engines and what stays here for the way back."""
+) -> list[PreprocessedOutput]:
+    """The tokenized request(s) for the engines (one per choice) and what stays here for the way back."""
     if offload:
         return await asyncio.to_thread(endpoint.preprocess, model.preprocessor, request, request_id)
     return endpoint.preprocess(model.preprocessor, request, request_id)
