@@ -34,6 +34,7 @@ from dynamo.runtime.request_plane import (
 )
 from dynamo.runtime.request_plane.server import Handler
 from dynamo.runtime.status import StatusServer
+from dynamo.runtime.store import KeyValueStore, create_store
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class DistributedRuntime:
         self._client: RequestPlaneClient | None = None
         self._events: EventPlane | None = None
         self._status: StatusServer | None = None
+        self._store: KeyValueStore | None = None
         self._served: dict[EndpointId, list[str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._shutdown = asyncio.Event()
@@ -190,6 +192,15 @@ class DistributedRuntime:
         """The live instances of a scope now."""
         return await discovery_watch.list_instances(self.discovery, namespaces=namespaces, endpoint=endpoint)
 
+    # --- store ------------------------------------------------------------------------------
+    @property
+    def store(self) -> KeyValueStore:
+        """The deployment's key-value store with TTLs (``dynamo.runtime.store``), on the discovery
+        backend."""
+        if self._store is None:
+            self._store = create_store(self.discovery)
+        return self._store
+
     # --- events -----------------------------------------------------------------------------
     async def event_plane(self) -> EventPlane:
         """The process's event plane (connected on first use)."""
@@ -248,6 +259,8 @@ class DistributedRuntime:
                 await self._events.close()
         if self._client is not None:
             await self._client.close()
+        if self._store is not None:
+            await self._store.close()
         await self.discovery.close()
         if self._status is not None:
             await self._status.stop()

@@ -6,6 +6,8 @@ and, for a model, its card) -> discovery -> frontends and routers follow it thro
 
 - ``v1/instances/<namespace>/<component>/<endpoint>/<instance:x>`` -> ``InstanceRecord`` (JSON)
 - ``v1/mdc/<namespace>/<component>/<endpoint>/<instance:x>`` -> the model card (JSON, opaque here)
+- ``v1/store/<namespace>/<kind>/<id>`` -> a value of the graph's key-value store
+  (``dynamo.runtime.store``; e.g. kind ``responses``: a stored ``/v1/responses`` conversation)
 
 Keys start with the namespace, so a watch scoped to some namespaces is one prefix per namespace.
 """
@@ -21,6 +23,7 @@ from dynamo.runtime.names import EndpointId, validate_name
 
 INSTANCES_PREFIX = "v1/instances/"
 CARDS_PREFIX = "v1/mdc/"
+STORE_PREFIX = "v1/store/"
 
 Kind = Literal["instances", "cards"]
 _ROOTS: dict[str, str] = {"instances": INSTANCES_PREFIX, "cards": CARDS_PREFIX}
@@ -50,6 +53,14 @@ def instance_key(endpoint: EndpointId, instance_id: int) -> str:
 def card_key(endpoint: EndpointId, instance_id: int) -> str:
     """Where the model card of ``instance_id`` serving ``endpoint`` is registered."""
     return f"{CARDS_PREFIX}{endpoint.path}/{instance_id:x}"
+
+
+def store_key(namespace: str, kind: str, item_id: str) -> str:
+    """Where the key-value store keeps item ``item_id`` of ``kind`` for ``namespace``."""
+    validate_name("namespace", namespace)
+    validate_name("store kind", kind)
+    validate_name("store item id", item_id)
+    return f"{STORE_PREFIX}{namespace}/{kind}/{item_id}"
 
 
 def parse_key(kind: Kind, key: str) -> tuple[EndpointId, int] | None:
