@@ -111,7 +111,9 @@ class EngineOutput(msgspec.Struct, omit_defaults=True):
 
     ``finish_reason`` is set on the last chunk: ``stop`` (EOS or stop token), ``length``
     (max_tokens or context), ``cancelled`` or ``error``. ``cached_tokens`` and ``prompt_tokens``
-    are reported once, on the first chunk, when the engine knows them.
+    are reported once, on the first chunk, when the engine knows them. An ``error`` chunk whose
+    ``error_code`` is ``invalid_request`` is the request's fault (a grammar or schema the engine
+    cannot compile, a value it refuses): the frontend answers 400 with ``error`` as the message.
     """
 
     token_ids: list[int] = []
@@ -126,12 +128,14 @@ class EngineOutput(msgspec.Struct, omit_defaults=True):
     # First chunk of a disaggregated request that a decode worker prefilled locally instead: why.
     disagg_fallback: str | None = None
     error: str | None = None
+    error_code: str | None = None  # with finish_reason "error": ERROR_INVALID_REQUEST, else unset
 
 
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
 FINISH_CANCELLED = "cancelled"
 FINISH_ERROR = "error"
+ERROR_INVALID_REQUEST = "invalid_request"  # ``error_code``: the engine refused the request's content
 
 
 _request_decoder = msgspec.msgpack.Decoder(PreprocessedRequest)
