@@ -45,15 +45,20 @@ def tool_call_parser(name: str, tools: list[dict] | None = None) -> ToolCallPars
     return cls(tools)
 
 
-def reasoning_parser(name: str) -> ReasoningParser:
-    """A fresh reasoning parser (one per choice); ``ValueError`` naming the known names."""
+def reasoning_parser(name: str, *, thinking: bool = True) -> ReasoningParser:
+    """A fresh reasoning parser (one per choice); ``ValueError`` naming the known names.
+
+    ``thinking=False`` when the request turned thinking off (``chat_template_kwargs``
+    ``{"enable_thinking": false}``): the template then closed the thinking in the prompt and the
+    whole output is content, as vLLM's qwen3 parser does.
+    """
     try:
         cls = REASONING_PARSERS[name]
     except KeyError:
         raise ValueError(
             f"unknown reasoning parser {name!r}; known: {', '.join(sorted(REASONING_PARSERS))}"
         ) from None
-    return cls()
+    return cls(thinking)
 
 
 __all__ = [

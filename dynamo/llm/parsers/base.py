@@ -159,9 +159,14 @@ class ReasoningParser(abc.ABC):
 
     name: ClassVar[str]
 
+    def __init__(self, thinking: bool = True) -> None:
+        # False when the request turned thinking off (``chat_template_kwargs.enable_thinking``,
+        # which vLLM's qwen3 parser reads too): the output is then all content.
+        self.thinking = thinking
+
     def parse(self, text: str) -> tuple[str | None, str | None]:
         """The whole output at once: (reasoning_content or None, content or None)."""
-        fresh = type(self)()
+        fresh = type(self)(self.thinking)
         reasoning, content = fresh.feed(text)
         more_reasoning, more_content = fresh.finish()
         return (reasoning + more_reasoning) or None, (content + more_content) or None

@@ -30,9 +30,10 @@ class ThinkReasoningParser(ReasoningParser):
     starts_in_reasoning: ClassVar[bool] = True  # text before </think> is reasoning without <think>
     content_markers: ClassVar[tuple[str, ...]] = ()  # end reasoning and stay in the content
 
-    def __init__(self) -> None:
+    def __init__(self, thinking: bool = True) -> None:
+        super().__init__(thinking)
         self._held = ""
-        self._phase = _START
+        self._phase = _START if thinking else _CONTENT
 
     def feed(self, delta: str) -> tuple[str, str]:
         self._held += delta

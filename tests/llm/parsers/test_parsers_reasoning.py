@@ -158,6 +158,23 @@ def test_parse_and_stream(parser: str, text: str, reasoning: str | None, content
     assert check_reasoning_stream(parser, text) == (reasoning, content)
 
 
+# vllm-project/vllm tests/reasoning/test_qwen3_reasoning_parser.py, THINKING_DISABLED_CASES
+# (chat_template_kwargs enable_thinking=False): the output is all content, tags included.
+@pytest.mark.parametrize("name", sorted(REASONING_PARSERS))
+@pytest.mark.parametrize(
+    "text",
+    ["This is plain content", "I need to read the file.\n\n" + TOOL_CALL_BODY, "<think>x</think>y"],
+)
+def test_thinking_off_is_all_content(name: str, text: str) -> None:
+    parser = reasoning_parser(name, thinking=False)
+    assert parser.parse(text) == (None, text)
+    for cut in range(len(text) + 1):
+        streamed = reasoning_parser(name, thinking=False)
+        pieces = [streamed.feed(text[:cut]), streamed.feed(text[cut:]), streamed.finish()]
+        assert "".join(r for r, _ in pieces) == ""
+        assert "".join(c for _, c in pieces) == text
+
+
 def test_reasoning_streams_before_the_end_tag() -> None:
     parser = reasoning_parser("deepseek_r1")
     assert parser.feed("<thi") == ("", "")  # may still be the opening tag
