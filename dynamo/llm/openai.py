@@ -8,9 +8,11 @@ nothing on the token path touches pydantic. The frontend's ``/openapi.json`` is 
 these types.
 
 ``parse_chat_request`` / ``parse_completion_request`` are the entry points: they never raise a
-pydantic error, only ``RequestError(400, param=<field path>)``. Unknown fields are ignored.
+pydantic error, only ``RequestError(400, param=<field path>)``. A field we do not serve is refused
+with a 400 naming it (never ignored); the limits of the OpenAI API reference are enforced.
 Extensions: vLLM-style top-level ``top_k``, ``min_p``, ``repetition_penalty``, ``ignore_eos``,
-``min_tokens`` and Dynamo's ``nvext`` object; when both are given the top-level value wins.
+``min_tokens``, ``structured_outputs`` and Dynamo's ``nvext`` object; when both are given the
+top-level value wins. docs/openai-api.md lists every field.
 """
 
 from __future__ import annotations
@@ -23,7 +25,24 @@ from dynamo.llm.errors import RequestError, bad_request
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
-MAX_LOGPROBS = 20
+MAX_LOGPROBS = 20  # chat top_logprobs (OpenAI's limit)
+MAX_COMPLETION_LOGPROBS = 5  # completions logprobs (OpenAI's limit)
+MAX_N = 128
+MAX_STOP = 4
+MAX_TOOLS = 128
+MAX_PROMPTS = 2048  # a completions prompt list
+# Fields older vLLM releases served that 0.32 replaced: refused with the replacement named.
+REPLACED_FIELDS = {
+    "guided_json": "structured_outputs.json",
+    "guided_regex": "structured_outputs.regex",
+    "guided_choice": "structured_outputs.choice",
+    "guided_grammar": "structured_outputs.grammar",
+    "guided_decoding_backend": "the server's structured-output backend (not per request)",
+    "guided_whitespace_pattern": "structured_outputs (without whitespace control)",
+    "functions": "tools",
+    "function_call": "tool_choice",
+}
+_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 _M = TypeVar("_M", bound=BaseModel)
 
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
@@ -40,7 +59,8 @@ TokenId = Annotated[int, Field(ge=0)]
 
 class _Model(BaseModel):
     # strict: no silent "0.5" -> 0.5 or "true" -> True coercions (ints are still accepted as floats).
-    model_config = ConfigDict(extra="ignore", strict=True)
+    # forbid: a field we do not serve is a 400 naming it, never silently ignored.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class NvExt(_Model):
@@ -56,6 +76,55 @@ class NvExt(_Model):
     annotations: list[str] | None = None
     use_raw_prompt: bool | None = None  # completions: tokenize the prompt as given, no template
     token_data: list[TokenId] | None = None  # pre-tokenized input; replaces the prompt/messages
+
+
+class FunctionDefinition(_Model):
+    name: Annotated[str, Field(pattern=_NAME_PATTERN)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
+    strict: bool | None = None
+
+
+class ChatTool(_Model):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ToolChoiceFunction(_Model):
+    name: str
+
+
+class NamedToolChoice(_Model):
+    """``{"type": "function", "function": {"name": ...}}``: call exactly this tool."""
+
+    type: Literal["function"]
+    function: ToolChoiceFunction
+
+
+class JsonSchemaFormat(_Model):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    name: Annotated[str, Field(pattern=_NAME_PATTERN)]
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Model):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(_Model):
+    """vLLM's ``structured_outputs`` extension: exactly one constraint."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    json_: dict[str, Any] | str | None = Field(None, alias="json")  # a JSON schema (or its JSON text)
+    json_object: bool | None = None
+    regex: str | None = None
+    choice: Annotated[list[str], Field(min_length=1)] | None = None
+    grammar: str | None = None
 
 
 class StreamOptions(_Model):
@@ -90,15 +159,16 @@ class _SamplingFields(_Model):
     model: str
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
-    logit_bias: dict[str, float] | None = None
-    n: int | None = Field(1, json_schema_extra={"minimum": 1, "maximum": 1})  # only n = 1 is served
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N)] | None = 1
     seed: Seed | None = None
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None
     # vLLM-style extras
     top_k: TopK | None = None
     min_p: MinP | None = None
@@ -108,6 +178,7 @@ class _SamplingFields(_Model):
     stop_token_ids: list[TokenId] | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputs | None = None
     nvext: NvExt | None = None
 
     def stop_strings(self) -> list[str]:
@@ -129,10 +200,20 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: Annotated[list[ChatTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    # Informational (no effect on the output), accepted as OpenAI documents them.
+    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = (
+        Field(None, max_length=16)
+    )
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    # Served only with their neutral values (the schema says so).
+    store: bool | None = Field(None, json_schema_extra={"not": {"const": True}})
+    service_tier: Literal["auto", "default"] | None = None
+    modalities: list[Literal["text"]] | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None  # to the chat template
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
@@ -147,11 +228,12 @@ class CompletionRequest(_SamplingFields):
     """``POST /v1/completions``. ``max_tokens`` defaults to 16, as in the OpenAI API and vLLM."""
 
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]] = Field(json_schema_extra={"minItems": 1})
-    logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
-    max_tokens: MaxTokens | None = 16
-    # Accepted for compatibility, served only with their neutral values (the schema says so).
+    logprobs: Annotated[int, Field(ge=0, le=MAX_COMPLETION_LOGPROBS)] | None = None
+    # 0 only with ``echo`` (prompt scoring: the prompt and its logprobs, nothing generated).
+    max_tokens: Annotated[int, Field(ge=0)] | None = 16
+    echo: bool | None = False
+    # Served only with their neutral values (the schema says so).
     best_of: int | None = Field(None, json_schema_extra={"minimum": 1, "maximum": 1})
-    echo: bool | None = Field(False, json_schema_extra={"not": {"const": True}})
     suffix: str | None = Field(None, json_schema_extra={"maxLength": 0})
     add_special_tokens: bool = True
 
@@ -169,6 +251,8 @@ def parse_chat_request(body: bytes | str) -> ChatCompletionRequest:
         _check_message(i, message)
     if req.top_logprobs and not req.logprobs:
         raise bad_request("'top_logprobs' requires 'logprobs' to be true.", "top_logprobs")
+    if req.store:
+        raise bad_request("Stored chat completions ('store': true) are not served; use /v1/responses.", "store")
     if req.continue_final_message and req.add_generation_prompt:
         raise bad_request(
             "'continue_final_message' and 'add_generation_prompt' cannot both be true.",
@@ -187,14 +271,17 @@ def parse_completion_request(body: bytes | str) -> CompletionRequest:
     if isinstance(prompt, list):
         if not prompt:
             raise bad_request("'prompt' must not be empty.", "prompt")
-        if isinstance(prompt[0], str | list) and len(prompt) != 1:
-            raise bad_request("Batched prompts are not supported: send one prompt per request.", "prompt")
-        if isinstance(prompt[0], list) and not prompt[0]:
-            raise bad_request("'prompt' must not be empty.", "prompt")
+        if isinstance(prompt[0], str | list) and len(prompt) > MAX_PROMPTS:
+            raise bad_request(f"'prompt' may hold at most {MAX_PROMPTS} prompts.", "prompt")
+        for i, item in enumerate(prompt):
+            if isinstance(item, list | str) and not item:
+                raise bad_request("'prompt' must not be empty.", f"prompt[{i}]")
     if req.best_of not in (None, 1):
-        raise bad_request("Only 'best_of' = 1 is supported.", "best_of")
-    if req.echo:
-        raise bad_request("'echo' is not supported.", "echo")
+        raise bad_request(
+            "Only 'best_of' = 1 is supported (vLLM's engine no longer samples best-of; use 'n').", "best_of"
+        )
+    if req.max_tokens == 0 and not req.echo:
+        raise bad_request("'max_tokens' = 0 is only allowed with 'echo' (prompt scoring).", "max_tokens")
     if req.suffix:
         raise bad_request("'suffix' is not supported.", "suffix")
     _check_common(req, req.max_tokens, "max_tokens")
@@ -219,8 +306,38 @@ def _check_message(index: int, message: ChatMessage) -> None:
 
 
 def _check_common(req: _SamplingFields, max_tokens: int | None, max_tokens_param: str) -> None:
-    if req.n not in (None, 1):
-        raise bad_request("Only 'n' = 1 is supported.", "n")
+    if req.logit_bias:
+        for key in req.logit_bias:
+            if not key.isdigit():
+                raise bad_request(
+                    f"'logit_bias' keys must be token ids (as strings); got {key!r}.", f"logit_bias.{key}"
+                )
+    if req.structured_outputs is not None:
+        so = req.structured_outputs
+        given = [
+            k
+            for k in ("json_", "json_object", "regex", "choice", "grammar")
+            if getattr(so, k) not in (None, False)
+        ]
+        if len(given) != 1:
+            raise bad_request(
+                "'structured_outputs' needs exactly one of 'json', 'json_object', 'regex', 'choice', 'grammar'.",
+                "structured_outputs",
+            )
+        if req.response_format is not None and req.response_format.type != "text":
+            raise bad_request(
+                "Use one of 'response_format' and 'structured_outputs', not both.", "structured_outputs"
+            )
+    rf = req.response_format
+    if (
+        rf is not None
+        and rf.type == "json_schema"
+        and (rf.json_schema is None or rf.json_schema.schema_ is None)
+    ):
+        raise bad_request(
+            "'response_format' of type 'json_schema' needs 'json_schema.schema'.",
+            "response_format.json_schema",
+        )
     if any(not s for s in req.stop_strings()):
         raise bad_request("Stop strings must not be empty.", "stop")
     if req.stream_options is not None and not req.stream:
@@ -248,6 +365,22 @@ def _to_request_error(exc: ValidationError) -> RequestError:
         return bad_request(f"Request body is not valid JSON: {first['msg']}.", code="invalid_json")
     if first["type"] in ("model_type", "model_attributes_type") and not first["loc"]:
         return bad_request("Request body must be a JSON object.", code="invalid_json")
+    extra = next((e for e in errors if e["type"] == "extra_forbidden"), None)
+    if extra is not None:
+        param = _loc_to_param(extra["loc"])
+        field = str(extra["loc"][-1])
+        if field in REPLACED_FIELDS and len(extra["loc"]) == 1:
+            return bad_request(
+                f"'{field}' is no longer supported; use '{REPLACED_FIELDS[field]}' instead.",
+                param,
+                code="unsupported_parameter",
+            )
+        return bad_request(
+            f"Unrecognized request argument supplied: {param}. This server does not serve it; "
+            "docs/openai-api.md lists the fields it serves.",
+            param,
+            code="unsupported_parameter",
+        )
     params = [_loc_to_param(e["loc"]) for e in errors]
     if len(set(params)) == 1 and len(errors) > 1:
         # A union that matched no member, one error per member, all at the same place: say what
@@ -277,6 +410,8 @@ def _loc_to_param(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif part.isdigit():  # a dict key such as a logit_bias token id
+            out += f".{part}"
         elif part in _TYPE_TAGS or not part.isidentifier() or part[:1].isupper():
             continue
         else:

@@ -25,9 +25,16 @@ from tokenizers import Tokenizer
 from dynamo.llm.chat_template import ChatTemplate
 from dynamo.llm.detokenizer import Detokenizer
 from dynamo.llm.errors import RequestError, bad_request
+from dynamo.llm.guided import ToolPlan, guided_from, tool_plan
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.openai import ChatCompletionRequest, CompletionRequest, _SamplingFields
-from dynamo.llm.protocols import OutputOptions, PreprocessedRequest, SamplingOptions, StopConditions
+from dynamo.llm.protocols import (
+    GuidedDecoding,
+    OutputOptions,
+    PreprocessedRequest,
+    SamplingOptions,
+    StopConditions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,41 +118,76 @@ class Preprocessor:
 
     def completion_choices(self, req: CompletionRequest, request_id: str) -> list[PreprocessedOutput]:
         """One per choice of a completion request: each prompt of a list, ``n`` times."""
-        return _fan_out([self.preprocess_completion(req, request_id)], req.n or 1)
+        prompts = _prompt_list(req.prompt)
+        if len(prompts) == 1:
+            return _fan_out([self.preprocess_completion(req, request_id)], req.n or 1)
+        outs = [
+            self.preprocess_completion(req.model_copy(update={"prompt": prompt}), f"{request_id}-p{i}")
+            for i, prompt in enumerate(prompts)
+        ]
+        return _fan_out(outs, req.n or 1)
 
     # -- chat ---------------------------------------------------------------------------------
 
-    def render_chat(self, req: ChatCompletionRequest) -> str:
-        """The prompt text for a chat request (the template applied to its messages)."""
-        template = self._tool_template if req.tools else self.chat_template
+    def render_chat(self, req: ChatCompletionRequest, tools: list[dict[str, Any]] | None = None) -> str:
+        """The prompt text for a chat request (the template applied to its messages and tools)."""
+        template = self._tool_template if tools else self.chat_template
         if template is None:
             raise bad_request(
                 f"Model '{self.card.display_name}' has no chat template; use /v1/completions.", "messages"
             )
         messages = template.prepare_messages([m.model_dump(exclude_none=True) for m in req.messages])
+        extra = dict(req.chat_template_kwargs or {})
+        if req.reasoning_effort is not None:
+            extra.setdefault("reasoning_effort", req.reasoning_effort)
         return template.render(
             messages,
             add_generation_prompt=req.add_generation_prompt,
             continue_final_message=req.continue_final_message,
-            tools=req.tools,
-            extra=req.chat_template_kwargs,
+            tools=tools,
+            extra=extra or None,
         )
 
     def preprocess_chat(self, req: ChatCompletionRequest, request_id: str) -> PreprocessedOutput:
         """Template + tokenize + map a chat request. ``RequestError`` (400) if it cannot be served."""
-        if req.response_format and req.response_format.get("type") not in (None, "text"):
-            raise bad_request("Structured output ('response_format') is not supported.", "response_format")
+        plan = tool_plan(req)
+        guided = guided_from(req)
+        if plan.guided is not None:
+            if guided is not None:
+                param = "response_format" if req.response_format is not None else "structured_outputs"
+                raise bad_request(
+                    f"'tool_choice' '{plan.mode}' already constrains the output; drop '{param}'.", param
+                )
+            guided = plan.guided
+        card = self.card
+        if plan.mode == "auto" and card.tool_call_parser is None:
+            raise bad_request(
+                f"'tool_choice' 'auto' needs a tool-call parser, and the workers of model "
+                f"'{card.display_name}' were started without --dyn-tool-call-parser; use 'required', a "
+                "named function or 'none'.",
+                "tool_choice",
+            )
         nvext = req.nvext
         if nvext is not None and nvext.token_data is not None:
             token_ids = self._check_ids(nvext.token_data, "nvext.token_data")
         else:
             # The template already writes any BOS the model wants: add no special tokens here.
-            token_ids = self.tokenizer.encode(self.render_chat(req), add_special_tokens=False).ids
+            token_ids = self.tokenizer.encode(self.render_chat(req, plan.tools), add_special_tokens=False).ids
         max_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        return self._build(
-            req, request_id, token_ids, "messages", max_param, req.requested_max_tokens, logprobs
+        guided_param = "tool_choice" if plan.guided is not None else _guided_param(req)
+        out = self._build(
+            req,
+            request_id,
+            token_ids,
+            "messages",
+            max_param,
+            req.requested_max_tokens,
+            logprobs,
+            guided,
+            guided_param,
         )
+        return _with_tools(out, plan, card.tool_call_parser, card.reasoning_parser)
 
     # -- completions --------------------------------------------------------------------------
 
@@ -158,7 +200,8 @@ class Preprocessor:
         elif isinstance(prompt, str):
             token_ids = self._encode_prompt(prompt, req.add_special_tokens)
         elif prompt and isinstance(prompt[0], str):
-            token_ids = self._encode_prompt(str(prompt[0]), req.add_special_tokens)
+            prompt = str(prompt[0])
+            token_ids = self._encode_prompt(prompt, req.add_special_tokens)
         elif prompt and isinstance(prompt[0], list):
             token_ids = self._check_ids(list(prompt[0]), "prompt")
         else:
@@ -167,7 +210,34 @@ class Preprocessor:
         if "max_tokens" not in req.model_fields_set and max_tokens is not None:
             # The default (16), not the client's ask: shrink it to what the context leaves.
             max_tokens = min(max_tokens, max(self.context_length - len(token_ids), 1))
-        return self._build(req, request_id, token_ids, "prompt", "max_tokens", max_tokens, req.logprobs)
+        # Echo with max_tokens 0 scores the prompt: the engine generates one token, which is dropped
+        # (what vLLM's server does).
+        drop_output = bool(req.echo) and max_tokens == 0
+        if drop_output:
+            max_tokens = 1
+        out = self._build(
+            req,
+            request_id,
+            token_ids,
+            "prompt",
+            "max_tokens",
+            max_tokens,
+            req.logprobs,
+            guided_from(req),
+            _guided_param(req),
+        )
+        if req.echo:
+            out.echo_text = (
+                prompt
+                if isinstance(prompt, str)
+                else self.tokenizer.decode(token_ids, skip_special_tokens=False)
+            )
+            out.drop_output = drop_output
+            if req.logprobs is not None:
+                self._require("prompt_logprobs", "logprobs", "prompt logprobs ('echo' with 'logprobs')")
+                out.prompt_logprobs = req.logprobs
+                out.request.output.prompt_logprobs = req.logprobs
+        return out
 
     def _encode_prompt(self, text: str, add_special_tokens: bool) -> list[int]:
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
@@ -194,9 +264,16 @@ class Preprocessor:
         max_param: str,
         max_tokens: int | None,
         logprobs: int | None,
+        guided: GuidedDecoding | None,
+        guided_param: str = "structured_outputs",
     ) -> PreprocessedOutput:
+        logit_bias = None
         if req.logit_bias:
-            raise bad_request("'logit_bias' is not supported.", "logit_bias")
+            self._require("logit_bias", "logit_bias", "'logit_bias'")
+            logit_bias = {int(k): v for k, v in req.logit_bias.items()}
+            self._check_ids(list(logit_bias), "logit_bias")
+        if guided is not None:
+            self._require("structured_outputs", guided_param, "structured output (guided decoding)")
         prompt_len = len(token_ids)
         context = self.context_length
         if prompt_len >= context:
@@ -241,6 +318,7 @@ class Preprocessor:
                 repetition_penalty=_first(
                     req.repetition_penalty, nvext.repetition_penalty if nvext else None
                 ),
+                logit_bias=logit_bias,
             ),
             stop=StopConditions(
                 max_tokens=max_tokens,
@@ -249,6 +327,7 @@ class Preprocessor:
                 ignore_eos=bool(_first(req.ignore_eos, nvext.ignore_eos if nvext else None)),
             ),
             output=OutputOptions(logprobs=logprobs),
+            guided=guided,
             eos_token_ids=list(self.card.eos_token_ids),
             annotations=list(nvext.annotations or []) if nvext else [],
         )
@@ -261,6 +340,15 @@ class Preprocessor:
             logprobs=logprobs,
             backend_instance_id=_instance_id(nvext.backend_instance_id) if nvext else None,
         )
+
+    def _require(self, feature: str, param: str, what: str) -> None:
+        """400 naming ``param`` when the model's engine lacks ``feature`` (``EngineFeatures``)."""
+        if not getattr(self.card.features, feature):
+            raise bad_request(
+                f"The engine serving model '{self.card.display_name}' does not support {what}.",
+                param,
+                code="unsupported_parameter",
+            )
 
     # -- the way back -------------------------------------------------------------------------
 
@@ -278,6 +366,32 @@ class Preprocessor:
         """One token as text (for logprobs); special tokens are kept."""
         text: str = self.tokenizer.decode([token_id], skip_special_tokens=False)
         return text
+
+
+def _with_tools(
+    out: PreprocessedOutput, plan: ToolPlan, tool_parser: str | None, reasoning_parser: str | None
+) -> PreprocessedOutput:
+    out.tool_mode = plan.mode
+    out.tool_name = plan.name
+    out.tools = plan.tools
+    out.tool_parser = tool_parser if plan.mode == "auto" else None
+    out.reasoning_parser = reasoning_parser
+    return out
+
+
+def _guided_param(req: _SamplingFields) -> str:
+    """The field that asked for structured output (for a 400 naming it)."""
+    rf = req.response_format
+    return "response_format" if rf is not None and rf.type != "text" else "structured_outputs"
+
+
+def _prompt_list(prompt: Any) -> list[Any]:
+    """A completions ``prompt`` as a list of single prompts (text or token ids)."""
+    if isinstance(prompt, str) or not prompt:
+        return [prompt]
+    if isinstance(prompt[0], str | list):
+        return list(prompt)
+    return [prompt]
 
 
 def _fan_out(prompts: list[PreprocessedOutput], n: int) -> list[PreprocessedOutput]:

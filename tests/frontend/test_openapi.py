@@ -147,7 +147,8 @@ def test_request_bodies_the_schema_accepts_are_the_ones_the_server_accepts(serve
     bad = [
         {**good, "temperature": 9},
         {**good, "messages": []},
-        {**good, "n": 3},
+        {**good, "n": 129},
+        {**good, "unknown_field": 1},
         {"model": MODEL},
         {**good, "max_tokens": 0},
     ]
@@ -161,7 +162,7 @@ def test_request_bodies_the_schema_accepts_are_the_ones_the_server_accepts(serve
             check_response(doc, "POST", "/v1/chat/completions", r)
     completion_schema = doc["paths"]["/v1/completions"]["post"]["requestBody"]["content"]["application/json"]
     _check(doc, completion_schema["schema"], {"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 2})
-    for body in [{"model": MODEL, "prompt": "x", "echo": True}, {"model": MODEL, "prompt": []}]:
+    for body in [{"model": MODEL, "prompt": "x", "suffix": "y"}, {"model": MODEL, "prompt": []}]:
         assert not _validator(doc, completion_schema["schema"]).is_valid(body), body
 
 

@@ -49,7 +49,20 @@ def test_chat_request_fields_and_extensions() -> None:
             ignore_eos=True,
             min_tokens=2,
             user="u",
-            some_unknown_field={"x": 1},
+            n=3,
+            logit_bias={"42": -100, "7": 5.5},
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "object"}},
+            },
+            tools=[
+                {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+            ],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            parallel_tool_calls=False,
+            metadata={"team": "a"},
+            store=False,
+            service_tier="auto",
             nvext={
                 "ignore_eos": False,
                 "greed_sampling": True,
@@ -63,6 +76,43 @@ def test_chat_request_fields_and_extensions() -> None:
     assert req.requested_max_tokens == 7  # max_completion_tokens wins over the deprecated max_tokens
     assert req.include_usage is True
     assert req.nvext is not None and req.nvext.greed_sampling and req.nvext.annotations == ["a"]
+    assert req.n == 3 and req.logit_bias == {"42": -100, "7": 5.5}
+    assert req.response_format is not None and req.response_format.json_schema is not None
+    assert req.response_format.json_schema.schema_ == {"type": "object"}
+    assert req.tools is not None and req.tools[0].function.name == "get_weather"
+
+
+@pytest.mark.parametrize("field", ["some_unknown_field", "prediction", "audio", "web_search_options"])
+def test_unknown_fields_are_refused_by_name(field: str) -> None:
+    with pytest.raises(RequestError) as info:
+        parse_chat_request(chat(**{field: {"x": 1}}))
+    assert (info.value.status, info.value.param, info.value.code) == (400, field, "unsupported_parameter")
+    assert field in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("field", "replacement"),
+    [
+        ("guided_json", "structured_outputs.json"),
+        ("guided_regex", "structured_outputs.regex"),
+        ("functions", "tools"),
+    ],
+)
+def test_replaced_fields_name_their_replacement(field: str, replacement: str) -> None:
+    with pytest.raises(RequestError) as info:
+        parse_chat_request(chat(**{field: "x"}))
+    assert info.value.param == field and replacement in info.value.message
+
+
+def test_nested_unknown_field_is_named_with_its_path() -> None:
+    with pytest.raises(RequestError) as info:
+        parse_chat_request(chat(stream=True, stream_options={"include_usage": True, "x": 1}))
+    assert info.value.param == "stream_options.x"
+
+
+def test_completion_scoring_and_batches_parse() -> None:
+    req = parse_completion_request(completion(prompt=["a", "b"], echo=True, logprobs=1, max_tokens=0, n=2))
+    assert req.echo and req.max_tokens == 0 and req.n == 2
 
 
 def test_content_parts_accepted() -> None:
@@ -96,8 +146,27 @@ def test_assistant_tool_call_without_content_is_valid() -> None:
             chat(messages=[{"role": "user", "content": [{"type": "image_url"}]}]),
             "messages[0].content[0].type",
         ),
-        (chat(n=2), "n"),
+        (chat(n=129), "n"),
         (chat(n=0), "n"),
+        (chat(logit_bias={"5": 101}), "logit_bias.5"),
+        (chat(logit_bias={"abc": 1}), "logit_bias.abc"),
+        (chat(stop=["a", "b", "c", "d", "e"]), "stop"),
+        (chat(store=True), "store"),
+        (chat(service_tier="flex"), "service_tier"),
+        (chat(modalities=["audio"]), "modalities[0]"),
+        (chat(metadata={str(i): "v" for i in range(17)}), "metadata"),
+        (chat(tool_choice="sometimes"), "tool_choice"),
+        (chat(tools=[{"type": "function", "function": {"name": "bad name"}}]), "tools[0].function.name"),
+        (chat(tools=[{"type": "retrieval"}]), "tools[0].type"),
+        (chat(response_format={"type": "xml"}), "response_format.type"),
+        (chat(response_format={"type": "json_schema"}), "response_format.json_schema"),
+        (chat(structured_outputs={"regex": "a", "choice": ["b"]}), "structured_outputs"),
+        (chat(structured_outputs={}), "structured_outputs"),
+        (chat(structured_outputs={"choice": []}), "structured_outputs.choice"),
+        (
+            chat(structured_outputs={"regex": "a"}, response_format={"type": "json_object"}),
+            "structured_outputs",
+        ),
         (chat(temperature=2.5), "temperature"),
         (chat(temperature=-0.1), "temperature"),
         (chat(temperature="0.5"), "temperature"),
@@ -142,16 +211,17 @@ def test_chat_validation_errors(body: bytes, param: str | None) -> None:
         (json.dumps({"model": "m"}).encode(), "prompt"),
         (completion(prompt=5), "prompt"),
         (completion(prompt=[]), "prompt"),
-        (completion(prompt=[[]]), "prompt"),
-        (completion(prompt=["a", "b"]), "prompt"),
-        (completion(prompt=[[1], [2]]), "prompt"),
+        (completion(prompt=[[]]), "prompt[0]"),
+        (completion(prompt=["a", ""]), "prompt[1]"),
+        (completion(prompt=["a"] * 2049), "prompt"),
         (completion(prompt=[1, -2]), "prompt[1]"),
-        (completion(n=3), "n"),
+        (completion(n=129), "n"),
         (completion(best_of=2), "best_of"),
-        (completion(echo=True), "echo"),
         (completion(suffix="x"), "suffix"),
-        (completion(logprobs=21), "logprobs"),
+        (completion(logprobs=6), "logprobs"),
         (completion(max_tokens=0), "max_tokens"),
+        (completion(max_tokens=-1), "max_tokens"),
+        (completion(guided_choice=["a"]), "guided_choice"),
     ],
 )
 def test_completion_validation_errors(body: bytes, param: str) -> None:
