@@ -19,6 +19,11 @@ def _env_int(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The frontend's argument parser."""
     p = argparse.ArgumentParser(
@@ -115,6 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
     kv.add_argument(
         "--kv-cache-block-size", type=int, default=None, help="override the block size from the model card"
     )
+    r = p.add_argument_group("/v1/responses")
+    r.add_argument(
+        "--response-ttl",
+        type=float,
+        default=_env_float("DYN_RESPONSE_TTL", 3600.0),
+        help="seconds a stored response can be continued with previous_response_id or retrieved "
+        "(env DYN_RESPONSE_TTL, default 3600)",
+    )
+    r.add_argument(
+        "--max-stored-response-bytes",
+        type=int,
+        default=_env_int("DYN_MAX_STORED_RESPONSE_BYTES", 1024 * 1024),
+        help="largest stored response (its whole conversation, JSON); a larger one is answered with "
+        '"store": false and cannot be continued (env DYN_MAX_STORED_RESPONSE_BYTES, default 1 MiB)',
+    )
     d = p.add_argument_group("disaggregation")
     d.add_argument(
         "--disaggregation-strategy",
@@ -191,6 +211,8 @@ class FrontendConfig:
     max_local_prefill_length: int
     runtime: RuntimeConfig
     http_workers: int = 1
+    response_ttl: float = 3600.0  # seconds
+    max_stored_response_bytes: int = 1024 * 1024
 
     @property
     def namespace_filter(self) -> str | None:
@@ -203,6 +225,12 @@ class FrontendConfig:
             raise ValueError(f"unknown router mode {args.router_mode!r} (use {', '.join(ROUTER_MODES)})")
         if args.http_workers < 1:
             raise ValueError(f"--http-workers must be at least 1 (got {args.http_workers})")
+        if not 0 < args.response_ttl < float("inf"):
+            raise ValueError(f"--response-ttl must be a positive number of seconds (got {args.response_ttl})")
+        if args.max_stored_response_bytes < 0:
+            raise ValueError(
+                f"--max-stored-response-bytes must not be negative (got {args.max_stored_response_bytes})"
+            )
         migration = args.migration_limit
         namespaces = discovery_namespaces(args)
         # The frontend's own namespace (event plane, logs): the first one it was told to serve.
@@ -231,4 +259,6 @@ class FrontendConfig:
             # The frontend serves /health, /live and /metrics on its HTTP port: no status server.
             runtime=RuntimeConfig.from_args(own).with_(system_port=None),
             http_workers=args.http_workers,
+            response_ttl=args.response_ttl,
+            max_stored_response_bytes=args.max_stored_response_bytes,
         )
