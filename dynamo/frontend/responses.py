@@ -1,26 +1,39 @@
-"""Engine outputs -> OpenAI response bodies (journey: engine -> **detokenize + format** -> HTTP).
+"""Choice deltas -> OpenAI chat / completion responses (journey: engine -> choices -> **format** ->
+HTTP).
 
-A ``ResponseBuilder`` per request turns batches of engine outputs into chat or completion chunks
-(the ``stream`` stage) or accumulates the whole response (the ``collect`` stage). Several tokens
-that arrive together become one SSE event, one write. ``error_response`` answers a ``RequestError``.
+A ``ResponseBuilder`` per request owns its choices (``dynamo.frontend.choices.ChoiceStream``, one
+per ``PreprocessedOutput``) and a formatter for its endpoint: ``stream(i, batch)`` gives the SSE
+bytes of choice ``i``'s next batch (the ``stream`` stage), ``collect(i, batch)`` accumulates it and
+``full_response()`` is the body (the ``collect`` stage). Several choices (``n``, a list of prompts)
+are one response: each chunk carries its choice's ``index``, the body lists them in index order,
+usage counts each distinct prompt once (as vLLM does) and every generated token; the usage chunk
+goes once, after the last choice finished.
+
+Formatters are thin: ``ChatFormat`` and ``CompletionFormat`` each write a chunk from a delta and a
+body from whole choices. A plain text delta (no logprobs, reasoning or tool calls, not the last)
+is written from pre-encoded bytes: one string encode per event, byte for byte the dict's encoding.
 No pydantic here: bodies are plain dicts encoded by msgspec, shaped as the response types of
 ``dynamo.llm.openai`` (which the OpenAPI document publishes and the tests check them against).
+``error_response`` answers a ``RequestError``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 from starlette.responses import Response
 
-from dynamo.llm.detokenizer import Detokenizer
+from dynamo.frontend.choices import Batch, ChoiceDelta, ChoiceResult, ChoiceStream, LogprobEntry
 from dynamo.llm.errors import RequestError
+from dynamo.llm.parsers import ToolCallDelta
 from dynamo.llm.preprocessor import PreprocessedOutput, Preprocessor
 
 _json = msgspec.json.Encoder()
 DONE = b"data: [DONE]\n\n"
+MIN_LOGPROB = -9999.0  # what -inf is answered as (OpenAI's and vLLM's floor)
 
 
 def sse(obj: Any) -> bytes:
@@ -36,142 +49,113 @@ def error_response(exc: RequestError) -> Response:
     )
 
 
-class ResponseBuilder:
-    """Builds one request's OpenAI response from engine output batches."""
+# --- logprobs ---------------------------------------------------------------------------------
+
+
+def _lp(value: float) -> float:
+    return value if value > MIN_LOGPROB else MIN_LOGPROB
+
+
+def chat_logprobs_content(
+    entries: Sequence[LogprobEntry], token_text: Callable[[int], str]
+) -> list[dict[str, Any]]:
+    """Logprob entries as chat's ``logprobs.content`` items (``token``, ``logprob``, ``bytes``,
+    ``top_logprobs``); the Responses API's ``output_text.logprobs`` use the same items."""
+    content = []
+    for token_id, logprob, *rest in entries:
+        tok = token_text(token_id)
+        top = rest[0] if rest and rest[0] else ()
+        content.append(
+            {
+                "token": tok,
+                "logprob": _lp(logprob) if logprob is not None else MIN_LOGPROB,
+                "bytes": list(tok.encode()),
+                "top_logprobs": [
+                    {"token": (t := token_text(tid)), "logprob": _lp(lp), "bytes": list(t.encode())}
+                    for tid, lp in top
+                ],
+            }
+        )
+    return content
+
+
+def completion_logprobs(
+    entries: Sequence[LogprobEntry], token_text: Callable[[int], str], offset: int = 0
+) -> tuple[dict[str, Any], int]:
+    """Logprob entries as a completion's ``logprobs`` object, and the text offset after them.
+
+    As vLLM lays it out: ``text_offset`` counts the tokens' text from ``offset``; ``top_logprobs``
+    maps the token itself, then its alternatives, to their logprobs; a token without a logprob (the
+    first of an echoed prompt) has ``null`` in both."""
+    offsets: list[int] = []
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top_logprobs: list[dict[str, float] | None] = []
+    for token_id, logprob, *rest in entries:
+        tok = token_text(token_id)
+        offsets.append(offset)
+        offset += len(tok)
+        tokens.append(tok)
+        if logprob is None:
+            token_logprobs.append(None)
+            top_logprobs.append(None)
+            continue
+        token_logprobs.append(_lp(logprob))
+        top = {tok: _lp(logprob)}
+        for tid, lp in rest[0] if rest and rest[0] else ():
+            top.setdefault(token_text(tid), _lp(lp))
+        top_logprobs.append(top)
+    body = {
+        "text_offset": offsets,
+        "token_logprobs": token_logprobs,
+        "tokens": tokens,
+        "top_logprobs": top_logprobs,
+    }
+    return body, offset
+
+
+def tool_call_delta(call: ToolCallDelta) -> dict[str, Any]:
+    """A streamed tool-call piece: the first of a call names it (id, type, function name)."""
+    if call.id is None:
+        return {"index": call.index, "function": {"arguments": call.arguments}}
+    return {
+        "index": call.index,
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
+# --- formatters -------------------------------------------------------------------------------
+
+
+class _Format:
+    """What chunks and bodies of one response share: id, object, created, model, usage."""
+
+    object: str
+    body_object: str
+    text_field: bytes  # what opens a plain chunk's text, and what closes it
+    text_close: bytes
 
     def __init__(
-        self,
-        kind: str,  # "chat" | "completion"
-        response_id: str,
-        model: str,
-        pre: PreprocessedOutput,
-        preprocessor: Preprocessor,
-        include_usage: bool = False,
+        self, response_id: str, model: str, token_text: Callable[[int], str], include_usage: bool
     ) -> None:
-        self.kind = kind
         self.id = response_id
         self.model = model
         self.created = int(time.time())
-        self.pre = pre
-        self.preprocessor = preprocessor
-        self.detok: Detokenizer = preprocessor.make_detokenizer(pre)
+        self.token_text = token_text
         self.include_usage = include_usage
-        self.object = "chat.completion.chunk" if kind == "chat" else "text_completion"
-        self.completion_tokens = 0
-        self.cached_tokens: int | None = None
-        self.finish_reason: str | None = None
-        self.text_parts: list[str] = []
-        self.logprob_entries: list[Any] = []
-        self._sent_role = False
-        # The bytes around the text of a plain streamed chunk (no logprobs, not finished), so that
-        # each such event costs one string encode; identical to encoding the full dict.
+        # The bytes around the text of a plain chunk, per choice index (see ``_text_head``).
+        self._heads: dict[int, bytes] = {}
         head = _json.encode(
             {"id": self.id, "object": self.object, "created": self.created, "model": self.model}
         )
-        field = b'"delta":{"content":' if kind == "chat" else b'"text":'
-        self._text_head = b"data: " + head[:-1] + b',"choices":[{"index":0,' + field
-        self._text_tail = (b"}" if kind == "chat" else b"") + b',"logprobs":null,"finish_reason":null}]'
-        self._text_tail += b',"usage":null}\n\n' if include_usage else b"}\n\n"
+        self._head = b"data: " + head[:-1] + b',"choices":[{"index":'
+        self._tail = self.text_close + b',"logprobs":null,"finish_reason":null}]'
+        self._tail += b',"usage":null}\n\n' if include_usage else b"}\n\n"
 
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-    # --- core -------------------------------------------------------------------------------
-    def consume(self, batch: list[dict[str, Any]]) -> tuple[str, list[Any] | None]:
-        """Feed a batch of engine outputs; returns (new text, new logprob entries or None).
-        ``RequestError(500, code="engine_error")`` when the engine failed the request."""
-        ids: list[int] = []
-        logprobs: list[Any] | None = None
-        finish: str | None = None
-        for out in batch:
-            new = out.get("token_ids")
-            if new:
-                ids.extend(new)
-            if self.cached_tokens is None and out.get("cached_tokens") is not None:
-                self.cached_tokens = out["cached_tokens"]
-            lp = out.get("logprobs")
-            if lp:
-                logprobs = (logprobs or []) + lp
-            if out.get("finish_reason") is not None:
-                finish = out["finish_reason"]
-                if finish == "error":
-                    message = out.get("error") or "the engine failed this request"
-                    raise RequestError(500, message, type="internal_error", code="engine_error")
-        self.completion_tokens += len(ids)
-        result = self.detok.add(ids)
-        text = result.text
-        if result.stopped:
-            self.finish_reason = "stop"
-        elif finish is not None:
-            text += self.detok.flush()
-            self.finish_reason = "length" if finish == "length" else "stop"
-        return text, logprobs
-
-    def usage(self) -> dict[str, Any]:
-        usage: dict[str, Any] = {
-            "prompt_tokens": self.pre.prompt_len,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.pre.prompt_len + self.completion_tokens,
-        }
-        if self.cached_tokens is not None:
-            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
-        return usage
-
-    # --- logprobs ---------------------------------------------------------------------------
-    def _chat_logprobs(self, entries: list[Any]) -> dict[str, Any]:
-        text = self.preprocessor.token_text
-        content = []
-        for token_id, logprob, *rest in entries:
-            tok = text(token_id)
-            top = rest[0] if rest else []
-            content.append(
-                {
-                    "token": tok,
-                    "logprob": logprob,
-                    "bytes": list(tok.encode()),
-                    "top_logprobs": [
-                        {"token": text(t), "logprob": lp, "bytes": list(text(t).encode())} for t, lp in top
-                    ],
-                }
-            )
-        return {"content": content}
-
-    def _completion_logprobs(self, entries: list[Any]) -> dict[str, Any]:
-        text = self.preprocessor.token_text
-        tokens, token_logprobs, top_logprobs = [], [], []
-        for token_id, logprob, *rest in entries:
-            tokens.append(text(token_id))
-            token_logprobs.append(logprob)
-            top_logprobs.append({text(t): lp for t, lp in (rest[0] if rest else [])})
-        return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs}
-
-    # --- streaming --------------------------------------------------------------------------
-    def chunk(self, text: str, logprobs: list[Any] | None) -> bytes:
-        """The SSE event(s) for new text (and, when finished, the final and usage events)."""
-        if not logprobs and self.finish_reason is None:
-            if not text:
-                return b""
-            if self._sent_role or self.kind != "chat":
-                return self._text_head + _json.encode(text) + self._text_tail
-        if self.kind == "chat":
-            delta: dict[str, Any] = {"content": text}
-            if not self._sent_role:
-                delta = {"role": "assistant", "content": text}
-                self._sent_role = True
-            choice: dict[str, Any] = {
-                "index": 0,
-                "delta": delta,
-                "logprobs": None,
-                "finish_reason": self.finish_reason,
-            }
-            if logprobs and self.pre.logprobs is not None:
-                choice["logprobs"] = self._chat_logprobs(logprobs)
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": self.finish_reason}
-            if logprobs and self.pre.logprobs is not None:
-                choice["logprobs"] = self._completion_logprobs(logprobs)
-        body = {
+    def _event(self, choice: dict[str, Any]) -> bytes:
+        body: dict[str, Any] = {
             "id": self.id,
             "object": self.object,
             "created": self.created,
@@ -180,51 +164,243 @@ class ResponseBuilder:
         }
         if self.include_usage:
             body["usage"] = None
-        out = sse(body)
-        if self.finish_reason is not None and self.include_usage:
-            out += sse(
-                {
-                    "id": self.id,
-                    "object": self.object,
-                    "created": self.created,
-                    "model": self.model,
-                    "choices": [],
-                    "usage": self.usage(),
-                }
-            )
-        return out
+        return sse(body)
 
-    # --- non-streaming ----------------------------------------------------------------------
-    def add_to_full(self, text: str, logprobs: list[Any] | None) -> None:
-        if text:
-            self.text_parts.append(text)
-        if logprobs:
-            self.logprob_entries.extend(logprobs)
+    def usage_chunk(self, usage: dict[str, Any]) -> bytes:
+        """The last event when ``stream_options.include_usage``: no choices, the usage."""
+        return sse(
+            {
+                "id": self.id,
+                "object": self.object,
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": usage,
+            }
+        )
 
-    def full_response(self) -> dict[str, Any]:
-        text = "".join(self.text_parts)
-        want_lp = self.pre.logprobs is not None and self.logprob_entries
-        if self.kind == "chat":
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": self._chat_logprobs(self.logprob_entries) if want_lp else None,
-                "finish_reason": self.finish_reason or "stop",
-            }
-            obj = "chat.completion"
-        else:
-            choice = {
-                "index": 0,
-                "text": text,
-                "logprobs": self._completion_logprobs(self.logprob_entries) if want_lp else None,
-                "finish_reason": self.finish_reason or "stop",
-            }
-            obj = "text_completion"
+    def _body(self, choices: list[dict[str, Any]], usage: dict[str, Any]) -> dict[str, Any]:
         return {
             "id": self.id,
-            "object": obj,
+            "object": self.body_object,
             "created": self.created,
             "model": self.model,
-            "choices": [choice],
-            "usage": self.usage(),
+            "choices": choices,
+            "usage": usage,
         }
+
+
+class ChatFormat(_Format):
+    """``/v1/chat/completions``: ``chat.completion.chunk`` events and the ``chat.completion`` body."""
+
+    object = "chat.completion.chunk"
+    body_object = "chat.completion"
+    text_field = b',"delta":{"content":'
+    text_close = b"}"
+
+    def chunk(self, d: ChoiceDelta) -> bytes:
+        """The event of one delta (b"" when it carries nothing); the role goes with a choice's first."""
+        head = self._heads.get(d.index)
+        if head is not None and d.logprobs is None and d.finish_reason is None:
+            if not d.reasoning and not d.tool_calls:  # plain text: the pre-encoded bytes
+                return head + _json.encode(d.text) + self._tail if d.text else b""
+        elif not (d.text or d.reasoning or d.tool_calls or d.logprobs is not None or d.finish_reason):
+            return b""
+        delta: dict[str, Any] = {}
+        if head is None:
+            delta["role"] = "assistant"
+            self._heads[d.index] = self._head + str(d.index).encode() + self.text_field
+        if d.reasoning:
+            delta["reasoning_content"] = delta["reasoning"] = d.reasoning
+        if d.text or not (d.reasoning or d.tool_calls):
+            delta["content"] = d.text
+        if d.tool_calls:
+            delta["tool_calls"] = [tool_call_delta(c) for c in d.tool_calls]
+        logprobs = None
+        if d.logprobs is not None:
+            logprobs = {"content": chat_logprobs_content(d.logprobs, self.token_text)}
+        return self._event(
+            {"index": d.index, "delta": delta, "logprobs": logprobs, "finish_reason": d.finish_reason}
+        )
+
+    def body(self, results: list[ChoiceResult], usage: dict[str, Any]) -> dict[str, Any]:
+        choices = []
+        for r in results:
+            message: dict[str, Any] = {"role": "assistant", "content": r.content}
+            if r.reasons:
+                message["reasoning_content"] = message["reasoning"] = r.reasoning
+            calls = r.tool_calls
+            if calls:
+                message["tool_calls"] = [
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in calls
+                ]
+            choices.append(
+                {
+                    "index": r.index,
+                    "message": message,
+                    "logprobs": (
+                        {"content": chat_logprobs_content(r.logprobs, self.token_text)}
+                        if r.logprobs
+                        else None
+                    ),
+                    "finish_reason": r.finish_reason or "stop",
+                }
+            )
+        return self._body(choices, usage)
+
+
+class CompletionFormat(_Format):
+    """``/v1/completions``: ``text_completion`` events and body."""
+
+    object = "text_completion"
+    body_object = "text_completion"
+    text_field = b',"text":'
+    text_close = b""
+
+    def __init__(
+        self, response_id: str, model: str, token_text: Callable[[int], str], include_usage: bool
+    ) -> None:
+        super().__init__(response_id, model, token_text, include_usage)
+        self._offsets: dict[int, int] = {}  # per choice: text offset of its next logprob token
+
+    def chunk(self, d: ChoiceDelta) -> bytes:
+        """The event of one delta (b"" when it carries nothing)."""
+        if d.logprobs is None and d.finish_reason is None:
+            if not d.text:
+                return b""
+            head = self._heads.get(d.index)
+            if head is None:
+                head = self._heads[d.index] = self._head + str(d.index).encode() + self.text_field
+            return head + _json.encode(d.text) + self._tail
+        logprobs = None
+        if d.logprobs is not None:
+            logprobs, self._offsets[d.index] = completion_logprobs(
+                d.logprobs, self.token_text, self._offsets.get(d.index, 0)
+            )
+        return self._event(
+            {"index": d.index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish_reason}
+        )
+
+    def body(self, results: list[ChoiceResult], usage: dict[str, Any]) -> dict[str, Any]:
+        choices = [
+            {
+                "index": r.index,
+                "text": r.content or "",
+                "logprobs": completion_logprobs(r.logprobs, self.token_text)[0] if r.logprobs else None,
+                "finish_reason": r.finish_reason or "stop",
+            }
+            for r in results
+        ]
+        return self._body(choices, usage)
+
+
+# --- one request ------------------------------------------------------------------------------
+
+
+class ResponseBuilder:
+    """One request's response from its choices' engine output batches (see the module docstring)."""
+
+    def __init__(
+        self,
+        kind: str,  # "chat" | "completion"
+        response_id: str,
+        model: str,
+        choices: Sequence[PreprocessedOutput],
+        preprocessor: Preprocessor,
+        include_usage: bool = False,
+    ) -> None:
+        """``RequestError(500)`` when a choice needs a parser this frontend does not have."""
+        self.kind = kind
+        self.choices = [ChoiceStream(pre, preprocessor) for pre in choices]
+        fmt = ChatFormat if kind == "chat" else CompletionFormat
+        self.format = fmt(response_id, model, preprocessor.token_text, include_usage)
+        self.include_usage = include_usage
+        self.results: list[ChoiceResult] | None = None  # made by the first ``collect``
+        self._open = len(self.choices)  # choices not finished yet
+        # Choices of one prompt share its token list (n > 1): usage counts each prompt once.
+        self._prompts: dict[int, list[ChoiceStream]] = {}
+        for c in self.choices:
+            self._prompts.setdefault(id(c.pre.request.token_ids), []).append(c)
+        self.prompt_tokens = sum(group[0].prompt_tokens for group in self._prompts.values())
+
+    @property
+    def id(self) -> str:
+        return self.format.id
+
+    @property
+    def done(self) -> bool:
+        """Every choice finished."""
+        return self._open == 0
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.choices)
+
+    @property
+    def cached_tokens(self) -> int | None:
+        """Prompt tokens the engines served from their prefix caches, over all choices."""
+        reported = [c.cached_tokens for c in self.choices if c.cached_tokens is not None]
+        return sum(reported) if reported else None
+
+    def usage(self) -> dict[str, Any]:
+        completion = self.completion_tokens
+        usage: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
+        # Cached prompt tokens, per prompt as its tokens are: what every choice of it found cached.
+        cached = [[c.cached_tokens for c in g if c.cached_tokens is not None] for g in self._prompts.values()]
+        if any(cached):
+            usage["prompt_tokens_details"] = {"cached_tokens": sum(min(g) for g in cached if g)}
+        return usage
+
+    # --- streaming (``stream`` stage) ------------------------------------------------------
+    def stream(self, i: int, batch: Batch) -> bytes:
+        """The SSE event(s) of choice ``i``'s next batch (and, once all finished, the usage)."""
+        delta = self.choices[i].step(batch)
+        out = self.format.chunk(delta)
+        if delta.finish_reason is not None:
+            out += self._finished()
+        return out
+
+    def stream_end(self, i: int) -> bytes:
+        """Choice ``i``'s stream ended without a finish reason: its last event."""
+        return self._chunk(self.choices[i].end())
+
+    def _chunk(self, delta: ChoiceDelta) -> bytes:
+        out = self.format.chunk(delta)
+        if delta.finish_reason is not None:
+            out += self._finished()
+        return out
+
+    def _finished(self) -> bytes:
+        """A choice finished: the usage event once it was the last."""
+        self._open -= 1
+        if self._open == 0 and self.include_usage:
+            return self.format.usage_chunk(self.usage())
+        return b""
+
+    # --- non-streaming (``collect`` stage) -------------------------------------------------
+    def collect(self, i: int, batch: Batch) -> None:
+        """Accumulate choice ``i``'s next batch."""
+        self._add(i, self.choices[i].step(batch))
+
+    def collect_end(self, i: int) -> None:
+        """Choice ``i``'s stream ended without a finish reason."""
+        self._add(i, self.choices[i].end())
+
+    def _add(self, i: int, delta: ChoiceDelta) -> None:
+        if self.results is None:
+            self.results = [ChoiceResult(c) for c in self.choices]
+        self.results[i].add(delta)
+        if delta.finish_reason is not None:
+            self._open -= 1
+
+    def full_response(self) -> dict[str, Any]:
+        """The response body: every choice in index order, the usage."""
+        if self.results is None:
+            self.results = [ChoiceResult(c) for c in self.choices]
+        results = sorted(self.results, key=lambda r: r.index)
+        return self.format.body(results, self.usage())

@@ -3,8 +3,10 @@ stream | collect** -> client).
 
 ``FrontendService`` holds what one frontend process serves with (runtime, model watcher, metrics,
 prefill router) and ``handle`` runs one ``POST /v1/chat/completions`` or ``/v1/completions`` request
-through the stages of ``dynamo.frontend.stages``. Every refusal and failure is answered in the
-OpenAI error shape with its status (400, 404, 413, 429, 500, 503) and counted by status.
+through the stages of ``dynamo.frontend.stages``: every choice of it (``n``, a list of prompts) is
+routed to its own generation and the results are merged into one response. Every refusal and
+failure is answered in the OpenAI error shape with its status (400, 404, 413, 429, 500, 503) and
+counted by status, once per HTTP request.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from dynamo.frontend.responses import ResponseBuilder, error_response
 from dynamo.frontend.stages.collect import collect
 from dynamo.frontend.stages.parse import LARGE_BODY, read_body, validate
 from dynamo.frontend.stages.preprocess import admit, preprocess
-from dynamo.frontend.stages.route import route
+from dynamo.frontend.stages.route import route_all
 from dynamo.frontend.stages.stream import stream_response
-from dynamo.llm.errors import RequestError, bad_request
+from dynamo.llm.errors import RequestError
 from dynamo.runtime import DistributedRuntime
 
 
@@ -53,9 +55,14 @@ class FrontendService:
             model = admit(self.models, name, config.max_inflight_requests)
             request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
             choices = await preprocess(model, endpoint, req, request_id, offload)
-            if len(choices) != 1:  # the output side serves one choice until fan-out lands there
-                raise bad_request("Only one choice per request is served ('n' = 1, one prompt).", "n")
-            pre = choices[0]
+            builder = ResponseBuilder(
+                endpoint.kind,
+                endpoint.id_prefix + request_id,
+                model.name,
+                choices,
+                model.preprocessor,
+                include_usage=req.include_usage,
+            )
         except RequestError as exc:
             # Labelled by model only when it is served: client-chosen names must not add series.
             label = name if name is not None and name in self.models.models else "unknown"
@@ -63,21 +70,13 @@ class FrontendService:
             return error_response(exc)
 
         mm = self.metrics.model(model.name)
-        record = RequestMetrics(mm, model, endpoint.label, bool(req.stream), started, pre.prompt_len)
-        builder = ResponseBuilder(
-            endpoint.kind,
-            endpoint.id_prefix + request_id,
-            model.name,
-            pre,
-            model.preprocessor,
-            include_usage=req.include_usage,
-        )
+        record = RequestMetrics(mm, model, endpoint.label, bool(req.stream), started, builder.prompt_tokens)
         migration_limit = config.migration_limit
         if migration_limit is None:
             migration_limit = model.card.migration_limit
         try:
-            routed = await route(
-                self.prefill, self.runtime.request_client, model, pre, migration_limit, mm.migrated
+            routed = await route_all(
+                self.prefill, self.runtime.request_client, model, choices, migration_limit, mm.migrated
             )
         except RequestError as exc:
             record.finish(str(exc.status), 0, None)
@@ -86,7 +85,7 @@ class FrontendService:
             record.finish("500", 0, None)
             raise
         record.first_output()
-        headers = routed.debug_headers(request.headers)
+        headers = routed[0].debug_headers(request.headers)
         if req.stream:
-            return stream_response(routed, builder, record, headers)
+            return await stream_response(routed, builder, record, headers)
         return await collect(routed, builder, record, headers)

@@ -430,7 +430,9 @@ class _Response(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-FinishReason = Literal["stop", "length"]
+# "tool_calls": the model called tools (tool_choice auto or required) and stopped; a named
+# tool_choice finishes with "stop", as OpenAI and vLLM answer it.
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class ErrorDetail(_Response):
@@ -475,14 +477,36 @@ class ChatLogprobs(_Response):
 
 
 class CompletionLogprobs(_Response):
+    """Per token; with ``echo`` the prompt's tokens come first, the very first without a logprob
+    (``null``, nothing precedes it). ``top_logprobs`` maps the token and its alternatives."""
+
+    text_offset: list[int]
+    token_logprobs: list[float | None]
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    top_logprobs: list[dict[str, float] | None]
+
+
+class ChatFunctionCall(_Response):
+    name: str
+    arguments: str  # the arguments object as JSON text
+
+
+class ChatToolCall(_Response):
+    id: str
+    type: Literal["function"]
+    function: ChatFunctionCall
 
 
 class AssistantMessage(_Response):
+    """``content`` is null when a tool-call or reasoning parser took all the text (``""`` with a
+    required or named ``tool_choice``); ``reasoning_content`` and its alias ``reasoning`` (vLLM's
+    name) are present when the model's worker has a reasoning parser; ``tool_calls`` when any."""
+
     role: Literal["assistant"]
-    content: str
+    content: str | None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[ChatToolCall] | None = None
 
 
 class ChatChoice(_Response):
@@ -503,9 +527,28 @@ class ChatCompletionResponse(_Response):
     usage: Usage
 
 
+class ChatFunctionCallDelta(_Response):
+    name: str | None = None  # on the call's first delta only
+    arguments: str  # a fragment; a call's fragments joined are its arguments
+
+
+class ChatToolCallDelta(_Response):
+    """A piece of tool call ``index``: the first names it (``id``, ``type``, ``function.name``)."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ChatFunctionCallDelta
+
+
 class ChatDelta(_Response):
-    role: Literal["assistant"] | None = None  # on the first chunk only
-    content: str
+    """``content`` unless the delta only carries reasoning or tool calls."""
+
+    role: Literal["assistant"] | None = None  # on a choice's first chunk only
+    content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None  # the same text as reasoning_content (vLLM's name)
+    tool_calls: list[ChatToolCallDelta] | None = None
 
 
 class ChatChunkChoice(_Response):
@@ -516,8 +559,10 @@ class ChatChunkChoice(_Response):
 
 
 class ChatCompletionChunk(_Response):
-    """One streamed event of ``POST /v1/chat/completions``. ``usage`` is present (null) on every
-    chunk when ``stream_options.include_usage`` is true, and filled on a last chunk without choices."""
+    """One streamed event of ``POST /v1/chat/completions``: one choice's delta (with ``n`` > 1 the
+    choices' events interleave, each with its ``index``). ``usage`` is present (null) on every chunk
+    when ``stream_options.include_usage`` is true, and filled, summed over the choices, on a last
+    chunk without choices."""
 
     id: str
     object: Literal["chat.completion.chunk"]

@@ -174,7 +174,7 @@ BAD_REQUESTS = [
     ({"model": MODEL, "messages": CHAT, "temperature": 9}, 400, "temperature"),
     ({"model": MODEL, "messages": CHAT, "top_p": 0}, 400, "top_p"),
     ({"model": MODEL, "messages": CHAT, "max_tokens": 0}, 400, "max_tokens"),
-    ({"model": MODEL, "messages": CHAT, "n": 3}, 400, "n"),
+    ({"model": MODEL, "messages": CHAT, "n": 0}, 400, "n"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "x " * 9000}]}, 400, "messages"),
 ]
 

@@ -128,7 +128,7 @@ def test_every_route_the_server_answers_is_described_with_its_bodies(served: Ser
     assert {"temperature", "max_tokens", "stream", "stream_options", "nvext"} <= set(chat["properties"])
     with httpx.Client(timeout=10) as http:
         # What is not described is not answered.
-        for method, path in [("GET", "/v1/embeddings"), ("POST", "/v1/responses"), ("DELETE", "/health")]:
+        for method, path in [("GET", "/v1/embeddings"), ("POST", "/v1/audio/speech"), ("DELETE", "/health")]:
             r = http.request(method, f"{served.url}{path}")
             assert r.status_code in (404, 405) and set(r.json()["error"]) == {
                 "message",
@@ -270,14 +270,14 @@ def test_logprobs_and_cached_tokens_match_the_schemas(served: Served, endpoint, 
         )
 
     def builder() -> ResponseBuilder:
-        pre = endpoint.preprocess(preprocessor, req, "r1")[0]
-        return ResponseBuilder(endpoint.kind, "id-r1", MODEL, pre, preprocessor, include_usage=True)
+        choices = endpoint.preprocess(preprocessor, req, "r1")
+        return ResponseBuilder(endpoint.kind, "id-r1", MODEL, choices, preprocessor, include_usage=True)
 
     streaming = builder()
     schema = response_schema(doc, "POST", endpoint.path, 200, "text/event-stream")
     events = []
     for batch in outputs:
-        raw = streaming.chunk(*streaming.consume(batch))
+        raw = streaming.stream(0, batch)
         events += [json.loads(line[6:]) for line in raw.decode().splitlines() if line.startswith("data: ")]
     for event in events:
         _check(doc, schema, event)
@@ -286,7 +286,7 @@ def test_logprobs_and_cached_tokens_match_the_schemas(served: Served, endpoint, 
 
     whole = builder()
     for batch in outputs:
-        whole.add_to_full(*whole.consume(batch))
+        whole.collect(0, batch)
     full = whole.full_response()
     _check(doc, response_schema(doc, "POST", endpoint.path, 200, "application/json"), full)
     assert full["choices"][0]["logprobs"]

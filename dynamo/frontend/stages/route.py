@@ -5,11 +5,15 @@ prompt is prefilled (here, or on a prefill worker first: ``dynamo.frontend.disag
 ``Generation`` that picks the instance with the model's routing policy, fails over and migrates
 (``dynamo.frontend.generation``). A failure before the first output is still an HTTP status (503
 no reachable worker, 429 every worker busy); the first output is the time to first token.
+``route_all`` routes every choice of a request (``n``, a list of prompts) at once: each its own
+generation; if one fails before its first output, the others are cancelled and that failure is
+the answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -71,3 +75,39 @@ async def route(
         await batches.aclose()
         raise
     return Routed(gen, batches, first)
+
+
+async def route_all(
+    prefill: PrefillRouter,
+    client: RequestPlaneClient,
+    model: ServedModel,
+    choices: Sequence[PreprocessedOutput],
+    migration_limit: int,
+    on_migration: Callable[[str], None],
+) -> list[Routed]:
+    """Every choice routed concurrently, in ``choices``' order, once each had its first output."""
+    if len(choices) == 1:
+        return [await route(prefill, client, model, choices[0], migration_limit, on_migration)]
+    tasks = [
+        asyncio.ensure_future(route(prefill, client, model, pre, migration_limit, on_migration))
+        for pre in choices
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return [task.result() for task in tasks]
+    except BaseException:
+        await _close_all(tasks)
+        raise
+
+
+async def _close_all(tasks: Sequence[asyncio.Future[Routed]]) -> None:
+    """Cancel the routings still running and close the streams the others opened."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is None:
+            await task.result().batches.aclose()
