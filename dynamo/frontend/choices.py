@@ -65,7 +65,7 @@ class ChoiceDelta(msgspec.Struct, gc=False):
     index: int
     text: str = ""
     reasoning: str = ""
-    tool_calls: list[ToolCallDelta] = []
+    tool_calls: Sequence[ToolCallDelta] = ()
     logprobs: list[LogprobEntry] | None = None
     finish_reason: str | None = None
 
@@ -156,11 +156,13 @@ class ChoiceStream:
         elif finish is not None:
             text += self._detok.flush()
             reason = "length" if finish == "length" else "stop"
-        if not self._want_logprobs:
+        if logprobs is not None and not self._want_logprobs:
             logprobs = None
         if self._plain:
+            if reason is None and logprobs is None:
+                return ChoiceDelta(self.index, text)  # the hot path: plain text, nothing else
             self.finish_reason = reason
-            return ChoiceDelta(self.index, text, logprobs=logprobs, finish_reason=reason)
+            return ChoiceDelta(self.index, text, "", (), logprobs, reason)
         return self._shape(text, logprobs, reason, prompt_logprobs)
 
     def end(self) -> ChoiceDelta:
