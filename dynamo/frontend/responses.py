@@ -154,7 +154,7 @@ class _Format:
         self._tail = self.text_close + b',"logprobs":null,"finish_reason":null}]'
         self._tail += b',"usage":null}\n\n' if include_usage else b"}\n\n"
 
-    def _event(self, choice: dict[str, Any]) -> bytes:
+    def _event(self, choice: dict[str, Any], usage: dict[str, Any] | None) -> bytes:
         body: dict[str, Any] = {
             "id": self.id,
             "object": self.object,
@@ -163,7 +163,7 @@ class _Format:
             "choices": [choice],
         }
         if self.include_usage:
-            body["usage"] = None
+            body["usage"] = usage
         return sse(body)
 
     def usage_chunk(self, usage: dict[str, Any]) -> bytes:
@@ -198,10 +198,11 @@ class ChatFormat(_Format):
     text_field = b',"delta":{"content":'
     text_close = b"}"
 
-    def chunk(self, d: ChoiceDelta) -> bytes:
-        """The event of one delta (b"" when it carries nothing); the role goes with a choice's first."""
+    def chunk(self, d: ChoiceDelta, usage: dict[str, Any] | None = None) -> bytes:
+        """The event of one delta (b"" when it carries nothing); the role goes with a choice's first.
+        ``usage``: the choice's so far (``continuous_usage_stats``)."""
         head = self._heads.get(d.index)
-        if head is not None and d.logprobs is None and d.finish_reason is None:
+        if head is not None and d.logprobs is None and d.finish_reason is None and usage is None:
             if not d.reasoning and not d.tool_calls:  # plain text: the pre-encoded bytes
                 return head + _json.encode(d.text) + self._tail if d.text else b""
         elif not (d.text or d.reasoning or d.tool_calls or d.logprobs is not None or d.finish_reason):
@@ -220,7 +221,7 @@ class ChatFormat(_Format):
         if d.logprobs is not None:
             logprobs = {"content": chat_logprobs_content(d.logprobs, self.token_text)}
         return self._event(
-            {"index": d.index, "delta": delta, "logprobs": logprobs, "finish_reason": d.finish_reason}
+            {"index": d.index, "delta": delta, "logprobs": logprobs, "finish_reason": d.finish_reason}, usage
         )
 
     def body(self, results: list[ChoiceResult], usage: dict[str, Any]) -> dict[str, Any]:
@@ -264,9 +265,9 @@ class CompletionFormat(_Format):
         super().__init__(response_id, model, token_text, include_usage)
         self._offsets: dict[int, int] = {}  # per choice: text offset of its next logprob token
 
-    def chunk(self, d: ChoiceDelta) -> bytes:
-        """The event of one delta (b"" when it carries nothing)."""
-        if d.logprobs is None and d.finish_reason is None:
+    def chunk(self, d: ChoiceDelta, usage: dict[str, Any] | None = None) -> bytes:
+        """The event of one delta (b"" when it carries nothing); ``usage`` as in ``ChatFormat``."""
+        if d.logprobs is None and d.finish_reason is None and usage is None:
             if not d.text:
                 return b""
             head = self._heads.get(d.index)
@@ -279,7 +280,7 @@ class CompletionFormat(_Format):
                 d.logprobs, self.token_text, self._offsets.get(d.index, 0)
             )
         return self._event(
-            {"index": d.index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish_reason}
+            {"index": d.index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish_reason}, usage
         )
 
     def body(self, results: list[ChoiceResult], usage: dict[str, Any]) -> dict[str, Any]:
@@ -309,13 +310,18 @@ class ResponseBuilder:
         choices: Sequence[PreprocessedOutput],
         preprocessor: Preprocessor,
         include_usage: bool = False,
+        continuous_usage: bool = False,
     ) -> None:
-        """``RequestError(500)`` when a choice needs a parser this frontend does not have."""
+        """``include_usage``: a streamed response ends with a usage event; ``continuous_usage``
+        (vLLM's ``stream_options.continuous_usage_stats``, with ``include_usage``): every event also
+        carries its choice's usage so far. ``RequestError(500)`` when a choice needs a parser this
+        frontend does not have."""
         self.kind = kind
         self.choices = [ChoiceStream(pre, preprocessor) for pre in choices]
         fmt = ChatFormat if kind == "chat" else CompletionFormat
         self.format = fmt(response_id, model, preprocessor.token_text, include_usage)
         self.include_usage = include_usage
+        self.continuous_usage = include_usage and continuous_usage
         self.results: list[ChoiceResult] | None = None  # made by the first ``collect``
         self._open = len(self.choices)  # choices not finished yet
         # Choices of one prompt share its token list (n > 1): usage counts each prompt once.
@@ -359,21 +365,18 @@ class ResponseBuilder:
     # --- streaming (``stream`` stage) ------------------------------------------------------
     def stream(self, i: int, batch: Batch) -> bytes:
         """The SSE event(s) of choice ``i``'s next batch (and, once all finished, the usage)."""
-        delta = self.choices[i].step(batch)
-        out = self.format.chunk(delta)
+        choice = self.choices[i]
+        delta = choice.step(batch)
+        out = self.format.chunk(delta, _usage(choice) if self.continuous_usage else None)
         if delta.finish_reason is not None:
             out += self._finished()
         return out
 
     def stream_end(self, i: int) -> bytes:
         """Choice ``i``'s stream ended without a finish reason: its last event."""
-        return self._chunk(self.choices[i].end())
-
-    def _chunk(self, delta: ChoiceDelta) -> bytes:
-        out = self.format.chunk(delta)
-        if delta.finish_reason is not None:
-            out += self._finished()
-        return out
+        choice = self.choices[i]
+        delta = choice.end()
+        return self.format.chunk(delta, _usage(choice) if self.continuous_usage else None) + self._finished()
 
     def _finished(self) -> bytes:
         """A choice finished: the usage event once it was the last."""
@@ -404,3 +407,12 @@ class ResponseBuilder:
             self.results = [ChoiceResult(c) for c in self.choices]
         results = sorted(self.results, key=lambda r: r.index)
         return self.format.body(results, self.usage())
+
+
+def _usage(choice: ChoiceStream) -> dict[str, Any]:
+    """One choice's usage so far (its prompt, its tokens), as vLLM's continuous usage stats."""
+    return {
+        "prompt_tokens": choice.prompt_tokens,
+        "completion_tokens": choice.completion_tokens,
+        "total_tokens": choice.prompt_tokens + choice.completion_tokens,
+    }

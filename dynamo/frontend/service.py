@@ -62,6 +62,7 @@ class FrontendService:
                 choices,
                 model.preprocessor,
                 include_usage=req.include_usage,
+                continuous_usage=bool(req.stream_options and req.stream_options.continuous_usage_stats),
             )
         except RequestError as exc:
             # Labelled by model only when it is served: client-chosen names must not add series.

@@ -147,6 +147,21 @@ def test_n_streamed_choices_merge_into_one_stream_with_one_usage_event(stack: St
         assert all(c["finish_reason"] is None for c in chunks[:-1])
 
 
+def test_continuous_usage_stats_put_each_choices_usage_on_its_events(stack: Stack) -> None:
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    body = {"model": PLAIN, "messages": CHAT, "max_tokens": 5, "n": 2, "stream_options": options}
+    events = stream(stack, "/v1/chat/completions", body)
+    last = {0: 0, 1: 0}
+    for e in events[:-1]:
+        (c,) = e["choices"]
+        usage = e["usage"]
+        assert usage["completion_tokens"] >= last[c["index"]] and usage["total_tokens"] == (
+            usage["prompt_tokens"] + usage["completion_tokens"]
+        )
+        last[c["index"]] = usage["completion_tokens"]
+    assert last == {0: 5, 1: 5} and events[-1]["usage"]["completion_tokens"] == 10
+
+
 def test_a_list_of_prompts_is_one_choice_per_prompt_and_n(stack: Stack) -> None:
     prompts = ["Once upon a time", "The capital of France is"]
     body = post(stack, "/v1/completions", {"model": PLAIN, "prompt": prompts, "max_tokens": 3, "n": 2})

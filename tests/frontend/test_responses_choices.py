@@ -54,10 +54,14 @@ def events(raw: bytes) -> list[dict[str, Any]]:
 
 
 def stream(
-    kind: str, pp: Preprocessor, pres: list[PreprocessedOutput], texts: list[list[list[dict[str, Any]]]]
+    kind: str,
+    pp: Preprocessor,
+    pres: list[PreprocessedOutput],
+    texts: list[list[list[dict[str, Any]]]],
+    continuous_usage: bool = False,
 ) -> list[dict[str, Any]]:
     """Every event of a streamed response, the choices' batches interleaved round-robin."""
-    b = ResponseBuilder(kind, "id-1", "smol", pres, pp, include_usage=True)
+    b = ResponseBuilder(kind, "id-1", "smol", pres, pp, include_usage=True, continuous_usage=continuous_usage)
     raw = b""
     queues = [list(t) for t in texts]
     while any(queues):
@@ -258,6 +262,24 @@ def test_choices_merge_with_their_indexes_and_usage_counts_the_prompt_once(pp: P
     body = whole("chat", pp, [second, first], [outputs(pp, t) for t in reversed(texts)])
     assert [(c["index"], c["message"]["content"]) for c in body["choices"]] == [(0, texts[0]), (1, texts[1])]
     assert body["usage"]["prompt_tokens"] == first.prompt_len
+
+
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+def test_continuous_usage_puts_each_choices_usage_so_far_on_its_events(pp: Preprocessor, kind: str) -> None:
+    first = choice(pp, 0)
+    second = replace(first, index=1, request=PreprocessedRequest("r-1", "smol", first.request.token_ids))
+    texts = [" Paris is the capital.", " Paris."]
+    evs = stream(kind, pp, [first, second], [outputs(pp, t) for t in texts], continuous_usage=True)
+    seen = [0, 0]
+    for ev in evs[:-1]:
+        (c,) = ev["choices"]
+        seen[c["index"]] += 1
+        assert ev["usage"] == {
+            "prompt_tokens": first.prompt_len,
+            "completion_tokens": seen[c["index"]],  # one token per event here
+            "total_tokens": first.prompt_len + seen[c["index"]],
+        }
+    assert evs[-1]["choices"] == [] and evs[-1]["usage"]["completion_tokens"] == sum(seen)
 
 
 def test_a_list_of_prompts_counts_every_prompt(pp: Preprocessor) -> None:
