@@ -21,7 +21,8 @@ from dynamo.frontend.endpoints import ENDPOINTS
 from dynamo.frontend.responses import ResponseBuilder
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.openai import parse_chat_request, parse_completion_request
-from dynamo.llm.preprocessor import Preprocessor
+from dynamo.llm.preprocessor import PreprocessedOutput, Preprocessor
+from dynamo.llm.protocols import PreprocessedRequest
 from tests.support.graph import Frontend, discovery_env, start_mocker
 from tests.support.procs import ManagedProcess
 
@@ -290,3 +291,92 @@ def test_logprobs_and_cached_tokens_match_the_schemas(served: Served, endpoint, 
     full = whole.full_response()
     _check(doc, response_schema(doc, "POST", endpoint.path, 200, "application/json"), full)
     assert full["choices"][0]["logprobs"]
+
+
+def test_several_choices_and_echo_match_the_schemas(served: Served):
+    doc = served.doc
+    chat, completions = "/v1/chat/completions", "/v1/completions"
+    with httpx.Client(timeout=30) as http:
+        r = http.post(f"{served.url}{chat}", json={"model": MODEL, "messages": CHAT, "max_tokens": 3, "n": 2})
+        check_response(doc, "POST", chat, r)
+        assert [c["index"] for c in r.json()["choices"]] == [0, 1]
+        body = {"model": MODEL, "messages": CHAT, "max_tokens": 3, "n": 2, "stream": True}
+        body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+        events = check_stream(doc, chat, http.post(f"{served.url}{chat}", json=body))
+        assert {e["choices"][0]["index"] for e in events if e["choices"]} == {0, 1}
+        for body in (
+            {"model": MODEL, "prompt": ["Once upon", "a time"], "max_tokens": 2, "echo": True},
+            {"model": MODEL, "prompt": "Once upon", "max_tokens": 0, "echo": True},
+        ):
+            r = http.post(f"{served.url}{completions}", json=body)
+            check_response(doc, "POST", completions, r)
+            assert r.json()["choices"][0]["text"].startswith("Once upon")
+            check_stream(
+                doc, completions, http.post(f"{served.url}{completions}", json={**body, "stream": True})
+            )
+
+
+def test_tool_calls_reasoning_and_echoed_logprobs_match_the_schemas(
+    served: Served, smollm2_tokenizer_dir: Path
+):
+    """The mocker writes neither tool calls nor thinking, nor prompt logprobs: the builder's are checked
+    on outputs shaped as an engine's, with the model's tokenizer."""
+    doc = served.doc
+    card = ModelDeploymentCard.from_local_path(smollm2_tokenizer_dir, MODEL)
+    files = card.try_read_local_files()
+    assert files is not None
+    preprocessor = Preprocessor.from_card(card, files)
+
+    def outputs(text: str, **first: Any) -> list[list[dict[str, Any]]]:
+        ids = preprocessor.tokenizer.encode(text, add_special_tokens=False).ids
+        batches: list[list[dict[str, Any]]] = [[{"token_ids": [t]}] for t in ids]
+        batches[-1][0]["finish_reason"] = "stop"
+        batches[0][0].update(first)
+        return batches
+
+    def check(endpoint: Any, pres: list[PreprocessedOutput], batches: list[list[dict[str, Any]]]) -> dict:
+        streaming = ResponseBuilder(endpoint.kind, "id", MODEL, pres, preprocessor, include_usage=True)
+        raw = b"".join(streaming.stream(0, batch) for batch in batches)
+        events = [json.loads(line[6:]) for line in raw.decode().splitlines() if line.startswith("data: ")]
+        for event in events:
+            _check(doc, response_schema(doc, "POST", endpoint.path, 200, "text/event-stream"), event)
+        whole = ResponseBuilder(endpoint.kind, "id", MODEL, pres, preprocessor)
+        for batch in batches:
+            whole.collect(0, batch)
+        body = whole.full_response()
+        _check(doc, response_schema(doc, "POST", endpoint.path, 200, "application/json"), body)
+        return body
+
+    ids = preprocessor.tokenizer.encode("What is the weather?", add_special_tokens=False).ids
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    text = 'Hmm.</think><tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    pre = PreprocessedOutput(
+        PreprocessedRequest("r", MODEL, ids),
+        len(ids),
+        tool_mode="auto",
+        tool_parser="hermes",
+        tools=tools,
+        reasoning_parser="deepseek_r1",
+    )
+    message = check(ENDPOINTS["/v1/chat/completions"], [pre], outputs(text))["choices"][0]["message"]
+    assert message["content"] is None and message["reasoning_content"] == "Hmm." and message["tool_calls"]
+    pre = PreprocessedOutput(
+        PreprocessedRequest("r", MODEL, ids), len(ids), tool_mode="required", tools=tools
+    )
+    body = check(
+        ENDPOINTS["/v1/chat/completions"], [pre], outputs('[{"name": "get_weather", "parameters": {}}]')
+    )
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
+    prompt_logprobs = [None] + [[t, -1.0, [[t, -1.0]]] for t in ids[1:]]
+    pre = PreprocessedOutput(
+        PreprocessedRequest("r", MODEL, ids),
+        len(ids),
+        logprobs=1,
+        echo_text="What is the weather?",
+        prompt_logprobs=1,
+    )
+    batches = outputs(" Sunny", prompt_logprobs=prompt_logprobs)
+    for batch in batches:
+        batch[0]["logprobs"] = [[t, -0.5, [[t, -0.5]]] for t in batch[0]["token_ids"]]
+    body = check(ENDPOINTS["/v1/completions"], [pre], batches)
+    assert body["choices"][0]["logprobs"]["token_logprobs"][0] is None
