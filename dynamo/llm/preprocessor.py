@@ -35,6 +35,7 @@ from dynamo.llm.protocols import (
     SamplingOptions,
     StopConditions,
 )
+from dynamo.llm.token_cache import DEFAULT_MAX_BYTES, PrefixTokenCache
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Preprocessor:
         tokenizer: Tokenizer,
         chat_template: ChatTemplate | None,
         tool_chat_template: ChatTemplate | None = None,
+        token_cache_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.card = card
         self.tokenizer = tokenizer
@@ -94,12 +96,26 @@ class Preprocessor:
         self._tool_template = tool_chat_template or chat_template
         self.context_length = card.context_length
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.token_cache = PrefixTokenCache.for_tokenizer(tokenizer, max_bytes=token_cache_bytes)
+        # Whether encoding with special tokens adds any (a BOS/EOS post-processor): then completion
+        # prompts are encoded whole, as the cache encodes without them.
+        self._adds_specials = bool(
+            tokenizer.encode("a", add_special_tokens=True).ids
+            != tokenizer.encode("a", add_special_tokens=False).ids
+        )
 
     @classmethod
-    def from_card(cls, card: ModelDeploymentCard, files: dict[str, bytes]) -> Preprocessor:
-        """Build from the card and its files (checked against the card's hashes first)."""
+    def from_card(
+        cls, card: ModelDeploymentCard, files: dict[str, bytes], token_cache_bytes: int = DEFAULT_MAX_BYTES
+    ) -> Preprocessor:
+        """Build from the card and its files (checked against the card's hashes first);
+        ``token_cache_bytes`` bounds the tokenization prefix cache (0: none)."""
         card.verify_files(files)
         tokenizer = Tokenizer.from_str(files["tokenizer.json"].decode())
+        # As transformers (and so vLLM) use a tokenizer.json: its padding and truncation settings do
+        # not apply to prompts (BERT exports pad and truncate every input to 128 tokens).
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
         config: dict[str, Any] = {}
         if raw := files.get("tokenizer_config.json"):
             config = json.loads(raw)
@@ -108,7 +124,7 @@ class Preprocessor:
         tool_template = ChatTemplate.from_tokenizer_config(config, jinja, tools=True)
         if template is None:
             log.warning("model %s has no chat template: chat completions are refused", card.display_name)
-        return cls(card, tokenizer, template, tool_template)
+        return cls(card, tokenizer, template, tool_template, token_cache_bytes)
 
     # -- choices: what the endpoints call --------------------------------------------------------
 
@@ -172,7 +188,7 @@ class Preprocessor:
             token_ids = self._check_ids(nvext.token_data, "nvext.token_data")
         else:
             # The template already writes any BOS the model wants: add no special tokens here.
-            token_ids = self.tokenizer.encode(self.render_chat(req, plan.tools), add_special_tokens=False).ids
+            token_ids = self.encode(self.render_chat(req, plan.tools), add_special_tokens=False)
         max_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         guided_param = "tool_choice" if plan.guided is not None else _guided_param(req)
@@ -240,9 +256,17 @@ class Preprocessor:
         return out
 
     def _encode_prompt(self, text: str, add_special_tokens: bool) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        ids = self.encode(text, add_special_tokens)
         if not ids:
             raise bad_request("'prompt' must not be empty.", "prompt")
+        return ids
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        """``text``'s token ids, through the prefix cache where that is exact."""
+        cache = self.token_cache
+        if cache is not None and not (add_special_tokens and self._adds_specials):
+            return cache.encode(text)
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
         return ids
 
     def _check_ids(self, ids: list[int], param: str) -> list[int]:

@@ -1,0 +1,157 @@
+"""Tokenization prefix cache: rendered prompts that share text between special tokens (a system
+prompt, a tool list, earlier turns of a chat) reuse that text's token ids instead of encoding it
+again.
+
+Journey: parse -> **preprocess: chat template -> tokenize (here)** -> route -> engine.
+
+Exactness: a Hugging Face tokenizer first cuts its input at its added tokens (``<|im_start|>``,
+``<|im_end|>``, ...) and encodes each piece between them on its own, so the ids of a prompt are
+the ids of its pieces, concatenated, with each added token's id between them. This holds when the
+tokenizer has no normalizer and no added token strips the whitespace around it (``lstrip`` /
+``rstrip``) or matches after normalization; ``PrefixTokenCache.for_tokenizer`` returns ``None``
+for any other tokenizer (encode whole, as before). A property test checks the equality over
+generated conversations.
+
+Pieces of at least ``min_chars`` characters are kept in an LRU bounded by ``max_bytes`` (token ids
+as 4-byte arrays plus the text); shorter pieces are encoded every time, together with the misses,
+in one batch call. ``stats`` counts hits, misses and bytes for the frontend's metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from array import array
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_MIN_CHARS = 256
+
+
+@dataclass(slots=True)
+class CacheStats:
+    """Counters since start (pieces looked up, found, not found) and the bytes held now."""
+
+    hits: int = 0
+    misses: int = 0
+    hit_tokens: int = 0  # token ids served from the cache instead of encoded
+    bytes: int = 0
+    entries: int = 0
+    evictions: int = 0
+
+
+class PrefixTokenCache:
+    """Encodes text as ``tokenizer.encode(text, add_special_tokens=False).ids`` would, reusing the
+    ids of long pieces seen before. Thread-safe (large prompts are preprocessed off the loop)."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        special_ids: dict[str, int],
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        min_chars: int = DEFAULT_MIN_CHARS,
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._special_ids = special_ids
+        # Longest first, so that one added token that is a prefix of another never wins.
+        alternatives = "|".join(re.escape(t) for t in sorted(special_ids, key=len, reverse=True))
+        self._split = re.compile(f"({alternatives})")
+        self._max_bytes = max_bytes
+        self._min_chars = min_chars
+        self._entries: OrderedDict[str, array[int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.stats = CacheStats()
+
+    @classmethod
+    def for_tokenizer(
+        cls, tokenizer: Tokenizer, max_bytes: int = DEFAULT_MAX_BYTES, min_chars: int = DEFAULT_MIN_CHARS
+    ) -> PrefixTokenCache | None:
+        """A cache for ``tokenizer``, or ``None`` when piecewise encoding would not be exact for it
+        (see the module docstring) or ``max_bytes`` is 0."""
+        if max_bytes <= 0:
+            return None
+        spec = json.loads(tokenizer.to_str())
+        if spec.get("normalizer") is not None:
+            return None
+        special_ids: dict[str, int] = {}
+        for token in spec.get("added_tokens") or []:
+            if (
+                token.get("lstrip")
+                or token.get("rstrip")
+                or token.get("normalized")
+                or token.get("single_word")
+            ):
+                return None
+            special_ids[token["content"]] = token["id"]
+        if not special_ids:
+            return None
+        return cls(tokenizer, special_ids, max_bytes, min_chars)
+
+    def encode(self, text: str) -> list[int]:
+        """The token ids of ``text`` (no special tokens added around it)."""
+        parts = self._split.split(text)
+        # parts alternates: text, added token, text, ..., text
+        found: list[array[int] | None] = [None] * len(parts)
+        todo: list[int] = []
+        hits = hit_tokens = 0
+        with self._lock:
+            for i in range(0, len(parts), 2):
+                part = parts[i]
+                if not part:
+                    continue
+                if len(part) >= self._min_chars:
+                    ids = self._entries.get(part)
+                    if ids is not None:
+                        self._entries.move_to_end(part)
+                        found[i] = ids
+                        hits += 1
+                        hit_tokens += len(ids)
+                        continue
+                todo.append(i)
+        if todo:
+            encoded = self._tokenizer.encode_batch([parts[i] for i in todo], add_special_tokens=False)
+            misses = []
+            for i, enc in zip(todo, encoded, strict=True):
+                ids = array("i", enc.ids)
+                found[i] = ids
+                if len(parts[i]) >= self._min_chars:
+                    misses.append((parts[i], ids))
+            if misses:
+                self._keep(misses)
+        with self._lock:
+            self.stats.hits += hits
+            self.stats.hit_tokens += hit_tokens
+        out: list[int] = []
+        special = self._special_ids
+        for i, part in enumerate(parts):
+            if i % 2:
+                out.append(special[part])
+            else:
+                ids = found[i]
+                if ids is not None:
+                    out.extend(ids)
+        return out
+
+    def _keep(self, pieces: list[tuple[str, array[int]]]) -> None:
+        with self._lock:
+            stats = self.stats
+            for text, ids in pieces:
+                stats.misses += 1
+                size = _size(text, ids)
+                if size > self._max_bytes or text in self._entries:
+                    continue
+                self._entries[text] = ids
+                stats.bytes += size
+                while stats.bytes > self._max_bytes:
+                    old_text, old_ids = self._entries.popitem(last=False)
+                    stats.bytes -= _size(old_text, old_ids)
+                    stats.evictions += 1
+            stats.entries = len(self._entries)
+
+
+def _size(text: str, ids: array[int]) -> int:
+    return len(text) + ids.itemsize * len(ids)

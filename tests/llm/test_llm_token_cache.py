@@ -1,0 +1,131 @@
+"""The tokenization prefix cache gives exactly the ids of a full encode, with bounded memory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+
+from dynamo.llm.chat_template import ChatTemplate
+from dynamo.llm.token_cache import PrefixTokenCache
+
+# Letters, digits, punctuation, whitespace runs and multi-byte characters (accents, CJK, emoji,
+# a combining mark), so pieces start and end inside words, numbers and UTF-8 sequences.
+ALPHABET = st.sampled_from(
+    [
+        *"abcdefghijklmnopqrstuvwxyz ABCXYZ0123456789.,;:!?'\"()[]{}<>/\\|-_\n\t  ",
+        *["é", "ß", "日本", "語", "🙂", "👩\u200d💻", "e\u0301", "\u00a0", "\u2019", "\u2014"],
+    ]
+)
+TEXT = st.lists(ALPHABET, min_size=0, max_size=120).map("".join)
+SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_files: dict[str, bytes]) -> Tokenizer:
+    return Tokenizer.from_str(smollm2_files["tokenizer.json"].decode())
+
+
+@pytest.fixture(scope="module")
+def template(smollm2_files: dict[str, bytes]) -> ChatTemplate:
+    config = json.loads(smollm2_files["tokenizer_config.json"])
+    result = ChatTemplate.from_tokenizer_config(config)
+    assert result is not None
+    return result
+
+
+@pytest.fixture(scope="module")
+def qualified(tokenizer: Tokenizer) -> PrefixTokenCache:
+    cache = PrefixTokenCache.for_tokenizer(tokenizer)
+    assert cache is not None  # SmolLM2's tokenizer qualifies: no normalizer, no stripping added tokens
+    return cache
+
+
+def fresh(template_cache: PrefixTokenCache, **kwargs: int) -> PrefixTokenCache:
+    """An empty cache like ``template_cache`` (reading the tokenizer's spec once per module)."""
+    return PrefixTokenCache(
+        template_cache._tokenizer, template_cache._special_ids, **{"min_chars": 1, **kwargs}
+    )
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=st.lists(st.one_of(TEXT, st.sampled_from(SPECIALS)), min_size=1, max_size=8))
+def test_any_text_with_added_tokens_anywhere_encodes_exactly(
+    tokenizer: Tokenizer, qualified: PrefixTokenCache, pieces: list[str]
+) -> None:
+    text = "".join(pieces)  # added tokens land inside words, next to spaces, back to back
+    cache = fresh(qualified)
+    expected = tokenizer.encode(text, add_special_tokens=False).ids
+    assert cache.encode(text) == expected
+    assert cache.encode(text) == expected  # now from the cache
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    system=TEXT,
+    cut=st.integers(min_value=0, max_value=200),
+    tails=st.lists(TEXT, min_size=2, max_size=4),
+    turns=st.lists(st.tuples(TEXT, TEXT), min_size=1, max_size=4),
+)
+def test_conversations_sharing_prefixes_encode_exactly(
+    tokenizer: Tokenizer,
+    qualified: PrefixTokenCache,
+    template: ChatTemplate,
+    system: str,
+    cut: int,
+    tails: list[str],
+    turns: list[tuple[str, str]],
+) -> None:
+    """Several chats whose system prompts share a prefix that ends anywhere (inside a word, inside
+    a multi-byte sequence's neighbours), then grow turn by turn, all through one warm cache."""
+    cache = fresh(qualified)
+    for tail in tails:
+        messages = [{"role": "system", "content": system[:cut] + tail}]
+        for user, assistant in turns:
+            messages.append({"role": "user", "content": user})
+            prompt = template.render(template.prepare_messages([dict(m) for m in messages]))
+            assert cache.encode(prompt) == tokenizer.encode(prompt, add_special_tokens=False).ids
+            messages.append({"role": "assistant", "content": assistant})
+    assert cache.stats.hits > 0
+
+
+def test_a_shared_system_prompt_is_encoded_once(tokenizer: Tokenizer, qualified: PrefixTokenCache) -> None:
+    cache = fresh(qualified, min_chars=256)
+    system = "You are a careful assistant. " * 200
+    prompts = [
+        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nQuestion {i}?<|im_end|>\n"
+        for i in range(5)
+    ]
+    for prompt in prompts:
+        assert cache.encode(prompt) == tokenizer.encode(prompt, add_special_tokens=False).ids
+    stats = cache.stats
+    assert (stats.misses, stats.hits) == (1, 4)  # the long system piece; the short ones are not kept
+    assert stats.hit_tokens == 4 * len(tokenizer.encode(f"system\n{system}", add_special_tokens=False).ids)
+
+
+def test_memory_is_bounded_and_old_pieces_are_evicted_first(qualified: PrefixTokenCache) -> None:
+    cache = fresh(qualified, max_bytes=20_000, min_chars=100)
+    texts = [f"<|im_start|>{i} " + "word " * 400 for i in range(10)]  # ~2 kB of text + ids each
+    for text in texts:
+        cache.encode(text)
+        assert cache.stats.bytes <= 20_000
+    assert cache.stats.evictions > 0
+    hits = cache.stats.hits
+    cache.encode(texts[-1])
+    assert cache.stats.hits == hits + 1  # the newest is still there
+    cache.encode(texts[0])
+    assert cache.stats.hits == hits + 1  # the oldest was evicted
+
+
+def test_tokenizers_where_pieces_are_not_exact_get_no_cache(smollm2_files: dict[str, bytes]) -> None:
+    spec = json.loads(smollm2_files["tokenizer.json"])
+    stripping = json.loads(json.dumps(spec))
+    stripping["added_tokens"][1]["lstrip"] = True
+    assert PrefixTokenCache.for_tokenizer(Tokenizer.from_str(json.dumps(stripping))) is None
+    normalized = json.loads(json.dumps(spec))
+    normalized["normalizer"] = {"type": "Lowercase"}
+    assert PrefixTokenCache.for_tokenizer(Tokenizer.from_str(json.dumps(normalized))) is None
+    assert PrefixTokenCache.for_tokenizer(Tokenizer.from_str(json.dumps(spec)), max_bytes=0) is None
