@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
     from dynamo.frontend.models import ServedModel
@@ -231,7 +231,7 @@ class _LiveGauges:
         self._served = served
         self._per_model = per_model
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         inflight = GaugeMetricFamily(PREFIX + "inflight_requests", "requests being served", labels=["model"])
         queued = GaugeMetricFamily(
             PREFIX + "queued_requests", "requests waiting for a first output", labels=["model"]
@@ -241,11 +241,36 @@ class _LiveGauges:
             "KV router: overlap blocks / prompt blocks of routed requests",
             labels=["model"],
         )
+        # The tokenization prefix cache, under the reference's names.
+        cache_hits = CounterMetricFamily(
+            PREFIX + "tokenizer_cache_hits", "prompt pieces found in the tokenization cache", labels=["model"]
+        )
+        cache_misses = CounterMetricFamily(
+            PREFIX + "tokenizer_cache_misses", "long prompt pieces encoded and kept", labels=["model"]
+        )
+        cached_tokens = CounterMetricFamily(
+            PREFIX + "tokenizer_cache_cached_tokens", "prompt tokens taken from the cache", labels=["model"]
+        )
+        uncached_tokens = CounterMetricFamily(
+            PREFIX + "tokenizer_cache_uncached_tokens", "prompt tokens encoded", labels=["model"]
+        )
+        cache_bytes = GaugeMetricFamily(
+            PREFIX + "tokenizer_cache_bytes", "bytes held by the tokenization cache", labels=["model"]
+        )
         for model in self._served():
             inflight.add_metric([model.name], model.inflight)
+            cache = model.preprocessor.token_cache
+            if cache is not None:
+                stats = cache.stats
+                cache_hits.add_metric([model.name], stats.hits)
+                cache_misses.add_metric([model.name], stats.misses)
+                cached_tokens.add_metric([model.name], stats.cached_tokens)
+                uncached_tokens.add_metric([model.name], stats.uncached_tokens)
+                cache_bytes.add_metric([model.name], stats.bytes)
             mm = self._per_model.get(model.name)
             queued.add_metric([model.name], mm.queued if mm is not None else 0)
             kv = model.router.kv
             if kv is not None:
                 hit_rate.add_metric([model.name], kv.counters.hit_rate)
         yield from (inflight, queued, hit_rate)
+        yield from (cache_hits, cache_misses, cached_tokens, uncached_tokens, cache_bytes)

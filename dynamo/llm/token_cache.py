@@ -38,7 +38,8 @@ class CacheStats:
 
     hits: int = 0
     misses: int = 0
-    hit_tokens: int = 0  # token ids served from the cache instead of encoded
+    cached_tokens: int = 0  # token ids served from the cache instead of encoded
+    uncached_tokens: int = 0  # token ids encoded (misses and pieces too short to keep)
     bytes: int = 0
     entries: int = 0
     evictions: int = 0
@@ -97,7 +98,7 @@ class PrefixTokenCache:
         # parts alternates: text, added token, text, ..., text
         found: list[array[int] | None] = [None] * len(parts)
         todo: list[int] = []
-        hits = hit_tokens = 0
+        hits = cached = uncached = 0
         with self._lock:
             for i in range(0, len(parts), 2):
                 part = parts[i]
@@ -109,7 +110,7 @@ class PrefixTokenCache:
                         self._entries.move_to_end(part)
                         found[i] = ids
                         hits += 1
-                        hit_tokens += len(ids)
+                        cached += len(ids)
                         continue
                 todo.append(i)
         if todo:
@@ -117,6 +118,7 @@ class PrefixTokenCache:
             misses = []
             for i, enc in zip(todo, encoded, strict=True):
                 ids = array("i", enc.ids)
+                uncached += len(ids)
                 found[i] = ids
                 if len(parts[i]) >= self._min_chars:
                     misses.append((parts[i], ids))
@@ -124,7 +126,8 @@ class PrefixTokenCache:
                 self._keep(misses)
         with self._lock:
             self.stats.hits += hits
-            self.stats.hit_tokens += hit_tokens
+            self.stats.cached_tokens += cached
+            self.stats.uncached_tokens += uncached
         out: list[int] = []
         special = self._special_ids
         for i, part in enumerate(parts):

@@ -103,7 +103,7 @@ def test_a_shared_system_prompt_is_encoded_once(tokenizer: Tokenizer, qualified:
         assert cache.encode(prompt) == tokenizer.encode(prompt, add_special_tokens=False).ids
     stats = cache.stats
     assert (stats.misses, stats.hits) == (1, 4)  # the long system piece; the short ones are not kept
-    assert stats.hit_tokens == 4 * len(tokenizer.encode(f"system\n{system}", add_special_tokens=False).ids)
+    assert stats.cached_tokens == 4 * len(tokenizer.encode(f"system\n{system}", add_special_tokens=False).ids)
 
 
 def test_memory_is_bounded_and_old_pieces_are_evicted_first(qualified: PrefixTokenCache) -> None:
