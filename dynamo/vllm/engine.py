@@ -1,17 +1,21 @@
 """The vLLM engine, in-process, behind Dynamo's engine interface.
 
 Journey: request plane -> worker handler -> **``VllmEngine.generate``** (``PreprocessedRequest`` ->
-vLLM ``AsyncLLM``) -> ``EngineOutput`` chunks (new token ids, finish reason, cached/prompt token
-counts, logprobs, ``kv_transfer_params``) -> back over the request plane -> detokenize -> SSE.
+``SamplingParams``, ``dynamo.vllm.sampling`` -> vLLM ``AsyncLLM``) -> ``EngineOutput`` chunks (new
+token ids, finish reason, cached/prompt token counts, logprobs, the prompt's logprobs once on the
+first chunk, ``kv_transfer_params``) -> back over the request plane -> detokenize -> SSE.
 Alongside: KV cache events (``dynamo.vllm.kv_events`` through the shared ZMQ subscriber) and load
 (``load_metrics``) for the router. This is vLLM's adapter on the worker base (``dynamo.worker``).
 
 Cancellation: when the caller cancels the task or closes the stream, the vLLM request is aborted
 (its KV blocks freed) before the exception propagates.
 
-Errors: a request vLLM rejects (too long, bad sampling values, queue full) ends with one chunk
-``finish_reason="error"`` and ``error=<message>``; a dead engine raises ``EngineDeadError`` so the
-request plane reports an error and the frontend may migrate the request.
+Errors: a request vLLM rejects ends with one chunk ``finish_reason="error"`` and ``error=<message>``;
+when the request itself is at fault (too long, bad sampling values, a JSON schema, regex or grammar
+the structured-output backend cannot compile, a ``logit_bias`` id outside the vocabulary) the chunk
+also carries ``error_code="invalid_request"`` (the frontend's 400); a full queue does not. A dead
+engine raises ``EngineDeadError`` so the request plane reports an error and the frontend may
+migrate the request.
 """
 
 from __future__ import annotations
@@ -28,32 +32,31 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from vllm import SamplingParams
 from vllm.config.kv_events import KVEventsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import GracefulHTTPError, VLLMClientError
 from vllm.inputs import tokens_input
-from vllm.outputs import CompletionOutput, RequestOutput
-from vllm.sampling_params import RequestOutputKind
+from vllm.outputs import RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from dynamo.llm.kv_events import LoadMetrics
+from dynamo.llm.model_card import EngineFeatures
 from dynamo.llm.protocols import (
+    ERROR_INVALID_REQUEST,
     FINISH_CANCELLED,
     FINISH_ERROR,
     FINISH_LENGTH,
     FINISH_STOP,
     EngineOutput,
     PreprocessedRequest,
-    TokenLogprob,
 )
 from dynamo.vllm.args import WorkerConfig, parse_args
 from dynamo.vllm.cpu import CoreClaim, claim_cores
 from dynamo.vllm.kv_events import kv_event_subscriber
 from dynamo.vllm.metrics import LoadState, LoadStatLogger, register_vllm_metrics
+from dynamo.vllm.sampling import build_sampling_params, convert_logprobs, convert_prompt_logprobs
 from dynamo.worker import EngineContext, EngineFacts, EngineStartError, WorkerEngine
-from dynamo.worker.sampling import given_options, stop_token_ids
 from dynamo.worker.util import free_port
 from dynamo.worker.zmq_kv_events import ZmqKvEventSubscriber
 
@@ -73,60 +76,6 @@ _FINISH_REASONS = {
 }
 
 
-def build_sampling_params(req: PreprocessedRequest, *, prefill: bool = False) -> SamplingParams:
-    """Map our sampling/stop/output options to vLLM ``SamplingParams`` (token ids in, deltas out).
-
-    ``prefill``: compute the prompt's KV and one token for a decode worker to continue
-    (``max_tokens=1``, ``kv_transfer_params.do_remote_decode``).
-    """
-    s, stop = req.sampling, req.stop
-    kwargs: dict[str, Any] = {
-        "output_kind": RequestOutputKind.DELTA,
-        "detokenize": False,
-        "max_tokens": stop.max_tokens,  # None: up to the context length
-        "min_tokens": stop.min_tokens,
-        "ignore_eos": stop.ignore_eos,
-        "logprobs": req.output.logprobs,
-    }
-    stop_ids = stop_token_ids(req)
-    if stop_ids:
-        kwargs["stop_token_ids"] = stop_ids
-    kwargs.update(given_options(s, _SAMPLING_OPTIONS))
-
-    kv_params = dict(req.kv_transfer_params) if req.kv_transfer_params else None
-    if prefill:
-        kv_params = {**(kv_params or {}), "do_remote_decode": True}
-        kwargs["max_tokens"] = 1
-        kwargs["min_tokens"] = 0
-    if kv_params is not None:
-        kwargs["extra_args"] = {"kv_transfer_params": kv_params}
-    return SamplingParams(**kwargs)
-
-
-def _convert_logprobs(completion: CompletionOutput, num_top: int) -> list[TokenLogprob] | None:
-    """vLLM's per-position ``{token_id: Logprob(logprob, rank)}`` -> ours: the sampled token's logprob
-    plus the ``num_top`` best alternatives in rank order."""
-    if completion.logprobs is None:
-        return None
-    out: list[TokenLogprob] = []
-    for token_id, position in zip(completion.token_ids, completion.logprobs, strict=False):
-        if position is None:
-            continue
-        sampled = position.get(token_id)
-        ranked = sorted(
-            ((tid, lp) for tid, lp in position.items() if lp.rank is not None and lp.rank <= num_top),
-            key=lambda item: item[1].rank or 0,
-        )
-        out.append(
-            TokenLogprob(
-                token_id=token_id,
-                logprob=float(sampled.logprob) if sampled is not None else float("-inf"),
-                top=[(tid, float(lp.logprob)) for tid, lp in ranked],
-            )
-        )
-    return out
-
-
 def _exception_detail(exc: Exception) -> str:
     """The first meaningful line of an exception (pydantic validation errors carry it inside)."""
     errors = getattr(exc, "errors", None)
@@ -143,19 +92,6 @@ def _is_missing_local_path(model: str) -> bool:
     return model.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(model))
 
 
-# SamplingOptions fields vLLM's SamplingParams takes under the same names.
-_SAMPLING_OPTIONS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "repetition_penalty",
-)
-
-
 class VllmEngine(WorkerEngine):
     """One in-process vLLM engine serving ``PreprocessedRequest``s for a worker.
 
@@ -166,6 +102,7 @@ class VllmEngine(WorkerEngine):
 
     name = "vLLM"
     worker_label = "VllmWorker"
+    features = EngineFeatures(structured_outputs=True, logit_bias=True, prompt_logprobs=True)
 
     config: WorkerConfig
 
@@ -365,10 +302,16 @@ class VllmEngine(WorkerEngine):
         try:
             params = build_sampling_params(req, prefill=prefill)
         except (ValueError, TypeError) as exc:
-            yield EngineOutput(finish_reason=FINISH_ERROR, error=f"invalid sampling options: {exc}")
+            yield EngineOutput(
+                finish_reason=FINISH_ERROR,
+                error=f"invalid sampling options: {exc}",
+                error_code=ERROR_INVALID_REQUEST,
+            )
             return
         vllm_id = f"{req.request_id}-{secrets.token_hex(4)}"
         num_top = req.output.logprobs or 0
+        num_prompt_top = req.output.prompt_logprobs
+        prompt_logprobs_due = num_prompt_top is not None
         # Already tokenized: a rendered token input skips vLLM's (deprecated) raw-prompt path and its thread hop.
         prompt = tokens_input(list(req.token_ids))
         finished = False
@@ -384,15 +327,24 @@ class VllmEngine(WorkerEngine):
                         out, first=first, prompt_tokens=len(req.token_ids), num_top=num_top
                     )
                     first = False
+                    if prompt_logprobs_due and out.prompt_logprobs:
+                        chunk.prompt_logprobs = convert_prompt_logprobs(
+                            req.token_ids, out.prompt_logprobs, num_prompt_top or 0
+                        )
+                        prompt_logprobs_due = False
                     n_out += len(chunk.token_ids)
                     finished = out.finished
                     yield chunk
         except EngineDeadError:
             logger.error("request %s: the vLLM engine died", req.request_id)
             raise
-        except (VLLMClientError, GracefulHTTPError, ValueError) as exc:
+        except (VLLMClientError, ValueError) as exc:
             finished = True
             logger.info("request %s rejected by vLLM: %s", req.request_id, exc)
+            yield EngineOutput(finish_reason=FINISH_ERROR, error=str(exc), error_code=ERROR_INVALID_REQUEST)
+        except GracefulHTTPError as exc:  # admission control (a full queue): not the request's fault
+            finished = True
+            logger.info("request %s turned away by vLLM: %s", req.request_id, exc)
             yield EngineOutput(finish_reason=FINISH_ERROR, error=str(exc))
         except EngineGenerateError as exc:
             finished = True
@@ -422,10 +374,12 @@ class VllmEngine(WorkerEngine):
             chunk.cached_tokens = out.num_cached_tokens or 0
         if completion is not None:
             if completion.logprobs is not None:
-                chunk.logprobs = _convert_logprobs(completion, num_top)
+                chunk.logprobs = convert_logprobs(completion, num_top)
             if completion.finish_reason is not None:
                 chunk.finish_reason = _FINISH_REASONS.get(str(completion.finish_reason), FINISH_STOP)
                 chunk.stop_reason = completion.stop_reason
+                if chunk.finish_reason == FINISH_ERROR:  # e.g. a grammar that failed to compile in the core
+                    chunk.error = "vLLM ended the request with an error (its log says why)"
         if out.finished:
             if chunk.finish_reason is None:
                 chunk.finish_reason = FINISH_STOP
@@ -467,6 +421,11 @@ class VllmEngine(WorkerEngine):
             cache_usage=usage,
             prefix_hit_rate=state.prefix_cache.hit_rate,
         )
+
+    @property
+    def async_llm(self) -> AsyncLLM:
+        """The running vLLM ``AsyncLLM`` (tests compare against it directly)."""
+        return self._require_llm()
 
     @property
     def vllm_config(self) -> Any:

@@ -3,9 +3,10 @@
 - ``smollm2_dir`` (session): the SmolLM2-135M-Instruct folder from ``python -m dynamo.models prepare
   smollm2`` (float32 safetensors + tokenizer; ~20 s the first time, instant once prepared).
 - ``shared_vllm`` (session): a lazily started, shared in-process ``VllmEngine`` on that model
-  (~25 s to start, ~3.8 GiB across its processes). It is started at most once per module that
-  asks for ``vllm_engine`` and stopped at the end of that module, so it never overlaps the worker
-  processes that end-to-end modules start (at most two engines alive at once on a 24 GiB machine).
+  (~25 s to start, ~3.8 GiB across its processes). It is started on first use and stopped at the
+  end of a module that asks for ``vllm_engine`` unless the next module asks for it too, so
+  consecutive engine modules share one start and it never overlaps the worker processes that
+  end-to-end modules start (at most two engines alive at once on a 24 GiB machine).
 - ``vllm_engine`` (module): the started engine. ``shared_vllm.kv_batches`` collects its KV events.
 
 Settings: ``--max-model-len 2048 --max-num-seqs 8``, CPU defaults otherwise (eager, float32,
@@ -83,8 +84,19 @@ async def shared_vllm(smollm2_dir: Path) -> AsyncIterator[SharedEngine]:
     await shared.release()
 
 
+def _next_module_uses_engine(request: pytest.FixtureRequest) -> bool:
+    """Whether the test collected right after this module's last one also asks for ``vllm_engine``."""
+    items = request.session.items
+    mine = [i for i, item in enumerate(items) if item.module is request.module]
+    if not mine or mine[-1] + 1 >= len(items):
+        return False
+    return "vllm_engine" in getattr(items[mine[-1] + 1], "fixturenames", ())
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def vllm_engine(shared_vllm: SharedEngine) -> AsyncIterator[VllmEngine]:
-    """The shared engine, started if needed and stopped when the module is done."""
+async def vllm_engine(shared_vllm: SharedEngine, request: pytest.FixtureRequest) -> AsyncIterator[VllmEngine]:
+    """The shared engine, started if needed; stopped when the module is done unless the next
+    module uses it too."""
     yield await shared_vllm.get()
-    await shared_vllm.release()
+    if not _next_module_uses_engine(request):
+        await shared_vllm.release()

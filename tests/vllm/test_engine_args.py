@@ -14,11 +14,19 @@ from vllm.logprobs import Logprob
 from vllm.outputs import CompletionOutput
 from vllm.sampling_params import RequestOutputKind
 
-from dynamo.llm.protocols import OutputOptions, PreprocessedRequest, SamplingOptions, StopConditions
+from dynamo.llm.model_card import EngineFeatures
+from dynamo.llm.protocols import (
+    GuidedDecoding,
+    OutputOptions,
+    PreprocessedRequest,
+    SamplingOptions,
+    StopConditions,
+)
 from dynamo.vllm import args as worker_args
 from dynamo.vllm.args import VllmNotInstalledError, build_parser, parse_args, vllm_is_cpu_build
 from dynamo.vllm.cpu import BIND_ENV, claim_cores
-from dynamo.vllm.engine import _convert_logprobs, build_sampling_params
+from dynamo.vllm.engine import VllmEngine
+from dynamo.vllm.sampling import build_sampling_params, convert_logprobs, convert_prompt_logprobs
 
 pytestmark = pytest.mark.vllm
 
@@ -210,12 +218,72 @@ def test_logprobs_conversion():
             {9: Logprob(-3.0, rank=4), 1: Logprob(-0.5, rank=1), 3: Logprob(-1.0, rank=2)},
         ],
     )
-    out = _convert_logprobs(completion, num_top=2)
+    out = convert_logprobs(completion, num_top=2)
     assert out is not None
     assert (out[0].token_id, out[0].logprob, out[0].top) == (5, -0.1, [(5, -0.1), (6, -2.5)])
     assert (out[1].token_id, out[1].logprob, out[1].top) == (9, -3.0, [(1, -0.5), (3, -1.0)])
-    only_sampled = _convert_logprobs(completion, num_top=0)
+    only_sampled = convert_logprobs(completion, num_top=0)
     assert only_sampled is not None and only_sampled[1].top == []
+
+
+@pytest.mark.parametrize(
+    ("guided", "expected"),
+    [
+        (GuidedDecoding(json={"type": "object"}), {"json": {"type": "object"}}),
+        (GuidedDecoding(json_object=True), {"json_object": True}),
+        (GuidedDecoding(regex=r"\d+"), {"regex": r"\d+"}),
+        (GuidedDecoding(choice=["a", "b"]), {"choice": ["a", "b"]}),
+        (GuidedDecoding(grammar='root ::= "x"'), {"grammar": 'root ::= "x"'}),
+    ],
+    ids=["json", "json_object", "regex", "choice", "grammar"],
+)
+def test_guided_decoding_maps_to_structured_outputs(guided, expected):
+    so = build_sampling_params(request(guided=guided)).structured_outputs
+    assert so is not None
+    constraints = ("json", "json_object", "regex", "choice", "grammar", "structural_tag")
+    assert {name: getattr(so, name) for name in constraints if getattr(so, name) is not None} == expected
+    assert build_sampling_params(request()).structured_outputs is None
+
+
+def test_logit_bias_and_prompt_logprobs_map_through():
+    params = build_sampling_params(
+        request(
+            sampling=SamplingOptions(logit_bias={5: 100.0, 7: -3.5}),
+            output=OutputOptions(prompt_logprobs=2),
+        )
+    )
+    assert params.logit_bias == {5: 100.0, 7: -3.5}
+    assert params.prompt_logprobs == 2
+    plain = build_sampling_params(request())
+    assert (plain.logit_bias, plain.prompt_logprobs) == (None, None)
+
+
+def test_prompt_logprobs_conversion():
+    prompt = [1, 5, 9]
+    vllm_entries = [
+        None,
+        {5: Logprob(-2.0, rank=3), 4: Logprob(-0.5, rank=1), 6: Logprob(-1.0, rank=2)},
+        {9: Logprob(-0.1, rank=1), 8: Logprob(-3.0, rank=2)},
+    ]
+    out = convert_prompt_logprobs(prompt, vllm_entries, num_top=2)
+    assert out[0] is None
+    assert out[1] is not None and (out[1].token_id, out[1].logprob, out[1].top) == (
+        5,
+        -2.0,
+        [(4, -0.5), (6, -1.0)],  # the prompt token itself is outside the top 2
+    )
+    assert out[2] is not None and (out[2].token_id, out[2].top) == (9, [(9, -0.1), (8, -3.0)])
+    assert [e.top if e else None for e in convert_prompt_logprobs(prompt, vllm_entries, num_top=0)] == [
+        None,
+        [],
+        [],
+    ]
+
+
+def test_vllm_declares_what_it_honours():
+    assert VllmEngine.features == EngineFeatures(
+        structured_outputs=True, logit_bias=True, prompt_logprobs=True
+    )
 
 
 # ----- CPU core binding --------------------------------------------------------------------------
