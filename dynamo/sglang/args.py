@@ -16,6 +16,12 @@ KV router hashes blocks of this size; SGLang's own default is 1), token ids in a
 (``skip_tokenizer_init``), incremental streaming output, a free ``--disaggregation-bootstrap-port``
 for prefill workers, and (KV events on) an SGLang ZMQ KV event publisher on a private endpoint,
 chosen when the engine starts.
+
+Structured outputs (JSON schema, regex, grammar): SGLang compiles them with its grammar backend,
+which it builds only when it loads its own tokenizer. Naming one (``--grammar-backend xgrammar``,
+``llguidance`` or ``outlines``) lets SGLang load the tokenizer (it still takes and returns token
+ids) and puts ``structured_outputs`` on the model card; without it the frontend refuses those
+requests with a 400.
 """
 
 from __future__ import annotations
@@ -90,6 +96,14 @@ SGLANG_SUBSET: tuple[SubsetFlag, ...] = (
     SubsetFlag(("--cuda-graph-max-bs",), "cuda_graph_max_bs", int),
     SubsetFlag(("--enable-dp-attention",), "enable_dp_attention", "store_true", False),
     SubsetFlag(("--skip-tokenizer-init",), "skip_tokenizer_init", "store_true", False),
+    SubsetFlag(
+        ("--grammar-backend",),
+        "grammar_backend",
+        str,
+        None,
+        ("xgrammar", "outlines", "llguidance", "none"),
+        "structured outputs (SGLang then loads its tokenizer, which the grammar backend needs)",
+    ),
     SubsetFlag(("--random-seed",), "random_seed", int),
     SubsetFlag(("--log-level",), "log_level", str, "info"),
     SubsetFlag(("--enable-metrics",), "enable_metrics", "store_true", False),
@@ -138,6 +152,11 @@ class SglangConfig(WorkerConfigFields):
     @property
     def dp_size(self) -> int:
         return int(self.engine_kwargs.get("dp_size") or 1)
+
+    @property
+    def structured_outputs(self) -> bool:
+        """Whether SGLang can compile JSON schemas, regexes and grammars (``--grammar-backend``)."""
+        return not self.engine_kwargs.get("skip_tokenizer_init", True)
 
 
 def _add_subset(parser: argparse.ArgumentParser) -> None:
@@ -192,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         _add_subset(parser)
     # "Not given" must be visible so that our defaults only fill what the user left out.
-    parser.set_defaults(page_size=None, disaggregation_bootstrap_port=None, _passthrough=passthrough)
+    parser.set_defaults(
+        page_size=None, disaggregation_bootstrap_port=None, grammar_backend=None, _passthrough=passthrough
+    )
     add_worker_args(
         parser,
         kv_events_help="default: on unless --disable-radix-cache; uses --kv-events-config when given, "
@@ -218,7 +239,14 @@ def _engine_kwargs(args: argparse.Namespace, passthrough: bool) -> dict[str, Any
     else:
         names = [flag.dest for flag in SGLANG_SUBSET]
     kwargs = {name: values[name] for name in names if name in values}
-    kwargs["skip_tokenizer_init"] = True  # token ids in, token ids out: the frontend (de)tokenizes
+    grammar = kwargs.pop("grammar_backend", None)
+    if grammar not in (None, "none") and kwargs.get("skip_tokenizer_init"):
+        raise ValueError(f"--grammar-backend {grammar} needs SGLang's tokenizer: drop --skip-tokenizer-init")
+    if grammar is not None:
+        kwargs["grammar_backend"] = grammar
+    # Token ids in, token ids out: the frontend (de)tokenizes. SGLang's grammar backend needs its
+    # tokenizer loaded, so a named one keeps it (requests still carry and return token ids).
+    kwargs["skip_tokenizer_init"] = grammar in (None, "none")
     if passthrough:
         for name in ("incremental_streaming_output", "stream_output"):  # newer, older spelling
             if name in names:

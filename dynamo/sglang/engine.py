@@ -18,6 +18,11 @@ pick a prefill worker first).
 Cancellation: a cancelled or closed stream aborts the SGLang request
 (``tokenizer_manager.abort_request``) before the exception propagates.
 
+Features (the card's ``features``): ``logit_bias`` and prompt logprobs always; structured outputs
+when SGLang runs a grammar backend (``--grammar-backend``, see ``dynamo.sglang.args``). A request
+SGLang refuses as bad (a value out of range, a schema or grammar that does not compile) ends with an
+``invalid_request`` error chunk.
+
 Verified against a fake engine that mimics SGLang's async API (``tests/sglang``); not yet run on
 a GPU with the real SGLang (no GPU machine was lent to this task).
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import json
 import logging
@@ -37,9 +43,13 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from dynamo.llm.disagg import DisaggTimeouts
 from dynamo.llm.kv_events import LoadMetrics
+from dynamo.llm.model_card import EngineFeatures
 from dynamo.llm.protocols import (
+    ERROR_INVALID_REQUEST,
     FINISH_CANCELLED,
     FINISH_ERROR,
     FINISH_STOP,
@@ -90,6 +100,8 @@ class SglangEngine(WorkerEngine):
     package = "sglang"
     install_hint = NOT_INSTALLED
     decode_can_prefill = False  # decode workers need a prefill worker's KV for every request
+    # At most; ``start`` reports structured outputs only when SGLang runs a grammar backend.
+    features = EngineFeatures(structured_outputs=True, logit_bias=True, prompt_logprobs=True)
 
     def __init__(
         self, config: SglangConfig, context: EngineContext, bindings: SglangBindings | None = None
@@ -149,7 +161,8 @@ class SglangEngine(WorkerEngine):
             self.total_kv_blocks,
             "on" if self._relay else "off",
         )
-        return EngineFacts.of(self)
+        features = msgspec.structs.replace(self.features, structured_outputs=self.config.structured_outputs)
+        return dataclasses.replace(EngineFacts.of(self), features=features)
 
     def _relay_kv_events(self, sink: KvEventSink) -> dict[str, Any]:
         """Subscribe to SGLang's KV event publishers (the user's ``--kv-events-config``, else ours on
@@ -252,9 +265,15 @@ class SglangEngine(WorkerEngine):
         try:
             kwargs = generate_kwargs(req, rid, context_length=self.context_length, bootstrap=bootstrap)
         except (ValueError, TypeError) as exc:
-            yield EngineOutput(finish_reason=FINISH_ERROR, error=f"invalid sampling options: {exc}")
+            yield EngineOutput(
+                finish_reason=FINISH_ERROR,
+                error=f"invalid sampling options: {exc}",
+                error_code=ERROR_INVALID_REQUEST,
+            )
             return
-        converter = OutputConverter(len(req.token_ids), req.output.logprobs)
+        converter = OutputConverter(
+            len(req.token_ids), req.output.logprobs, num_prompt_top_logprobs=req.output.prompt_logprobs
+        )
         n_out = 0
         t0 = time.monotonic()
         self._active.add(rid)
@@ -279,7 +298,7 @@ class SglangEngine(WorkerEngine):
         except ValueError as exc:  # SGLang rejects some requests (too long, bad values) by raising
             converter.finished = True
             logger.info("request %s rejected by SGLang: %s", req.request_id, exc)
-            yield EngineOutput(finish_reason=FINISH_ERROR, error=str(exc))
+            yield EngineOutput(finish_reason=FINISH_ERROR, error=str(exc), error_code=ERROR_INVALID_REQUEST)
         finally:
             self._active.discard(rid)
             self._aborting.discard(rid)
@@ -305,7 +324,7 @@ class SglangEngine(WorkerEngine):
         except (ValueError, TypeError) as exc:
             self._active.discard(rid)
             logger.info("prefill of request %s rejected by SGLang: %s", req.request_id, exc)
-            yield EngineOutput(finish_reason=FINISH_ERROR, error=str(exc))
+            yield EngineOutput(finish_reason=FINISH_ERROR, error=str(exc), error_code=ERROR_INVALID_REQUEST)
             return
         task = asyncio.create_task(
             self._finish_prefill(stream, rid, req.request_id), name=f"sglang-prefill-{rid}"

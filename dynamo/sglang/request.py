@@ -3,6 +3,13 @@
 Journey: request plane -> worker handler -> **here** (sampling and stop options in SGLang's names)
 -> ``async_generate(input_ids=..., sampling_params=..., stream=True, rid=...)`` -> SGLang.
 
+Constraints (``guided``) become SGLang's ``json_schema`` (JSON text; ``json_object`` is the schema
+``{"type": "object"}``, as SGLang's own server sends it), ``regex`` (``choice`` too, as an
+alternation of the escaped strings) or ``ebnf`` (SGLang's grammar backend reads GBNF-style EBNF;
+a grammar it cannot compile ends the request with a 400-style abort). ``logit_bias`` keys become
+strings as SGLang's sampling params expect. Prompt logprobs ask SGLang to return the input's
+logprobs from position 0 (``logprob_start_len=0``).
+
 Disaggregation: a prefill worker and the decode worker that continues the request meet through
 SGLang's bootstrap server; the triple ``bootstrap_host``/``bootstrap_port``/``bootstrap_room``
 travels in ``kv_transfer_params`` (``Bootstrap``).
@@ -10,11 +17,12 @@ travels in ``kv_transfer_params`` (``Bootstrap``).
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from dynamo.llm.protocols import PreprocessedRequest
+from dynamo.llm.protocols import GuidedDecoding, PreprocessedRequest
 from dynamo.worker.sampling import given_options, max_new_tokens, stop_token_ids
 
 _PASSTHROUGH = (
@@ -51,7 +59,35 @@ def build_sampling_params(req: PreprocessedRequest, *, context_length: int | Non
         params["top_k"] = s.top_k if s.top_k > 0 else -1
     if s.seed is not None:
         params["sampling_seed"] = s.seed
+    if s.logit_bias:
+        params["logit_bias"] = {str(token): float(bias) for token, bias in s.logit_bias.items()}
+    if req.guided is not None:
+        params.update(guided_params(req.guided))
     return params
+
+
+# Characters with a meaning in the regular expressions SGLang's grammar backends read.
+_REGEX_SPECIAL = frozenset("\\.^$*+?{}[]|()/")
+
+
+def _escape_regex(text: str) -> str:
+    return "".join("\\" + ch if ch in _REGEX_SPECIAL else ch for ch in text)
+
+
+def guided_params(guided: GuidedDecoding) -> dict[str, Any]:
+    """The ``sampling_params`` entry that constrains SGLang's output to ``guided``."""
+    kind = guided.kind()
+    if kind == "json":
+        return {"json_schema": json.dumps(guided.json)}
+    if kind == "json_object":
+        return {"json_schema": json.dumps({"type": "object"})}
+    if kind == "regex":
+        return {"regex": guided.regex}
+    if kind == "choice":
+        if not guided.choice:
+            raise ValueError("choice must list at least one string")
+        return {"regex": "(" + "|".join(_escape_regex(c) for c in guided.choice) + ")"}
+    return {"ebnf": guided.grammar}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +138,14 @@ def generate_kwargs(
         "stream": True,
         "rid": rid,
     }
-    if req.output.logprobs is not None:
-        if req.output.logprobs < 0:
-            raise ValueError("logprobs must be >= 0")
+    asked = [n for n in (req.output.logprobs, req.output.prompt_logprobs) if n is not None]
+    if any(n < 0 for n in asked):
+        raise ValueError("logprobs must be >= 0")
+    if asked:
         kwargs["return_logprob"] = True
-        kwargs["top_logprobs_num"] = req.output.logprobs
+        kwargs["top_logprobs_num"] = max(asked)  # one count for both: each side keeps its own
+    if req.output.prompt_logprobs is not None:
+        kwargs["logprob_start_len"] = 0
     if bootstrap is not None:
         kwargs.update(bootstrap.to_kwargs())
     return kwargs

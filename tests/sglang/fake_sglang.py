@@ -10,6 +10,14 @@ segments with ``incremental_streaming_output``), ``engine.tokenizer_manager.abor
 ``shutdown()``, and a ZMQ KV event publisher with SGLang's wire format when ``kv_events_config``
 names one. Disaggregation: a prefill engine's request waits until the decode engine with the same
 bootstrap room joins (``FakeBootstrapServer``), like SGLang's bootstrap handshake.
+
+Decoding options, as SGLang treats them: a ``json_schema`` / ``regex`` / ``ebnf`` constraint is
+aborted with status 400 when the engine has no grammar backend (``skip_tokenizer_init``) or the
+constraint does not compile (here: JSON that is not a schema object with a known ``type``, a regex
+Python cannot compile, an EBNF without ``root ::=``), and otherwise accepted (the fake cannot
+enforce it: it has no tokenizer); ``logit_bias`` keys outside the vocabulary raise ``ValueError``
+when the stream is read, a bias of 50 or more forces that token; ``return_logprob`` with
+``logprob_start_len=0`` adds ``input_token_logprobs`` / ``input_top_logprobs`` to every chunk.
 """
 
 from __future__ import annotations
@@ -17,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from types import SimpleNamespace
 from typing import Any
 
@@ -51,6 +61,7 @@ class Behaviour:
     eos: int = 2
     cached_tokens: int = 0
     context_len: int = 2048
+    vocab_size: int = 49152
     max_total_num_tokens: int = 160_000
     max_running_requests: int = 48
     idle_ticks: int = 1  # empty chunks SGLang sends while scheduling
@@ -145,6 +156,46 @@ class FakeSglangEngine:
         if events:
             self.publish(events)
 
+    # ----- decoding options -------------------------------------------------------------------
+
+    def _grammar_error(self, params: dict[str, Any]) -> str | None:
+        """SGLang's abort message for a constraint it cannot use; None when there is none or it compiles."""
+        given = {k: params[k] for k in ("json_schema", "regex", "ebnf") if params.get(k) is not None}
+        if not given:
+            return None
+        if getattr(self.server_args, "skip_tokenizer_init", False):
+            return (
+                "Grammar-based generation (json_schema, regex, ebnf, structural_tag) is not supported "
+                "when the server is launched with --grammar-backend none"
+            )
+        ((kind, spec),) = given.items()
+        try:
+            if kind == "json_schema":
+                schema = json.loads(spec)
+                if not isinstance(schema, dict) or schema.get("type") not in (
+                    None, "object", "array", "string", "integer", "number", "boolean", "null"
+                ):  # fmt: skip
+                    raise ValueError(
+                        f"Invalid type: {schema.get('type') if isinstance(schema, dict) else schema}"
+                    )
+            elif kind == "regex":
+                re.compile(spec)
+            elif "root ::=" not in spec:
+                raise ValueError("no root rule")
+        except (ValueError, re.error) as exc:
+            return f"Failed to compile {kind.removesuffix('_schema')} grammar: {exc}"
+        return None
+
+    def _input_logprobs(self, prompt: list[int], top_n: int) -> dict[str, Any]:
+        """SGLang's prompt logprobs: (logprob, token_id, text) per prompt token, the first None."""
+        tokens = [(None, prompt[0], None)] + [
+            (-0.05 - (i % 7) / 10, t, None) for i, t in enumerate(prompt) if i
+        ]
+        tops = [None] + [
+            [(-0.01 - r / 2 - (i % 3) / 10, 7 + r, None) for r in range(top_n)] for i in range(1, len(prompt))
+        ]
+        return {"input_token_logprobs": tokens, "input_top_logprobs": tops}
+
     # ----- generation ---------------------------------------------------------------------------
 
     async def async_generate(self, **kwargs: Any) -> AsyncGenerator[dict[str, Any], None]:
@@ -162,6 +213,13 @@ class FakeSglangEngine:
         params = kwargs.get("sampling_params") or {}
         aborted = self.tokenizer_manager.abort_event(rid)
         meta: dict[str, Any] = {"id": rid, "prompt_tokens": len(prompt), "cached_tokens": b.cached_tokens}
+        bias = {int(k): float(v) for k, v in (params.get("logit_bias") or {}).items()}
+        outside = [t for t in bias if not 0 <= t < b.vocab_size]
+        if outside:  # SamplingParams.verify, when the tokenizer manager takes the request
+            raise ValueError(f"logit_bias must has keys in [0, {b.vocab_size - 1}], got {outside[0]}.")
+        forced = [t for t, v in bias.items() if v >= 50]
+        if kwargs.get("return_logprob") and kwargs.get("logprob_start_len") == 0:
+            meta.update(self._input_logprobs(prompt, int(kwargs.get("top_logprobs_num") or 0)))
 
         def out(ids: list[int], produced: int, finish: dict[str, Any] | None) -> dict[str, Any]:
             return {
@@ -176,7 +234,14 @@ class FakeSglangEngine:
                 {
                     "type": "abort",
                     "message": f"The input ({len(prompt)} tokens) is longer than the model's context length ({b.context_len} tokens).",
+                    "status_code": HTTPStatus.BAD_REQUEST,
                 },
+            )
+            return
+        grammar_error = self._grammar_error(params)
+        if grammar_error is not None:
+            yield out(
+                [], 0, {"type": "abort", "message": grammar_error, "status_code": HTTPStatus.BAD_REQUEST}
             )
             return
         room = kwargs.get("bootstrap_room")
@@ -198,7 +263,7 @@ class FakeSglangEngine:
         stops = set(params.get("stop_token_ids") or [])
         if not params.get("ignore_eos"):
             stops.add(b.eos)
-        reply = [*b.reply, b.eos]
+        reply = [forced[0]] * len(b.reply) if forced else [*b.reply, b.eos]
         produced: list[int] = []
         finish: dict[str, Any] | None = None
         sent = 0
@@ -251,6 +316,7 @@ class FakeServerArgs:
     disable_radix_cache: bool = False
     enable_dp_attention: bool = False
     skip_tokenizer_init: bool = False
+    grammar_backend: str | None = None
     stream_output: bool = False
     schedule_policy: str = "fcfs"
 
@@ -272,5 +338,8 @@ class FakeServerArgs:
         parser.add_argument("--disable-radix-cache", action="store_true")
         parser.add_argument("--enable-dp-attention", action="store_true")
         parser.add_argument("--skip-tokenizer-init", action="store_true")
+        parser.add_argument(
+            "--grammar-backend", choices=["xgrammar", "outlines", "llguidance", "none"], default="xgrammar"
+        )
         parser.add_argument("--stream-output", action="store_true")
         parser.add_argument("--schedule-policy", type=str, default="fcfs")

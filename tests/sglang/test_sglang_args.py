@@ -146,3 +146,14 @@ def test_with_sglang_installed_its_own_flags_pass_through(monkeypatch):
     assert kw["stream_output"] is True and kw["skip_tokenizer_init"] is True
     assert parse(GUIDE + " --dp 2").engine_kwargs["dp_size"] == 2
     assert "error:" in fails(GUIDE + " --tpp 1")
+
+
+def test_a_grammar_backend_keeps_sglangs_tokenizer_for_structured_outputs():
+    plain = parse(GUIDE)
+    assert plain.structured_outputs is False and "grammar_backend" not in plain.engine_kwargs
+    config = parse(GUIDE + " --grammar-backend llguidance")
+    assert config.engine_kwargs["grammar_backend"] == "llguidance"
+    assert config.engine_kwargs["skip_tokenizer_init"] is False and config.structured_outputs is True
+    off = parse(GUIDE + " --grammar-backend none")
+    assert off.engine_kwargs["skip_tokenizer_init"] is True and off.structured_outputs is False
+    assert "needs SGLang's tokenizer" in fails(GUIDE + " --grammar-backend xgrammar --skip-tokenizer-init")

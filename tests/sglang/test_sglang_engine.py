@@ -1,6 +1,7 @@
 """``SglangEngine`` driven against ``FakeSglangEngine`` (the real SGLang needs a GPU): requests in
 SGLang's shape, deltas out, finish reasons, cancellation -> abort, KV events over real ZMQ,
-prefill/decode through the bootstrap handshake."""
+prefill/decode through the bootstrap handshake, decoding options (constraints, logit_bias, prompt
+logprobs) and the features the card declares."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from collections.abc import AsyncIterator
 import pytest
 
 from dynamo.llm.kv_events import KvEventBatch, KvStored, compute_block_hashes
-from dynamo.llm.protocols import EngineOutput, PreprocessedRequest, StopConditions
+from dynamo.llm.model_card import EngineFeatures
+from dynamo.llm.protocols import (
+    EngineOutput,
+    GuidedDecoding,
+    OutputOptions,
+    PreprocessedRequest,
+    SamplingOptions,
+    StopConditions,
+)
 from dynamo.sglang.args import parse_args
 from dynamo.sglang.engine import SglangEngine
 from dynamo.worker import EngineContext, EngineStartError
@@ -122,6 +131,7 @@ async def test_fake_engine_a_rejected_prompt_ends_with_an_error_chunk():
         outs = await collect(engine, request())
         assert fake.tokenizer_manager.aborted == []  # SGLang ended it itself
     assert len(outs) == 1 and outs[0].finish_reason == "error" and "context length" in (outs[0].error or "")
+    assert outs[0].error_code == "invalid_request"  # SGLang aborted it as a bad request
 
 
 async def test_fake_engine_raising_on_a_request_ends_it_with_an_error_chunk():
@@ -192,6 +202,72 @@ async def test_fake_engine_without_kv_events_configures_no_publisher():
     engine, _ = make(args="--no-kv-events", sink=lambda b: None)
     async with running(engine) as fake:
         assert getattr(fake.server_args, "kv_events_config", None) is None
+
+
+# ----- decoding options ------------------------------------------------------------------------------
+
+
+async def test_fake_engine_declares_structured_outputs_only_with_a_grammar_backend():
+    for args, structured in (("", False), ("--grammar-backend xgrammar", True)):
+        engine, _ = make(args=args)
+        facts = await engine.start()
+        fake = engine._engine
+        await engine.stop()
+        assert facts.features == EngineFeatures(
+            structured_outputs=structured, logit_bias=True, prompt_logprobs=True
+        )
+        # SGLang's grammar backend needs its tokenizer loaded.
+        assert fake.server_args.skip_tokenizer_init is not structured
+
+
+async def test_fake_engine_without_a_grammar_backend_refuses_constraints_as_invalid_requests():
+    engine, _ = make()
+    async with running(engine):
+        outs = await collect(engine, request(guided=GuidedDecoding(regex=r"\d+")))
+    assert [(o.finish_reason, o.error_code) for o in outs] == [("error", "invalid_request")]
+    assert "grammar-backend" in (outs[0].error or "")
+
+
+async def test_fake_engine_with_a_grammar_backend_gets_the_constraint():
+    engine, _ = make(Behaviour(reply=[11, 12]), args="--grammar-backend xgrammar")
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    async with running(engine) as fake:
+        outs = await collect(engine, request(guided=GuidedDecoding(json=schema)))
+        assert (
+            fake.calls[0]["sampling_params"]["json_schema"]
+            == '{"type": "object", "properties": {"a": {"type": "integer"}}}'
+        )
+        bad = await collect(engine, request("bad", guided=GuidedDecoding(json={"type": "nonsense"})))
+    assert tokens(outs) == [11, 12, 2] and outs[-1].finish_reason == "stop"
+    assert [(o.finish_reason, o.error_code) for o in bad] == [("error", "invalid_request")]
+    assert "Failed to compile json grammar" in (bad[0].error or "")
+
+
+async def test_fake_engine_logit_bias_forces_a_token_and_out_of_vocabulary_is_invalid():
+    engine, _ = make(Behaviour(reply=[11, 12, 13]))
+    async with running(engine):
+        forced = await collect(
+            engine,
+            request(sampling=SamplingOptions(logit_bias={42: 100.0}), stop=StopConditions(max_tokens=3)),
+        )
+        bad = await collect(engine, request("bad", sampling=SamplingOptions(logit_bias={10**7: 1.0})))
+    assert tokens(forced) == [42, 42, 42]
+    assert [(o.finish_reason, o.error_code) for o in bad] == [("error", "invalid_request")]
+    assert "logit_bias" in (bad[0].error or "")
+
+
+async def test_fake_engine_prompt_logprobs_come_once_on_the_first_chunk():
+    engine, _ = make(Behaviour(reply=[11, 12, 13], chunk=1))
+    async with running(engine) as fake:
+        outs = await collect(engine, request(output=OutputOptions(prompt_logprobs=2)))
+        call = fake.calls[0]
+    assert (call["return_logprob"], call["logprob_start_len"], call["top_logprobs_num"]) == (True, 0, 2)
+    first = outs[0].prompt_logprobs
+    assert first is not None and len(first) == len(PROMPT) and first[0] is None
+    assert [e.token_id for e in first[1:] if e] == PROMPT[1:]
+    assert all(e is not None and len(e.top) == 2 for e in first[1:])
+    assert all(o.prompt_logprobs is None for o in outs[1:])
+    assert tokens(outs) == [11, 12, 13, 2]
 
 
 # ----- disaggregation --------------------------------------------------------------------------------

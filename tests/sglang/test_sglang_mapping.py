@@ -1,17 +1,26 @@
-"""Our wire types to SGLang's and back: sampling/stop options, bootstrap parameters, token deltas
-(cumulative and incremental streaming), finish reasons, cached tokens, logprobs, KV events (through
-the shared ZMQ subscriber's ``handle``)."""
+"""Our wire types to SGLang's and back: sampling/stop options, constraints, logit_bias, bootstrap
+parameters, token deltas (cumulative and incremental streaming), finish reasons and bad-request
+aborts, cached tokens, logprobs and prompt logprobs, KV events (through the shared ZMQ subscriber's
+``handle``)."""
 
 from __future__ import annotations
+
+import re
 
 import msgspec
 import pytest
 
 from dynamo.llm.kv_events import KvCleared, KvRemoved, KvStored, compute_block_hashes
-from dynamo.llm.protocols import OutputOptions, PreprocessedRequest, SamplingOptions, StopConditions
+from dynamo.llm.protocols import (
+    GuidedDecoding,
+    OutputOptions,
+    PreprocessedRequest,
+    SamplingOptions,
+    StopConditions,
+)
 from dynamo.sglang.kv_events import convert_event, kv_event_subscriber, subscriber_endpoints
-from dynamo.sglang.outputs import OutputConverter, TokenDeltas, finish_of
-from dynamo.sglang.request import Bootstrap, build_sampling_params, generate_kwargs
+from dynamo.sglang.outputs import OutputConverter, TokenDeltas, error_code_of, finish_of, prompt_logprobs_of
+from dynamo.sglang.request import Bootstrap, build_sampling_params, generate_kwargs, guided_params
 from dynamo.worker.zmq_kv_events import block_hash_to_u64 as block_hash
 
 
@@ -172,3 +181,91 @@ def test_subscriber_endpoints_follow_sglangs_port_per_rank():
         "tcp://127.0.0.1:5559",
     ]
     assert subscriber_endpoints("ipc:///tmp/x/kv", 2) == ["ipc:///tmp/x/kv"]
+
+
+# ----- decoding options: constraints, logit_bias, prompt logprobs ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("guided", "expected"),
+    [
+        (GuidedDecoding(json={"type": "object", "properties": {"a": {"type": "integer"}}}),
+         {"json_schema": '{"type": "object", "properties": {"a": {"type": "integer"}}}'}),
+        (GuidedDecoding(json_object=True), {"json_schema": '{"type": "object"}'}),
+        (GuidedDecoding(regex=r"\d{3}"), {"regex": r"\d{3}"}),
+        (GuidedDecoding(choice=["yes", "no"]), {"regex": "(yes|no)"}),
+        (GuidedDecoding(grammar='root ::= "a" | "b"'), {"ebnf": 'root ::= "a" | "b"'}),
+    ],
+    ids=["json", "json_object", "regex", "choice", "grammar"],
+)  # fmt: skip
+def test_constraints_map_to_sglangs_grammar_params(guided, expected):
+    params = build_sampling_params(request(guided=guided))
+    assert {k: params[k] for k in ("json_schema", "regex", "ebnf") if k in params} == expected
+    assert guided_params(guided) == expected
+
+
+def test_choice_strings_are_escaped_in_the_alternation():
+    regex = guided_params(GuidedDecoding(choice=["a.b", "(x|y)*", "c/d", "1+1?", "plain text"]))["regex"]
+    assert regex == r"(a\.b|\(x\|y\)\*|c\/d|1\+1\?|plain text)"
+    assert re.fullmatch(regex, "(x|y)*") and not re.fullmatch(regex, "x")
+    with pytest.raises(ValueError):
+        guided_params(GuidedDecoding(choice=[]))
+
+
+def test_logit_bias_keys_become_strings_and_prompt_logprobs_start_at_zero():
+    req = request(
+        sampling=SamplingOptions(logit_bias={5: 100.0, 9: -2.5}),
+        output=OutputOptions(logprobs=1, prompt_logprobs=3),
+    )
+    kw = generate_kwargs(req, "r1-x")
+    assert kw["sampling_params"]["logit_bias"] == {"5": 100.0, "9": -2.5}
+    assert kw["return_logprob"] is True and kw["logprob_start_len"] == 0
+    assert kw["top_logprobs_num"] == 3  # one count for both; each side keeps its own
+    only_prompt = generate_kwargs(request(output=OutputOptions(prompt_logprobs=0)), "r1-y")
+    assert (
+        only_prompt["return_logprob"],
+        only_prompt["top_logprobs_num"],
+        only_prompt["logprob_start_len"],
+    ) == (
+        True,
+        0,
+        0,
+    )
+    plain = generate_kwargs(request(), "r1-z")
+    assert "logprob_start_len" not in plain and "return_logprob" not in plain
+    assert "logit_bias" not in plain["sampling_params"]
+    with pytest.raises(ValueError):
+        generate_kwargs(request(output=OutputOptions(prompt_logprobs=-1)), "x")
+
+
+def test_prompt_logprobs_convert_once_with_their_own_count():
+    conv = OutputConverter(prompt_tokens=3, num_top_logprobs=None, num_prompt_top_logprobs=1)
+    meta = {
+        "prompt_tokens": 3,
+        "completion_tokens": 0,
+        "finish_reason": None,
+        "input_token_logprobs": [[None, 4, None], [-1.5, 5, None], [-0.2, 6, None]],
+        "input_top_logprobs": [None, [[-0.5, 8, None], [-1.5, 5, None]], [[-0.2, 6, None], [-3.0, 1, None]]],
+    }
+    first = conv.convert({"output_ids": [], "meta_info": meta})  # prompt logprobs alone still go out
+    assert first is not None and first.token_ids == [] and first.prompt_tokens == 3
+    assert first.prompt_logprobs is not None and first.prompt_logprobs[0] is None
+    assert [(e.token_id, e.logprob, e.top) for e in first.prompt_logprobs[1:] if e] == [
+        (5, -1.5, [(8, -0.5)]),
+        (6, -0.2, [(6, -0.2)]),
+    ]
+    assert first.logprobs is None  # output logprobs were not asked
+    again = conv.convert({"output_ids": [7], "meta_info": {**meta, "completion_tokens": 1}})
+    assert again is not None and again.token_ids == [7] and again.prompt_logprobs is None
+    assert prompt_logprobs_of({"input_token_logprobs": []}, 2) is None
+
+
+def test_bad_request_aborts_carry_invalid_request():
+    bad = {
+        "finish_reason": {"type": "abort", "message": "Failed to compile json grammar", "status_code": 400}
+    }
+    assert finish_of(bad) == ("error", None, "Failed to compile json grammar")
+    assert error_code_of(bad) == "invalid_request"
+    assert error_code_of({"finish_reason": {"type": "abort", "message": "KV transfer failed"}}) is None
+    assert error_code_of({"finish_reason": {"type": "abort", "status_code": 503}}) is None
+    assert error_code_of({"finish_reason": None}) is None
