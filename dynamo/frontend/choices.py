@@ -110,10 +110,12 @@ class ChoiceStream:
         self._echo = pre.echo_text is not None  # still to prepend
         self._called = False  # a tool call was emitted
         # parallel_tool_calls: false keeps the first call only (as vLLM filters them).
-        self._single_call = getattr(pre, "parallel_tool_calls", None) is False
+        self._single_call = pre.parallel_tool_calls is False
         try:
             self._reasoning: ReasoningParser | None = (
-                reasoning_parser(pre.reasoning_parser) if pre.reasoning_parser else None
+                reasoning_parser(pre.reasoning_parser, thinking=pre.thinking)
+                if pre.reasoning_parser
+                else None
             )
             self._calls: _CallSource | None = _call_source(pre)
         except ValueError as exc:  # the card names a parser unknown here (version skew)

@@ -327,7 +327,7 @@ class ResponseBuilder:
         # Choices of one prompt share its token list (n > 1): usage counts each prompt once.
         self._prompts: dict[int, list[ChoiceStream]] = {}
         for c in self.choices:
-            self._prompts.setdefault(id(c.pre.request.token_ids), []).append(c)
+            self._prompts.setdefault(c.pre.prompt_index, []).append(c)
         self.prompt_tokens = sum(group[0].prompt_tokens for group in self._prompts.values())
 
     @property

@@ -77,6 +77,9 @@ class PreprocessedOutput:
     echo_text: str | None = None
     prompt_logprobs: int | None = None
     drop_output: bool = False
+    parallel_tool_calls: bool | None = None  # False: at most one call (auto keeps the first)
+    thinking: bool = True  # False when the request turned thinking off (``enable_thinking``)
+    prompt_index: int = 0  # which prompt of a list this choice continues (usage counts each once)
 
 
 class Preprocessor:
@@ -203,6 +206,8 @@ class Preprocessor:
             guided,
             guided_param,
         )
+        out.parallel_tool_calls = req.parallel_tool_calls
+        out.thinking = _thinking(req)
         return _with_tools(out, plan, card.tool_call_parser, card.reasoning_parser)
 
     # -- completions --------------------------------------------------------------------------
@@ -403,6 +408,13 @@ def _with_tools(
     return out
 
 
+def _thinking(req: ChatCompletionRequest) -> bool:
+    """Whether the request leaves the model's thinking on (``chat_template_kwargs``'
+    ``enable_thinking`` or ``thinking`` false turns it off, as vLLM's reasoning parsers read it)."""
+    kwargs = req.chat_template_kwargs or {}
+    return all(kwargs.get(key, True) is not False for key in ("enable_thinking", "thinking"))
+
+
 def _guided_param(req: _SamplingFields) -> str:
     """The field that asked for structured output (for a 400 naming it)."""
     rf = req.response_format
@@ -431,7 +443,7 @@ def _fan_out(prompts: list[PreprocessedOutput], n: int) -> list[PreprocessedOutp
             seed = base.sampling.seed
             sampling = replace_struct(base.sampling, seed=seed + i if seed is not None else None)
             request = replace_struct(base, request_id=f"{base.request_id}-{index}", sampling=sampling)
-            out.append(replace(pre, request=request, index=index))
+            out.append(replace(pre, request=request, index=index, prompt_index=p))
     return out
 
 

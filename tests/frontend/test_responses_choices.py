@@ -283,7 +283,7 @@ def test_continuous_usage_puts_each_choices_usage_so_far_on_its_events(pp: Prepr
 
 
 def test_a_list_of_prompts_counts_every_prompt(pp: Preprocessor) -> None:
-    pres = [choice(pp, 0, "Hello there"), choice(pp, 1, PROMPT)]
+    pres = [choice(pp, 0, "Hello there"), choice(pp, 1, PROMPT, prompt_index=1)]
     body = whole("completion", pp, pres, [outputs(pp, " a"), outputs(pp, " b")])
     assert body["usage"]["prompt_tokens"] == pres[0].prompt_len + pres[1].prompt_len
     assert [c["text"] for c in body["choices"]] == [" a", " b"]

@@ -303,3 +303,12 @@ def test_reasoning_effort_reaches_the_template(smollm2_dir: Path, tmp_path: Path
     assert pre.render_chat(req).endswith("effort=low")
     req = parse_chat_request(json.dumps({"model": "m", "messages": QUESTION}))
     assert pre.render_chat(req).endswith("effort=unset")
+
+
+def test_what_the_way_back_needs_travels_on_each_choice(engine_like_vllm: Preprocessor) -> None:
+    [out] = chat(engine_like_vllm, tools=[WEATHER], parallel_tool_calls=False)
+    assert out.parallel_tool_calls is False and out.thinking
+    [off] = chat(engine_like_vllm, chat_template_kwargs={"enable_thinking": False})
+    assert off.thinking is False
+    outs = completion(engine_like_vllm, prompt=["a b", "c d"], n=2)
+    assert [o.prompt_index for o in outs] == [0, 0, 1, 1]
