@@ -2,11 +2,15 @@
 
 Journey: a frontend or router resolves a worker's ``EndpointId`` (discovery) -> **these names**
 -> request plane handler on the worker: ``generate`` (``PreprocessedRequest`` in, ``EngineOutput``
-chunks out), ``/files`` (the model card's files, for a frontend on another machine), ``/kv_replay``
-(KV events a router missed) and ``/kv_snapshot`` (a worker's cached block set, for a full resync).
+chunks out), ``/embed`` (``EmbedRequest`` in, one ``EmbedOutput`` per input out; workers whose card
+lists the ``embeddings`` model type), ``/files`` (the model card's files, for a frontend on another
+machine), ``/kv_replay`` (KV events a router missed) and ``/kv_snapshot`` (a worker's cached block
+set, for a full resync).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import msgspec
 
@@ -19,6 +23,7 @@ BACKEND_COMPONENT = "backend"
 PREFILL_COMPONENT = "prefill"
 GENERATE_ENDPOINT = "generate"
 FILES_SUFFIX = "/files"
+EMBED_SUFFIX = "/embed"
 KV_REPLAY_SUFFIX = "/kv_replay"
 KV_SNAPSHOT_SUFFIX = "/kv_snapshot"
 
@@ -40,6 +45,11 @@ def worker_endpoint(endpoint: str | None, namespace: str | None, *, prefill: boo
 def files_endpoint_name(endpoint: EndpointId) -> str:
     """Request-plane name of the handler that serves a card's files."""
     return handler_name(endpoint) + FILES_SUFFIX
+
+
+def embed_endpoint_name(endpoint: EndpointId) -> str:
+    """Request-plane name of the handler that embeds token sequences (embedding workers)."""
+    return handler_name(endpoint) + EMBED_SUFFIX
 
 
 def kv_replay_endpoint_name(endpoint: EndpointId) -> str:
@@ -81,3 +91,28 @@ class KvSnapshotReply(msgspec.Struct):
     """An encoded ``KvEventBatch`` (``cleared`` then every cached block); None: no KV events here."""
 
     batch: bytes | None = None
+
+
+class EmbedRequest(msgspec.Struct, omit_defaults=True):
+    """``/embed``: pool each of ``inputs`` (token ids, tokenized by the frontend) into one vector.
+
+    ``dimensions``: the client's ``dimensions`` (a Matryoshka model's shorter vectors); the engine
+    refuses it when its model cannot.
+    """
+
+    request_id: str
+    inputs: list[list[int]]
+    dimensions: int | None = None
+
+
+class EmbedOutput(msgspec.Struct, omit_defaults=True):
+    """One input's vector, in any order (``index`` into ``EmbedRequest.inputs``), or the error that
+    ends the stream: ``error_kind`` ``invalid`` (the engine refused the request: a 400 naming
+    ``error_param``, ``input`` meaning input number ``index``) or ``engine`` (it failed: a 500)."""
+
+    index: int = 0
+    embedding: bytes = b""  # float32, little-endian (the bytes of OpenAI's base64 encoding)
+    prompt_tokens: int = 0
+    error: str | None = None
+    error_kind: Literal["invalid", "engine"] | None = None
+    error_param: str | None = None

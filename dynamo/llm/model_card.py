@@ -104,12 +104,15 @@ class ModelDeploymentCard(msgspec.Struct, kw_only=True):
         tool_call_parser: str | None = None,
         reasoning_parser: str | None = None,
         features: EngineFeatures | None = None,
+        model_type: list[str] | None = None,
     ) -> ModelDeploymentCard:
         """Build the card for a local HF folder (or, if ``huggingface_hub`` is installed, a hub name).
 
         ``display_name`` is ``served_model_name``, else the hub name, else the folder's name.
         ``custom_chat_template``: a Jinja file served as the card's ``chat_template.jinja`` instead of
-        the model's own template (``ValueError`` if it cannot be read).
+        the model's own template (``ValueError`` if it cannot be read). ``model_type``: the endpoints
+        the worker serves the model on (``["embeddings"]`` for an embedding worker); by default
+        ``chat`` and ``completions``, or only ``completions`` when the model has no chat template.
         """
         folder, hub_name = _resolve(path)
         config = _read_json(folder / "config.json")
@@ -139,7 +142,7 @@ class ModelDeploymentCard(msgspec.Struct, kw_only=True):
         has_template = bool(tok_config.get("chat_template")) or "chat_template.jinja" in files
         card = cls(
             display_name=served_model_name or hub_name or folder.name,
-            model_type=["chat", "completions"] if has_template else ["completions"],
+            model_type=model_type or (["chat", "completions"] if has_template else ["completions"]),
             source_path=str(folder),
             context_length=context_length,
             kv_cache_block_size=kv_cache_block_size,

@@ -16,6 +16,8 @@ Lifecycle contract (``run_worker`` calls these in order):
 4. ``generate(request)``: stream outputs; closing the generator (client gone, cancel) must abort
    the request in the engine and free its KV. A request the engine rejects ends with one chunk
    ``finish_reason="error"``; an engine that died raises, so the caller may migrate the request.
+   An embedding engine (``model_type = ("embeddings",)``) implements ``embed(request)`` instead:
+   one ``EmbedOutput`` per input, a refused request ends with one ``EmbedOutput`` carrying ``error``.
 5. ``load_metrics()``: the router's view of this engine's load, polled once a second.
 6. ``await stop()``: abort what is in flight and release everything; idempotent and safe after a
    partial or failed ``start``.
@@ -29,6 +31,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Protocol
 
+from dynamo.llm.endpoints import EmbedOutput, EmbedRequest
 from dynamo.llm.kv_events import KvEventBatch, LoadMetrics
 from dynamo.llm.model_card import EngineFeatures
 from dynamo.llm.protocols import EngineOutput, PreprocessedRequest
@@ -82,6 +85,7 @@ class EngineFacts:
     max_num_batched_tokens: int | None = None
     bootstrap_address: str | None = None  # SGLang prefill workers: host:port of the KV bootstrap server
     features: EngineFeatures = field(default_factory=EngineFeatures)  # card ``features``
+    model_type: tuple[str, ...] | None = None  # card ``model_type``; None: from the model's files
 
     @classmethod
     def of(cls, engine: object) -> EngineFacts:
@@ -103,6 +107,10 @@ class WorkerEngine(abc.ABC):
     # Beyond plain sampling, what this engine honours (guided decoding, logit_bias, prompt
     # logprobs); the frontend refuses requests that need more (see ``EngineFeatures``).
     features: ClassVar[EngineFeatures] = EngineFeatures()
+    # The endpoints this engine serves its model on (the card's ``model_type``): None for generation
+    # (chat and completions, as the model's files allow); ``("embeddings",)`` for an engine that
+    # implements ``embed`` and serves ``/v1/embeddings``.
+    model_type: ClassVar[tuple[str, ...] | None] = None
 
     config: Any
     context: EngineContext
@@ -131,6 +139,10 @@ class WorkerEngine(abc.ABC):
     @abc.abstractmethod
     def generate(self, request: PreprocessedRequest) -> AsyncGenerator[EngineOutput, None]:
         """Stream the request's outputs."""
+
+    def embed(self, request: EmbedRequest) -> AsyncGenerator[EmbedOutput, None]:
+        """Pool each input into one vector (embedding engines only; see ``model_type``)."""
+        raise NotImplementedError(f"the {self.name} engine does not serve embeddings")
 
     @abc.abstractmethod
     def load_metrics(self) -> LoadMetrics:

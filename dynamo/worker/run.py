@@ -60,6 +60,7 @@ async def load_card(config: EngineConfig, facts: EngineFacts) -> ModelDeployment
         tool_call_parser=config.worker.tool_call_parser,
         reasoning_parser=config.worker.reasoning_parser,
         features=facts.features,
+        model_type=list(facts.model_type) if facts.model_type else None,
     )
 
 
@@ -104,6 +105,7 @@ class WorkerInstance:
                 self.engine.load_metrics,
                 kv_publisher=self.kv_publisher,
                 label=self.engine.worker_label,
+                embed=self.engine.embed if "embeddings" in card.model_type else None,
             )
         except Exception as exc:
             log.error("%s worker failed to register: %s", name, exc)

@@ -2,7 +2,8 @@
 
 Journey: the frontend's ``PreprocessedRequest`` arrives on the request plane -> **``generate``
 handler here** -> the engine (through the decode step when it takes KV transfers) -> ``EngineOutput``
-chunks stream back. Beside it: ``/files`` (the card's files, for a frontend on another machine),
+chunks stream back; on an embedding worker, the ``/embed`` handler (``EmbedRequest`` in, one
+``EmbedOutput`` per input back). Beside it: ``/files`` (the card's files, for a frontend on another machine),
 ``/kv_replay`` and ``/kv_snapshot`` (router resyncs), a load report on the event plane every
 second, then the instance and its card in discovery, ``/health`` ready, and the readiness line
 ``<label> <id> initialized: serving model '<name>' on <endpoint>`` that probes grep for.
@@ -20,11 +21,14 @@ from prometheus_client import Counter, Gauge
 
 from dynamo.llm import kv_events
 from dynamo.llm.endpoints import (
+    EmbedOutput,
+    EmbedRequest,
     FilesRequest,
     KvReplayReply,
     KvReplayRequest,
     KvSnapshotReply,
     KvSnapshotRequest,
+    embed_endpoint_name,
     files_endpoint_name,
     kv_replay_endpoint_name,
     kv_snapshot_endpoint_name,
@@ -41,6 +45,7 @@ LOAD_METRICS_INTERVAL = 1.0
 
 GenerateFn = Callable[[PreprocessedRequest], AsyncGenerator[EngineOutput, None]]
 LoadFn = Callable[[], LoadMetrics]
+EmbedFn = Callable[[EmbedRequest], AsyncGenerator[EmbedOutput, None]]
 
 
 async def serve_engine(
@@ -52,8 +57,10 @@ async def serve_engine(
     *,
     kv_publisher: KvEventPublisher | None = None,
     label: str = "Worker",
+    embed: EmbedFn | None = None,
 ) -> None:
-    """Register a started engine under ``endpoint`` with ``card`` and start its publishers.
+    """Register a started engine under ``endpoint`` with ``card`` and start its publishers;
+    ``embed``: the engine's ``embed``, served on ``/embed`` (embedding workers).
 
     Returns once the instance is discoverable and ready.
     """
@@ -81,6 +88,22 @@ async def serve_engine(
             inflight.dec()
             handled.labels(outcome).inc()
 
+    async def embed_handler(request: Any, ctx: RequestContext) -> AsyncGenerator[EmbedOutput, None]:
+        assert embed is not None
+        req = msgspec.convert(request, EmbedRequest)
+        inflight.inc()
+        outcome = "error"
+        try:
+            async for out in embed(req):
+                yield out
+            outcome = "completed"
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
+        finally:
+            inflight.dec()
+            handled.labels(outcome).inc()
+
     async def serve_files(request: Any, ctx: RequestContext) -> AsyncGenerator[dict[str, bytes], None]:
         names = msgspec.convert(request or {}, FilesRequest).names
         yield {n: files[n] for n in (names or files) if n in files}
@@ -96,6 +119,8 @@ async def serve_engine(
 
     server = await runtime.request_server()
     server.register(files_endpoint_name(endpoint), serve_files)
+    if embed is not None:
+        server.register(embed_endpoint_name(endpoint), embed_handler)
     server.register(kv_replay_endpoint_name(endpoint), kv_replay)
     server.register(kv_snapshot_endpoint_name(endpoint), kv_snapshot)
     # The first load report opens this process's event publisher before the instance is
