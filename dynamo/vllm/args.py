@@ -146,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         "prefill workers hand their KV to decode workers, and decode or role-less workers take it) or none",
     )
     group.add_argument(
+        "--embedding-worker",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("DYN_VLLM_EMBEDDING_WORKER", "").lower() in ("1", "true"),
+        help="serve the model on /v1/embeddings with vLLM's pooling runner (implies --runner pooling; "
+        "env DYN_VLLM_EMBEDDING_WORKER)",
+    )
+    group.add_argument(
         "--cpu-core",
         default=None,
         help="CPU build only: OpenMP cores for this engine, e.g. '0' or '2-3' (env DYN_CPU_CORE; default: "

@@ -4,9 +4,13 @@ Journey: frontend -> request plane -> **this worker** (vLLM ``AsyncLLM`` in-proc
 token ids out) -> back; ``VllmEngine`` on the worker base (``dynamo.worker.run_worker``), which
 registers the card, relays KV events and load, serves ``/health``, ``/live`` and ``/metrics`` (with
 vLLM's own metrics) on ``DYN_SYSTEM_PORT`` and logs ``VllmWorker … initialized`` when ready.
+With vLLM's pooling runner (``--runner pooling`` / ``--embedding-worker``) it is an embedding
+worker instead (``dynamo.vllm.embedding``).
 """
 
 from __future__ import annotations
+
+import sys
 
 from dynamo.worker import run_worker
 
@@ -15,6 +19,15 @@ def main(argv: list[str] | None = None) -> None:
     from dynamo.vllm.args import parse_args
 
     config = parse_args(argv)  # a missing vLLM ends here, with one line that says how to install it
+    from dynamo.vllm.embedding import VllmEmbeddingEngine, pooling_config, runs_pooling
     from dynamo.vllm.engine import VllmEngine
 
-    run_worker(VllmEngine, config=config)
+    engine: type[VllmEngine] = VllmEngine
+    if runs_pooling(config):  # vLLM's pooling runner: an embedding worker (/v1/embeddings)
+        try:
+            config = pooling_config(config)
+        except ValueError as exc:  # a flag pooling cannot honour: bad settings, exit 2 as argparse does
+            sys.stderr.write(f"python -m dynamo.vllm: error: {exc}\n")
+            raise SystemExit(2) from None
+        engine = VllmEmbeddingEngine
+    run_worker(engine, config=config)
