@@ -19,6 +19,7 @@ No pydantic here: bodies are plain dicts encoded by msgspec, shaped as the respo
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -200,7 +201,19 @@ class ChatFormat(_Format):
 
     def chunk(self, d: ChoiceDelta, usage: dict[str, Any] | None = None) -> bytes:
         """The event of one delta (b"" when it carries nothing); the role goes with a choice's first.
-        ``usage``: the choice's so far (``continuous_usage_stats``)."""
+        ``usage``: the choice's so far (``continuous_usage_stats``). A call whose first piece
+        already holds arguments goes out as two events, as OpenAI streams calls: the first names it
+        (id, type, name, ``arguments: ""``), the next carries the arguments."""
+        if d.tool_calls and any(c.id is not None and c.arguments for c in d.tool_calls):
+            naming = [dataclasses.replace(c, arguments="") if c.id is not None else c for c in d.tool_calls]
+            arguments = [
+                ToolCallDelta(c.index, arguments=c.arguments)
+                for c in d.tool_calls
+                if c.id is not None and c.arguments
+            ]
+            first = msgspec.structs.replace(d, tool_calls=naming, finish_reason=None)
+            rest = ChoiceDelta(d.index, "", "", arguments, None, d.finish_reason)
+            return self.chunk(first) + self.chunk(rest, usage)
         head = self._heads.get(d.index)
         if head is not None and d.logprobs is None and d.finish_reason is None and usage is None:
             if not d.reasoning and not d.tool_calls:  # plain text: the pre-encoded bytes

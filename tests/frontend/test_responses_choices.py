@@ -162,6 +162,18 @@ def test_auto_tool_calls_stream_as_deltas_that_join_into_the_body(pp: Preprocess
         (c["function"]["name"], json.loads(c["function"]["arguments"])) for c in msg["tool_calls"]
     ]
     assert all(c["id"].startswith("call_") and c["type"] == "function" for c in msg["tool_calls"])
+    # As OpenAI streams calls: the first delta of a call names it with empty arguments, and the
+    # arguments follow in a later event.
+    pieces = [
+        (i, call)
+        for i, ev in enumerate(evs)
+        for c in ev["choices"]
+        for call in c["delta"].get("tool_calls") or []
+    ]
+    for index in (0, 1):
+        first, *rest = [(i, call) for i, call in pieces if call["index"] == index]
+        assert first[1]["function"] == {"name": "get_weather", "arguments": ""}
+        assert rest and all(i > first[0] and "id" not in call for i, call in rest)
     # Without calls the text is content and the model just stopped.
     body = whole("chat", pp, [pre], [outputs(pp, "No tools needed.")])
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "No tools needed."}
