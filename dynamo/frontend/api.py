@@ -1,9 +1,9 @@
 """The frontend's FastAPI app: every route but the two completion routes, and the lifespan.
 
 Journey: HTTP -> ``app.FrontendApp`` -> **here** for ``/v1/models``, ``/v1/models/{model}/ready``,
-``/health``, ``/live``, ``/metrics`` and the API description (``/openapi.json``, ``/docs``). Errors
-keep the OpenAI shape (404 unknown path, 405 wrong method, 500). Each route declares its response
-types, from which ``openapi`` writes the document.
+``/v1/embeddings`` (served by ``embeddings``), ``/health``, ``/live``, ``/metrics`` and the API
+description (``/openapi.json``, ``/docs``). Errors keep the OpenAI shape (404 unknown path, 405 wrong
+method, 500). Each route declares its response types, from which ``openapi`` writes the document.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dynamo.frontend.embeddings import add_embeddings_route
 from dynamo.frontend.openapi import build_openapi, error_responses
 from dynamo.frontend.protocol import Health, Live, ModelReadiness
 from dynamo.frontend.responses import error_response
@@ -51,6 +52,8 @@ def build_api(
     async def unexpected(_request: Request, exc: Exception) -> Response:
         log.exception("unexpected error")
         return error_response(internal_error())
+
+    add_embeddings_route(app, service)
 
     @app.get(
         "/v1/models", response_model=ModelList, operation_id="list_models", summary="List the served models"

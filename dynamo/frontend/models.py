@@ -2,11 +2,15 @@
 
 Journey: workers register (card + instance record) -> **the model watcher here** builds one
 ``ServedModel`` per model name (preprocessor from the card's files, an instance router per pool)
--> HTTP handlers look models up by name. Only the Dynamo namespaces of ``--namespace`` (or
-``DYN_DISCOVERY_NAMESPACES``) are watched, else every one. A model appears with its first live
-instance and goes with its last. A card whose checksum differs from the one already serving that
-name is refused (a model cannot change under a running name). Card files come from the local disk
-when the frontend shares the worker's filesystem, else from the worker over the request plane.
+-> HTTP handlers look models up by name, and serve a model on the endpoints its card's
+``model_type`` lists (``chat``, ``completions``, ``embeddings``; a 404 on the others). Only the
+Dynamo namespaces of ``--namespace`` (or ``DYN_DISCOVERY_NAMESPACES``) are watched, else every one.
+A model appears with its first live instance and goes with its last. A card whose checksum or
+``model_type`` differs from the one already serving that name is refused (a model cannot change
+under a running name). Embedding models are routed round-robin in ``kv`` router mode: no KV cache
+outlives an embedding request, so there is nothing for a KV router to find. Card files come from
+the local disk when the frontend shares the worker's filesystem, else from the worker over the
+request plane.
 
 In ``kv`` router mode a ``KvFeed`` keeps every pool's KV router current: KV events and load
 reports from the event plane, a snapshot of each worker's cache when it joins a pool (so a
@@ -25,6 +29,7 @@ from dynamo.frontend.args import FrontendConfig
 from dynamo.frontend.routing import InstanceRouter, create_policy
 from dynamo.llm.card_watch import watch_model_cards
 from dynamo.llm.endpoints import FilesRequest, files_endpoint_name
+from dynamo.llm.errors import RequestError
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.preprocessor import Preprocessor
 from dynamo.router import KvRouter, KvRouterConfig
@@ -37,6 +42,13 @@ log = logging.getLogger(__name__)
 
 PREFILL_COMPONENT = "prefill"
 BACKEND_COMPONENT = "backend"
+EMBEDDINGS = "embeddings"  # the card model type of embedding workers
+# The path each card model type is served on, for error messages.
+MODEL_TYPE_PATHS = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    EMBEDDINGS: "/v1/embeddings",
+}
 
 _V = TypeVar("_V")
 
@@ -56,6 +68,19 @@ class ServedModel:
     @property
     def has_workers(self) -> bool:
         return bool(self.router.instances)
+
+    def require(self, model_type: str) -> None:
+        """``RequestError`` (404) unless this model is served on ``model_type``'s endpoint."""
+        if model_type in self.card.model_type:
+            return
+        served = ", ".join(MODEL_TYPE_PATHS.get(t, t) for t in self.card.model_type)
+        raise RequestError(
+            404,
+            f"The model '{self.name}' is not served on {MODEL_TYPE_PATHS.get(model_type, model_type)} "
+            f"(it is served on {served}).",
+            param="model",
+            code="model_not_found",
+        )
 
 
 class ModelManager:
@@ -124,6 +149,15 @@ class ModelManager:
             self._remove_instance(iid)
             return
         model = self.models.get(card.display_name)
+        if model is not None and model.card.model_type != card.model_type:
+            log.error(
+                "refusing instance %x: it serves '%s' as %s, but the model is served as %s",
+                iid,
+                card.display_name,
+                "/".join(card.model_type),
+                "/".join(model.card.model_type),
+            )
+            return
         if model is not None and model.card.checksum != card.checksum:
             log.error(
                 "refusing instance %x: its card for '%s' differs from the one being served (checksum %s != %s)",
@@ -210,8 +244,11 @@ class ModelManager:
         publish = None
         if feed is not None and cfg.router_replica_sync:
             publish = feed.sync_publisher(sync_subject, kv_config.router_id)
+        mode = cfg.router_mode
+        if mode == "kv" and EMBEDDINGS in card.model_type:
+            mode = "round-robin"  # no KV cache outlives an embedding request: nothing to route by
         policy = create_policy(
-            cfg.router_mode,
+            mode,
             kv_config=kv_config,
             publish_sync=publish,
             on_resync_needed=feed.on_resync_needed if feed is not None else None,

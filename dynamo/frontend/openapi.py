@@ -7,7 +7,8 @@ completion routes, which are served before FastAPI (``app.FrontendApp``), are ad
 a JSON response (``stream: false``) or an event stream (``stream: true``) whose ``data:`` events
 follow ``x-itemSchema`` (a chunk, or an error midway; then ``[DONE]``), and each error status with
 the OpenAI error body. ``x-itemSchema`` is OpenAPI 3.2's ``itemSchema``, as an extension of this
-3.1 document.
+3.1 document. FastAPI routes that read their JSON body themselves (``/v1/embeddings``) name its
+type with ``request_body``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,17 @@ ERRORS = {
 }
 
 
+_BODY_TYPES: list[type[BaseModel]] = []  # request types of FastAPI routes, see request_body
+
+
+def request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """FastAPI ``openapi_extra=`` for a route that parses its own JSON body: ``model`` describes it."""
+    if model not in _BODY_TYPES:
+        _BODY_TYPES.append(model)
+    schema = {"$ref": REF.format(model=model.__name__)}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """FastAPI ``responses=`` entries: the OpenAI error body for each status."""
     return {status: {"model": ErrorResponse, "description": ERRORS[status]} for status in statuses}
@@ -46,12 +58,13 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     doc = get_openapi(
         title=app.title,
         version=app.version,
-        description="OpenAI-compatible LLM serving: chat and text completions, streamed or not.",
+        description="OpenAI-compatible LLM serving: chat and text completions, streamed or not, and embeddings.",
         routes=app.routes,
     )
     _drop_unreachable_validation_errors(doc)
     schemas: dict[str, Any] = doc.setdefault("components", {}).setdefault("schemas", {})
     types: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorResponse, "serialization")]
+    types += [(body, "validation") for body in _BODY_TYPES]
     for e in ENDPOINTS.values():
         types += [
             (e.request_type, "validation"),
@@ -63,6 +76,9 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         if name in schemas and schemas[name] != schema:
             raise RuntimeError(f"two different schemas are both named {name!r}")
         schemas[name] = schema
+    for body in _BODY_TYPES:
+        if body.__name__ not in schemas:
+            raise RuntimeError(f"the request body {body.__name__} has no schema of that name")
     paths = doc.setdefault("paths", {})
     for e in ENDPOINTS.values():
         paths[e.path] = {"post": _completion_operation(e, refs)}

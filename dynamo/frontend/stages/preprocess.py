@@ -2,9 +2,10 @@
 
 Journey: parse -> **preprocess** -> route. ``admit`` refuses before any work: 404 for a model no
 worker registered, 503 while it has no live worker, 429 once ``--max-inflight-requests`` of its
-requests are in flight. ``preprocess`` runs the model's ``Preprocessor`` (``dynamo.llm.preprocessor``:
-chat template, tokenizer, sampling and stop mapping; 400 for a prompt it cannot serve), off the
-event loop for large bodies.
+requests are in flight. ``preprocess`` refuses (404) a model its card does not serve on the endpoint
+(an embedding model), then runs the model's ``Preprocessor`` (``dynamo.llm.preprocessor``: chat
+template, tokenizer, sampling and stop mapping; 400 for a prompt it cannot serve), off the event
+loop for large bodies.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from dynamo.frontend.endpoints import CompletionEndpoint
 from dynamo.frontend.models import ModelManager, ServedModel
 from dynamo.llm.errors import model_not_found, service_unavailable, too_many_requests
 from dynamo.llm.preprocessor import PreprocessedOutput
+
+
+_MODEL_TYPES = {"chat": "chat", "completion": "completions"}  # endpoint kind -> card model type
 
 
 def admit(models: ModelManager, name: str, max_inflight: int) -> ServedModel:
@@ -34,6 +38,7 @@ async def preprocess(
     model: ServedModel, endpoint: CompletionEndpoint, request: Any, request_id: str, offload: bool
 ) -> list[PreprocessedOutput]:
     """The tokenized request(s) for the engines (one per choice) and what stays here for the way back."""
+    model.require(_MODEL_TYPES[endpoint.kind])
     if offload:
         return await asyncio.to_thread(endpoint.preprocess, model.preprocessor, request, request_id)
     return endpoint.preprocess(model.preprocessor, request, request_id)
