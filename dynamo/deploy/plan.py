@@ -15,6 +15,12 @@ service's ``envs``. What cannot be shared on one machine is made unique per repl
   discovery directory of its own, so a stale run cannot leak workers into this one. Either way its
   frontends get ``DYN_DISCOVERY_NAMESPACES`` as the operator sets it (the graph's own Dynamo
   namespaces), so two graphs on one etcd do not share workers.
+- a planner (``componentType: planner``) gets ``DYN_PLANNER_ENVIRONMENT=virtual`` (it publishes its
+  decisions in the graph's store, and the runner applies them) and ``DYN_PLANNER_FRONTEND_METRICS``
+  (the graph's frontends' ``/metrics`` URLs, which it scrapes for client traffic).
+
+A replica the runner adds later (a planner scaled a service up) is laid out the same way by
+``Plan.add_replica``, with the next replica index and a new port.
 """
 
 from __future__ import annotations
@@ -69,6 +75,31 @@ class Process:
         return f"{self.service}[{self.replica}]"
 
 
+PLANNER_ENVIRONMENT_ENV = "DYN_PLANNER_ENVIRONMENT"
+PLANNER_FRONTEND_METRICS_ENV = "DYN_PLANNER_FRONTEND_METRICS"
+
+
+@dataclass(frozen=True)
+class ScaledPools:
+    """The worker services one planner scales: its Dynamo namespace and, per pool (``prefill``,
+    ``decode``), the service that is that pool."""
+
+    planner: str
+    namespace: str
+    services: dict[str, str]
+
+
+@dataclass
+class _Layout:
+    """What laying out one more replica needs (kept by the plan for ``add_replica``)."""
+
+    k8s_namespace: str
+    base: dict[str, str]
+    secret_env: dict[str, str] | None
+    here: Path
+    ports: PortAllocator
+
+
 @dataclass
 class Plan:
     """Every process of a graph, frontends last (they come up once workers can register)."""
@@ -77,9 +108,29 @@ class Plan:
     processes: list[Process]
     run_dir: Path
     warnings: list[str]
+    scaled: list[ScaledPools] = field(default_factory=list)
+    _layout: _Layout | None = None
 
     def frontends(self) -> list[Process]:
         return [p for p in self.processes if p.component_type == "frontend"]
+
+    def add_replica(self, service_name: str, replica: int) -> Process:
+        """Lay out replica ``replica`` of ``service_name`` (a new port; not added to ``processes``)."""
+        if self._layout is None:
+            raise RuntimeError("this plan cannot add replicas")
+        lay = self._layout
+        service = self.graph.services[service_name]
+        return _plan_process(
+            self.graph,
+            service,
+            replica,
+            lay.ports.take(),
+            self.run_dir,
+            lay.k8s_namespace,
+            lay.base,
+            lay.secret_env,
+            lay.here,
+        )
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -238,7 +289,42 @@ def plan_graph(
             processes.append(
                 _plan_process(graph, service, i, port, run_dir, k8s_namespace, base, secret_env, here)
             )
-    return Plan(graph=graph, processes=processes, run_dir=run_dir, warnings=warnings)
+    metrics_urls = ",".join(
+        f"http://127.0.0.1:{p.port}/metrics" for p in processes if p.component_type == "frontend"
+    )
+    for p in processes:
+        if p.component_type == "planner":
+            p.env.setdefault(PLANNER_ENVIRONMENT_ENV, "virtual")
+            p.env.setdefault(PLANNER_FRONTEND_METRICS_ENV, metrics_urls)
+    scaled = scaled_pools(graph, k8s_namespace, warnings)
+    layout = _Layout(k8s_namespace, base, secret_env, here, ports)
+    return Plan(
+        graph=graph, processes=processes, run_dir=run_dir, warnings=warnings, scaled=scaled, _layout=layout
+    )
+
+
+def scaled_pools(graph: Graph, k8s_namespace: str, warnings: list[str]) -> list[ScaledPools]:
+    """For each planner of ``graph``: the worker services in its Dynamo namespace, by pool (a
+    ``subComponentType: prefill`` service is the prefill pool, any other worker the decode pool)."""
+    out = []
+    for planner in graph.services.values():
+        if planner.component_type != "planner":
+            continue
+        ns = planner.dynamo_namespace_in(k8s_namespace, graph.name)
+        pools: dict[str, str] = {}
+        for s in graph.workers():
+            if s.dynamo_namespace_in(k8s_namespace, graph.name) != ns:
+                continue
+            pool = "prefill" if s.sub_component_type == "prefill" else "decode"
+            if pool in pools:
+                warnings.append(
+                    f"{planner.name}: both {pools[pool]} and {s.name} are the {pool} pool of namespace {ns}; "
+                    f"the planner's decisions apply to {pools[pool]} only"
+                )
+                continue
+            pools[pool] = s.name
+        out.append(ScaledPools(planner.name, ns, pools))
+    return out
 
 
 def _plan_process(

@@ -1,9 +1,18 @@
-"""Run a planned graph as local processes: start, probe readiness, report, stop.
+"""Run a planned graph as local processes: start, probe readiness, report, stop, and apply a
+planner's decisions.
 
 Every replica runs in its own process group (its shell, its engine, its ``tee``), so stopping the
 graph reaches every process a replica started: SIGTERM to each group, then SIGKILL to whatever is
 left after the grace period. A replica that exits stops the graph and is reported with the tail of
-its log (a pod would be restarted; on a laptop a crash is better shown than hidden).
+its log (a pod would be restarted; on a laptop a crash is better shown than hidden) -- unless the
+runner drained it itself.
+
+With a planner in the graph (``componentType: planner``), the runner is its virtual connector's
+other side: it reads the planner's decision from the graph's store (``dynamo.planner.connector``)
+and makes each scaled service's replica count match. Scale-up starts new replicas (next index, new
+port); scale-down drains: SIGTERM to the replica's main process, which deregisters, finishes what it
+is serving and exits (the workers' drain path), not-ready replicas first, then the newest ready ones;
+the group is killed if it has not exited ``drain_timeout`` + grace seconds later.
 """
 
 from __future__ import annotations
@@ -20,13 +29,15 @@ from pathlib import Path
 from typing import IO
 
 from dynamo.deploy import probes
-from dynamo.deploy.plan import Plan, Process
+from dynamo.deploy.plan import Plan, Process, ScaledPools
+from dynamo.runtime.config import RuntimeConfig
 
 STARTING = "starting"
 READY = "ready"
 NOT_READY = "not ready"
 EXITED = "exited"
 TAIL_LINES = 30
+DECISION_POLL = 0.5  # seconds between reads of a planner's decision
 
 
 @dataclass
@@ -39,6 +50,7 @@ class Replica:
     returncode: int | None = None
     reported_state: str = STARTING
     started_at: float = field(default_factory=time.monotonic)
+    draining: bool = False  # the runner is stopping it (scale-down): its exit is not a crash
 
 
 def tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
@@ -53,14 +65,21 @@ def tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
 class GraphRunner:
     """Supervises one graph's processes; ``run`` returns the exit code for the CLI."""
 
-    def __init__(self, plan: Plan, out: IO[str] | None = None, grace: float = 10.0) -> None:
+    def __init__(
+        self, plan: Plan, out: IO[str] | None = None, grace: float = 10.0, drain_timeout: float = 30.0
+    ) -> None:
         self.plan = plan
         self.out = out or sys.stdout
         self.grace = grace
+        self.drain_timeout = drain_timeout
         self.replicas = [Replica(p) for p in plan.processes]
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._all_ready_reported = False
+        self._next_index: dict[str, int] = {}
+        for p in plan.processes:
+            self._next_index[p.service] = max(self._next_index.get(p.service, 0), p.replica + 1)
+        self._generations: dict[str, int] = {}  # planner -> last applied decision generation
 
     def say(self, text: str = "") -> None:
         self.out.write(text + "\n")
@@ -90,7 +109,13 @@ class GraphRunner:
         assert replica.popen is not None
         replica.returncode = await replica.popen.wait()
         replica.state = EXITED
+        if replica.draining:
+            _signal_group(replica.popen.pid, signal.SIGKILL)  # reap what the replica left behind
         self._changed.set()
+
+    def _launch(self, replica: Replica) -> None:
+        self._tasks.append(asyncio.create_task(self._watch_exit(replica)))
+        self._tasks.append(asyncio.create_task(self._probe_loop(replica)))
 
     async def _probe_loop(self, replica: Replica) -> None:
         probe = replica.plan.readiness
@@ -123,6 +148,8 @@ class GraphRunner:
         rows = [("SERVICE", "REPLICA", "PID", "PORT", "STATE", "READINESS")]
         for r in self.replicas:
             state = r.state if r.state != EXITED else f"exited ({r.returncode})"
+            if r.draining and r.state != EXITED:
+                state = "draining"
             pid = str(r.popen.pid) if r.popen else "-"
             rows.append(
                 (
@@ -145,7 +172,7 @@ class GraphRunner:
 
     def _report_transitions(self) -> None:
         for r in self.replicas:
-            if r.state != r.reported_state and r.state != EXITED:
+            if r.state != r.reported_state and r.state != EXITED and not r.draining:
                 elapsed = time.monotonic() - r.started_at
                 self.say(f"{r.plan.name}: {r.reported_state} -> {r.state} ({elapsed:.1f}s after start)")
                 r.reported_state = r.state
@@ -182,12 +209,16 @@ class GraphRunner:
         try:
             for replica in self.replicas:
                 await self._start(replica)
-                self._tasks.append(asyncio.create_task(self._watch_exit(replica)))
-                self._tasks.append(asyncio.create_task(self._probe_loop(replica)))
+                self._launch(replica)
             self.say(self.status_table())
+            for pools in self.plan.scaled:
+                self._tasks.append(asyncio.create_task(self._follow_planner(pools)))
             deadline = None if ready_timeout is None else time.monotonic() + ready_timeout
             while True:
                 self._changed.clear()
+                for r in [r for r in self.replicas if r.state == EXITED and r.draining]:
+                    self.say(f"{r.plan.name}: drained (exit {r.returncode})")
+                    self.replicas.remove(r)
                 exited = [r for r in self.replicas if r.state == EXITED]
                 if exited:
                     self.say(self.status_table())
@@ -196,7 +227,7 @@ class GraphRunner:
                     return 1
                 if stop.is_set():
                     return 0
-                all_ready = all(r.state == READY for r in self.replicas)
+                all_ready = all(r.state == READY for r in self.replicas if not r.draining)
                 if all_ready and not self._all_ready_reported:
                     self._all_ready_reported = True
                     urls = ", ".join(self.frontend_urls()) or "no frontend"
@@ -218,6 +249,86 @@ class GraphRunner:
         finally:
             stop_task.cancel()
             await self.stop_all()
+
+    # -- scaling (a planner's decisions) -------------------------------------------------------
+
+    async def _follow_planner(self, pools: ScaledPools) -> None:
+        """Apply the decisions of the planner ``pools.planner`` as they change, until cancelled."""
+        from dynamo.planner.connector import read_decision
+        from dynamo.runtime.discovery import create_discovery
+        from dynamo.runtime.store import create_store
+
+        planner = next(p for p in self.plan.processes if p.service == pools.planner)
+        discovery = create_discovery(_runtime_config(planner.env, pools.namespace))
+        await discovery.start()
+        store = create_store(discovery)
+        try:
+            while True:
+                try:
+                    decision = await read_decision(store, pools.namespace)
+                except Exception as exc:  # the store is the graph's discovery backend: retry
+                    self.say(f"cannot read {pools.planner}'s decision: {exc}")
+                    decision = None
+                if decision is not None and decision.generation != self._generations.get(pools.planner):
+                    self._generations[pools.planner] = decision.generation
+                    for pool, target in sorted(decision.targets.items()):
+                        service = pools.services.get(pool)
+                        if service is not None:
+                            await self.scale(
+                                service, target, f"{pools.planner} decision {decision.generation}"
+                            )
+                await asyncio.sleep(DECISION_POLL)
+        finally:
+            await store.close()
+            await discovery.close()
+
+    def live_replicas(self, service: str) -> list[Replica]:
+        """Replicas of ``service`` that are running and not being drained."""
+        return [
+            r for r in self.replicas if r.plan.service == service and r.state != EXITED and not r.draining
+        ]
+
+    async def scale(self, service: str, target: int, why: str = "") -> None:
+        """Start or drain replicas of ``service`` until ``target`` are live."""
+        live = self.live_replicas(service)
+        if len(live) == target:
+            return
+        self.say(f"scaling {service}: {len(live)} -> {target}" + (f" ({why})" if why else ""))
+        for _ in range(target - len(live)):
+            index = self._next_index.get(service, 0)
+            self._next_index[service] = index + 1
+            replica = Replica(self.plan.add_replica(service, index))
+            self.replicas.append(replica)
+            await self._start(replica)
+            self._launch(replica)
+            self.say(f"{replica.plan.name}: started (pid {replica.popen.pid if replica.popen else '-'})")
+        if len(live) > target:
+            # Not-ready replicas first (they serve nothing), then the newest ready ones.
+            newest = sorted(live, key=lambda r: r.plan.replica, reverse=True)
+            order = [r for r in newest if r.state != READY] + [r for r in newest if r.state == READY]
+            for replica in order[: len(live) - target]:
+                self.drain(replica)
+        self._changed.set()
+
+    def drain(self, replica: Replica) -> None:
+        """SIGTERM the replica's main process (its drain path); kill its group if it is still there
+        ``drain_timeout`` + grace seconds later. Its exit is then not a crash."""
+        replica.draining = True
+        if replica.popen is None or replica.popen.returncode is not None:
+            return
+        self.say(f"{replica.plan.name}: draining (SIGTERM to pid {replica.popen.pid})")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(replica.popen.pid, signal.SIGTERM)
+        allowance = _float(replica.plan.env.get("DYN_DRAIN_TIMEOUT"), self.drain_timeout) + self.grace
+        self._tasks.append(asyncio.create_task(self._kill_after(replica, allowance)))
+
+    async def _kill_after(self, replica: Replica, seconds: float) -> None:
+        assert replica.popen is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(replica.popen.wait()), seconds)
+        except TimeoutError:
+            self.say(f"{replica.plan.name}: still running {seconds:g}s after SIGTERM; killing it")
+            _signal_group(replica.popen.pid, signal.SIGKILL)
 
     async def stop_all(self) -> None:
         """SIGTERM every replica's process group, SIGKILL what is left after the grace period."""
@@ -243,6 +354,25 @@ class GraphRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+
+
+def _float(text: str | None, default: float) -> float:
+    try:
+        return float(text) if text else default
+    except ValueError:
+        return default
+
+
+def _runtime_config(env: dict[str, str], namespace: str) -> RuntimeConfig:
+    """The discovery settings a process with ``env`` uses (to read the graph's store)."""
+    etcd = [e.strip() for e in env.get("ETCD_ENDPOINTS", "").split(",") if e.strip()]
+    backend = env.get("DYN_DISCOVERY_BACKEND") or ("etcd" if etcd else "file")
+    config = RuntimeConfig(namespace=namespace, discovery_backend=backend)
+    if etcd:
+        config = config.with_(etcd_endpoints=tuple(etcd))
+    if env.get("DYN_FILE_DISCOVERY_DIR"):
+        config = config.with_(file_discovery_dir=Path(env["DYN_FILE_DISCOVERY_DIR"]))
+    return config
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -1,0 +1,3 @@
+from dynamo.planner.main import main
+
+main()
