@@ -62,7 +62,7 @@ def build_api(
         return {
             "object": "list",
             "data": [
-                {"id": m.name, "object": "model", "created": 0, "owned_by": "dynamo"}
+                {"id": m.name, "object": "model", "created": m.created, "owned_by": "dynamo"}
                 for m in service().models.models.values()
                 if m.has_workers
             ],

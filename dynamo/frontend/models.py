@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -64,6 +65,7 @@ class ServedModel:
     prefill_router: InstanceRouter  # prefill workers (disaggregation)
     records: dict[int, InstanceRecord] = field(default_factory=dict)
     inflight: int = 0
+    created: int = field(default_factory=lambda: int(time.time()))  # when this frontend first served it
 
     @property
     def has_workers(self) -> bool:

@@ -4,6 +4,7 @@ metric names."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ MODEL = "smol-cache"
 def test_shared_system_prompt_is_taken_from_the_cache(log_dir: Path, smollm2_tokenizer_dir: Path) -> None:
     env = discovery_env("file")
     env["DYN_NAMESPACE"] = "token-cache"
+    started = int(time.time())
     worker = start_mocker(log_dir, env, smollm2_tokenizer_dir, "mocker-cache", "--model-name", MODEL)
     frontend = Frontend(log_dir, env, name="frontend-cache")
     try:
@@ -42,6 +44,9 @@ def test_shared_system_prompt_is_taken_from_the_cache(log_dir: Path, smollm2_tok
                 )
                 assert r.json()["usage"]["prompt_tokens"] == len(tokenizer.encode(prompt).ids)
             text = http.get(f"{frontend.url}/metrics").text
+            [model] = http.get(f"{frontend.url}/v1/models").json()["data"]
+        # /v1/models: when this frontend started serving the model, and who serves it.
+        assert started <= model["created"] <= time.time() and model["owned_by"] == "dynamo"
         assert metric_value(text, "dynamo_frontend_tokenizer_cache_hits_total", model=MODEL) == 3
         assert metric_value(text, "dynamo_frontend_tokenizer_cache_misses_total", model=MODEL) == 1
         system_tokens = len(tokenizer.encode(f"system\n{system}").ids)
