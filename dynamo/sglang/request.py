@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynamo.llm.protocols import GuidedDecoding, PreprocessedRequest
-from dynamo.worker.sampling import given_options, max_new_tokens, stop_token_ids
+from dynamo.worker.sampling import choice_regex, given_options, max_new_tokens, stop_token_ids
 
 _PASSTHROUGH = (
     "temperature",
@@ -66,14 +66,6 @@ def build_sampling_params(req: PreprocessedRequest, *, context_length: int | Non
     return params
 
 
-# Characters with a meaning in the regular expressions SGLang's grammar backends read.
-_REGEX_SPECIAL = frozenset("\\.^$*+?{}[]|()/")
-
-
-def _escape_regex(text: str) -> str:
-    return "".join("\\" + ch if ch in _REGEX_SPECIAL else ch for ch in text)
-
-
 def guided_params(guided: GuidedDecoding) -> dict[str, Any]:
     """The ``sampling_params`` entry that constrains SGLang's output to ``guided``."""
     kind = guided.kind()
@@ -84,9 +76,7 @@ def guided_params(guided: GuidedDecoding) -> dict[str, Any]:
     if kind == "regex":
         return {"regex": guided.regex}
     if kind == "choice":
-        if not guided.choice:
-            raise ValueError("choice must list at least one string")
-        return {"regex": "(" + "|".join(_escape_regex(c) for c in guided.choice) + ")"}
+        return {"regex": choice_regex(guided.choice or [])}
     return {"ebnf": guided.grammar}
 
 

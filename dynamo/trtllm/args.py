@@ -16,7 +16,10 @@ winning: the ``--extra-engine-args`` YAML (TensorRT-LLM LLM-API options), the fl
 gave, ``--override-engine-args`` (JSON, merged into nested sections), then what the worker
 needs: token ids in and out (``skip_tokenizer_init``), the PyTorch backend unless another is
 named, a KV event buffer when KV events are on, and a cache transceiver for prefill/decode
-workers. ``--kv-block-size`` sets ``kv_cache_config.tokens_per_block`` (TensorRT-LLM's default
+workers. Structured outputs (JSON schema, regex, grammar) need TensorRT-LLM's guided decoder:
+``guided_decoding_backend: xgrammar`` (or ``llguidance``) in the YAML, which also needs
+TensorRT-LLM's tokenizer, so the worker then keeps it loaded (requests still carry and return token
+ids) and the model card declares ``structured_outputs``. ``--kv-block-size`` sets ``kv_cache_config.tokens_per_block`` (TensorRT-LLM's default
 32), which is also the block size the KV router hashes.
 
 ``--disaggregation-strategy`` defaults to ``DISAGGREGATION_STRATEGY`` (then ``decode_first``),
@@ -82,6 +85,11 @@ class TrtllmConfig(WorkerConfigFields):
     @property
     def model_path(self) -> str:
         return str(self.engine_kwargs["model"])
+
+    @property
+    def structured_outputs(self) -> bool:
+        """Whether TensorRT-LLM runs a guided decoder (``guided_decoding_backend``)."""
+        return bool(self.engine_kwargs.get("guided_decoding_backend"))
 
     @property
     def kv_block_size(self) -> int:
@@ -215,7 +223,14 @@ def engine_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
         deep_merge(kwargs, overrides)
     kwargs["model"] = args.model_path
     kwargs.setdefault("backend", "pytorch")
-    kwargs.setdefault("skip_tokenizer_init", True)  # token ids in, token ids out: the frontend (de)tokenizes
+    guided = kwargs.get("guided_decoding_backend")
+    if guided and kwargs.get("skip_tokenizer_init"):
+        raise ValueError(
+            f"guided_decoding_backend {guided} needs TensorRT-LLM's tokenizer: drop skip_tokenizer_init"
+        )
+    # Token ids in, token ids out: the frontend (de)tokenizes. The guided decoder compiles
+    # grammars against TensorRT-LLM's tokenizer, so it stays loaded when one is configured.
+    kwargs.setdefault("skip_tokenizer_init", not guided)
     return kwargs
 
 

@@ -12,6 +12,13 @@ carrying those parameters runs ``generation_only`` and its KV comes from the pre
 through TensorRT-LLM's cache transceiver; one without them is prefilled here, which is how the
 worker's decode step, ``dynamo.worker.decode``, falls back).
 
+Features (the card's ``features``): structured outputs when TensorRT-LLM runs a guided decoder
+(``guided_decoding_backend``, see ``dynamo.trtllm.args``), ``logit_bias`` when the model's vocabulary
+size is known (its ``config.json``); no prompt logprobs (TensorRT-LLM's are the top tokens of each
+position's next-token distribution, not the prompt token's own logprob). A request TensorRT-LLM
+refuses (``RequestError``, a ``ValueError`` on submission, options it cannot build) ends with an
+``invalid_request`` error chunk.
+
 Cancellation: a cancelled or closed stream aborts the request (``RequestOutput.abort()``) before
 the exception propagates. A decode request whose KV is still arriving is aborted only once its
 first output comes (TensorRT-LLM cannot drop a transfer in flight), by an owned task.
@@ -24,18 +31,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from dynamo.llm.kv_events import LoadMetrics
-from dynamo.llm.protocols import FINISH_ERROR, EngineOutput, PreprocessedRequest
+from dynamo.llm.model_card import EngineFeatures
+from dynamo.llm.protocols import ERROR_INVALID_REQUEST, FINISH_ERROR, EngineOutput, PreprocessedRequest
 from dynamo.trtllm.args import NOT_INSTALLED, TrtllmConfig, parse_args
 from dynamo.trtllm.kv_events import KvEventConverter, relay_kv_events
 from dynamo.trtllm.outputs import OutputConverter
-from dynamo.trtllm.request import build_sampling_kwargs, is_trtllm_params, params_from_wire
+from dynamo.trtllm.request import build_sampling_kwargs, decoding_kwargs, is_trtllm_params, params_from_wire
 from dynamo.worker import EngineContext, EngineFacts, EngineNotInstalledError, WorkerEngine
 from dynamo.worker.util import construct_engine, import_engine
 
@@ -50,6 +63,7 @@ class TrtllmBindings:
     SamplingParams: Callable[..., Any]
     DisaggregatedParams: Callable[..., Any]
     RequestError: type[Exception] = ValueError  # a request TensorRT-LLM refuses
+    GuidedDecodingParams: Callable[..., Any] | None = None  # None: this TensorRT-LLM has none
 
     @classmethod
     def load(cls) -> TrtllmBindings:
@@ -62,11 +76,17 @@ class TrtllmBindings:
             from tensorrt_llm.executor.utils import RequestError
         except ImportError:
             RequestError = ValueError
+        guided: Callable[..., Any] | None = None
+        with contextlib.suppress(ImportError):
+            from tensorrt_llm.llmapi import GuidedDecodingParams
+
+            guided = GuidedDecodingParams
         return cls(
             LLM=LLM,
             SamplingParams=SamplingParams,
             DisaggregatedParams=DisaggregatedParams,
             RequestError=RequestError,
+            GuidedDecodingParams=guided,
         )
 
 
@@ -82,6 +102,8 @@ class TrtllmEngine(WorkerEngine):
     worker_label = "TrtllmWorker"
     package = "tensorrt_llm"
     install_hint = NOT_INSTALLED
+    # At most; ``start`` reports what this configuration has (see the module docstring).
+    features = EngineFeatures(structured_outputs=True, logit_bias=True)
 
     def __init__(
         self, config: TrtllmConfig, context: EngineContext, bindings: TrtllmBindings | None = None
@@ -94,6 +116,7 @@ class TrtllmEngine(WorkerEngine):
         self._tasks: set[asyncio.Task[None]] = set()
         self._kv_task: asyncio.Task[None] | None = None
         self._seq = 0
+        self._vocab_size: int | None = None
         self.startup_seconds: float | None = None
 
     # ----- lifecycle ---------------------------------------------------------------------------
@@ -110,6 +133,7 @@ class TrtllmEngine(WorkerEngine):
             api = await import_engine(TrtllmBindings.load)
         llm = await construct_engine(self.name, self.config.model_path, api.LLM, **self.config.engine_kwargs)
         self._api, self._llm = api, llm
+        self._vocab_size = await asyncio.to_thread(model_vocab_size, self.config.model_path, llm)
         sink, worker_id = self.context.kv_event_sink, self.context.worker_id
         if self.config.kv_events and sink is not None:
             converter = KvEventConverter(self.kv_cache_block_size)
@@ -134,7 +158,12 @@ class TrtllmEngine(WorkerEngine):
                 "decides the flow (this worker serves both)",
                 self.config.disaggregation_strategy,
             )
-        return EngineFacts.of(self)
+        features = msgspec.structs.replace(
+            self.features,
+            structured_outputs=self._guided_factory is not None,
+            logit_bias=self._vocab_size is not None,
+        )
+        return dataclasses.replace(EngineFacts.of(self), features=features)
 
     async def stop(self) -> None:
         """Abort requests in flight, stop the KV event relay, shut TensorRT-LLM down (idempotent)."""
@@ -157,6 +186,12 @@ class TrtllmEngine(WorkerEngine):
                 await asyncio.to_thread(shutdown)
         logger.info("TensorRT-LLM engine stopped")
 
+    @property
+    def _guided_factory(self) -> Callable[..., Any] | None:
+        """``GuidedDecodingParams`` when this engine runs a guided decoder, else None."""
+        api = self._api
+        return api.GuidedDecodingParams if api is not None and self.config.structured_outputs else None
+
     # ----- requests ----------------------------------------------------------------------------
 
     async def generate(self, req: PreprocessedRequest) -> AsyncGenerator[EngineOutput, None]:
@@ -168,7 +203,8 @@ class TrtllmEngine(WorkerEngine):
         transfer = not prefill and is_trtllm_params(req.kv_transfer_params)
         try:
             sampling = api.SamplingParams(
-                **build_sampling_kwargs(req, prefill=prefill, max_seq_len=self.context_length)
+                **build_sampling_kwargs(req, prefill=prefill, max_seq_len=self.context_length),
+                **decoding_kwargs(req, guided_factory=self._guided_factory, vocab_size=self._vocab_size),
             )
             disagg = None
             if prefill:
@@ -176,7 +212,11 @@ class TrtllmEngine(WorkerEngine):
             elif transfer:
                 disagg = params_from_wire(dict(req.kv_transfer_params or {}), api.DisaggregatedParams)
         except (ValueError, TypeError) as exc:
-            yield EngineOutput(finish_reason=FINISH_ERROR, error=f"invalid sampling options: {exc}")
+            yield EngineOutput(
+                finish_reason=FINISH_ERROR,
+                error=f"invalid sampling options: {exc}",
+                error_code=ERROR_INVALID_REQUEST,
+            )
             return
         self._seq += 1
         key = f"{req.request_id}#{self._seq}"
@@ -204,10 +244,10 @@ class TrtllmEngine(WorkerEngine):
                 yield chunk
                 if converter.finished:
                     break
-        except api.RequestError as exc:
+        except (api.RequestError, ValueError) as exc:
             converter.finished = True
             logger.info("request %s rejected by TensorRT-LLM: %s", req.request_id, exc)
-            yield EngineOutput(finish_reason=FINISH_ERROR, error=str(exc))
+            yield EngineOutput(finish_reason=FINISH_ERROR, error=str(exc), error_code=ERROR_INVALID_REQUEST)
         finally:
             self._active.pop(key, None)
             if not converter.finished and result is not None:
@@ -278,6 +318,31 @@ class TrtllmEngine(WorkerEngine):
     def max_num_batched_tokens(self) -> int | None:
         value = self._option("max_num_tokens")
         return int(value) if value else None
+
+
+def model_vocab_size(model_path: str, llm: Any) -> int | None:
+    """The width of the model's logits: ``vocab_size`` in its ``config.json`` (top level or
+    ``text_config``; a hub name is looked up in the local Hugging Face cache), else the size
+    TensorRT-LLM's tokenizer reports; None when neither is known."""
+    config: Path | None = Path(model_path) / "config.json"
+    if config is not None and not config.is_file():
+        config = None
+        with contextlib.suppress(Exception):
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model_path, "config.json")
+            config = Path(cached) if isinstance(cached, str) else None
+    data: Any = {}
+    if config is not None:
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(config.read_text())
+    if isinstance(data, dict):
+        for section in (data, data.get("text_config")):
+            if isinstance(section, dict) and isinstance(section.get("vocab_size"), int):
+                return int(section["vocab_size"])
+    tokenizer = getattr(getattr(llm, "tokenizer", None), "tokenizer", None)
+    size = getattr(tokenizer, "vocab_size", None)
+    return size if isinstance(size, int) and size > 0 else None
 
 
 def _abort(result: Any) -> None:

@@ -4,6 +4,11 @@ Journey: request plane -> worker handler -> **here** (sampling and stop options 
 ``SamplingParams`` keywords; disaggregation state as ``DisaggregatedParams``) ->
 ``llm.generate_async(token_ids, sampling_params=..., streaming=True, disaggregated_params=...)``.
 
+Decoding options: ``guided`` becomes ``GuidedDecodingParams`` (``json`` schema, ``json_object``,
+``regex``, ``grammar``; ``choice`` as a regex alternation, TensorRT-LLM having no choice constraint)
+and ``logit_bias`` an ``embedding_bias`` tensor over the vocabulary, as TensorRT-LLM's own OpenAI
+server builds it. Prompt logprobs are not mapped (the engine does not declare them).
+
 Disaggregation: a prefill worker runs the prompt as a ``context_only`` request; TensorRT-LLM
 answers with ``DisaggregatedParams`` (``ctx_request_id``, ``opaque_state`` bytes, the first
 token, ...) that travel to the decode worker in ``kv_transfer_params`` (``opaque_state`` as
@@ -19,8 +24,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from dynamo.llm.protocols import PreprocessedRequest
-from dynamo.worker.sampling import given_options, max_new_tokens, stop_token_ids
+from dynamo.llm.protocols import GuidedDecoding, PreprocessedRequest
+from dynamo.worker.sampling import choice_regex, given_options, max_new_tokens, stop_token_ids
 
 _PASSTHROUGH = (
     "temperature",
@@ -66,6 +71,56 @@ def build_sampling_kwargs(
         if req.output.logprobs < 0:
             raise ValueError("logprobs must be >= 0")
         kwargs["logprobs"] = max(1, req.output.logprobs)  # TensorRT-LLM counts the sampled token
+    return kwargs
+
+
+def guided_decoding(guided: GuidedDecoding, factory: Callable[..., Any]) -> Any:
+    """``guided`` as TensorRT-LLM's ``GuidedDecodingParams`` (built by ``factory``)."""
+    kind = guided.kind()
+    if kind == "json":
+        return factory(json=guided.json)
+    if kind == "json_object":
+        return factory(json_object=True)
+    if kind == "regex":
+        return factory(regex=guided.regex)
+    if kind == "choice":
+        return factory(regex=choice_regex(guided.choice or []))
+    return factory(grammar=guided.grammar)
+
+
+def embedding_bias(logit_bias: dict[int, float], vocab_size: int | None) -> Any:
+    """``logit_bias`` as the float32 ``[vocab_size]`` tensor TensorRT-LLM adds to the logits
+    (``SamplingParams.embedding_bias``); ``ValueError`` for ids outside the vocabulary."""
+    if not vocab_size:
+        raise ValueError("logit_bias needs the model's vocabulary size, which this worker could not read")
+    outside = sorted(t for t in logit_bias if not 0 <= t < vocab_size)
+    if outside:
+        raise ValueError(f"logit_bias token ids {outside[:5]} are outside the vocabulary [0, {vocab_size})")
+    import torch
+
+    bias = torch.zeros(vocab_size, dtype=torch.float32)
+    for token, value in logit_bias.items():
+        bias[token] = float(value)
+    return bias
+
+
+def decoding_kwargs(
+    req: PreprocessedRequest, *, guided_factory: Callable[..., Any] | None, vocab_size: int | None
+) -> dict[str, Any]:
+    """The ``SamplingParams`` keywords for ``req``'s constraint and ``logit_bias`` (none when unset).
+    ``guided_factory`` None: no guided decoder. ``ValueError`` for what cannot be honoured, prompt
+    logprobs included, rather than generating as if it had not been asked."""
+    if req.output.prompt_logprobs is not None:
+        raise ValueError("prompt logprobs are not available from this TensorRT-LLM worker")
+    kwargs: dict[str, Any] = {}
+    if req.guided is not None:
+        if guided_factory is None:
+            raise ValueError(
+                "structured outputs need TensorRT-LLM's guided decoder: set guided_decoding_backend"
+            )
+        kwargs["guided_decoding"] = guided_decoding(req.guided, guided_factory)
+    if req.sampling.logit_bias:
+        kwargs["embedding_bias"] = embedding_bias(req.sampling.logit_bias, vocab_size)
     return kwargs
 
 

@@ -2,7 +2,8 @@
 
 Journey: request plane -> worker handler -> the engine adapter's mapping (``dynamo.<engine>.request``)
 -> **these helpers** for the parts every engine agrees on: which token ids stop the request, how
-many new tokens it may make when the client gave no limit, and which sampling options it set.
+many new tokens it may make when the client gave no limit, which sampling options it set, and a
+``choice`` constraint as a regular expression for engines without a choice constraint of their own.
 """
 
 from __future__ import annotations
@@ -36,3 +37,15 @@ def max_new_tokens(req: PreprocessedRequest, context_length: int | None) -> int 
 def given_options(options: object, names: Iterable[str]) -> dict[str, Any]:
     """The attributes among ``names`` that are set (not None): the options a request gave."""
     return {name: value for name in names if (value := getattr(options, name)) is not None}
+
+
+# Characters with a meaning in the regular expressions the engines' grammar backends read.
+_REGEX_SPECIAL = frozenset("\\.^$*+?{}[]|()/")
+
+
+def choice_regex(choices: Sequence[str]) -> str:
+    """A regex matching exactly one of ``choices`` (each escaped); ``ValueError`` when empty."""
+    if not choices:
+        raise ValueError("choice must list at least one string")
+    escaped = ("".join("\\" + ch if ch in _REGEX_SPECIAL else ch for ch in choice) for choice in choices)
+    return "(" + "|".join(escaped) + ")"

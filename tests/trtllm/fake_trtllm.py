@@ -8,12 +8,20 @@ whose ``outputs[0].token_ids`` are cumulative and whose ``abort()`` ends it with
 reject unknown keywords; ``llm.get_kv_cache_events_async(timeout)`` yielding event dicts;
 ``llm.shutdown()``. A ``context_only`` request answers one token and ``DisaggregatedParams``
 (``opaque_state`` bytes); a ``generation_only`` request checks them.
+
+Decoding options: ``GuidedDecodingParams`` refuses two constraints at once, as the real one does;
+a request with a constraint ends with a ``RequestError`` when the engine has no guided decoder
+(``guided_decoding_backend`` unset) or the constraint does not compile (here: a JSON schema without
+a known ``type``, a regex Python cannot compile, a grammar without ``root ::=``), and is otherwise
+accepted (the fake cannot enforce it); an ``embedding_bias`` of 50 or more on a token forces it.
+``llm.tokenizer`` exists unless ``skip_tokenizer_init``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -40,6 +48,41 @@ class FakeSamplingParams:
     repetition_penalty: float | None = None
     logprobs: int | None = None
     detokenize: bool = True
+    guided_decoding: FakeGuidedDecodingParams | None = None
+    embedding_bias: Any = None  # a float32 tensor of the vocabulary's size
+
+
+@dataclass(kw_only=True)
+class FakeGuidedDecodingParams:
+    json: Any = None
+    regex: str | None = None
+    grammar: str | None = None
+    json_object: bool = False
+    structural_tag: str | None = None
+
+    def __post_init__(self) -> None:
+        given = sum(
+            bool(v) for v in (self.json, self.regex, self.grammar, self.json_object, self.structural_tag)
+        )
+        if given > 1:
+            raise ValueError(f"Only one guide can be used for a request, but got {given}.")
+
+    def compile_error(self) -> str | None:
+        """What the guided decoder would say about this constraint (None: it compiles)."""
+        if self.json is not None:
+            schema = self.json
+            if not isinstance(schema, dict) or schema.get("type") not in (
+                None, "object", "array", "string", "integer", "number", "boolean", "null"
+            ):  # fmt: skip
+                return f"Invalid JSON schema: {schema!r}"
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                return f"Invalid regex: {exc}"
+        if self.grammar is not None and "root ::=" not in self.grammar:
+            return "Invalid EBNF grammar: no root rule"
+        return None
 
 
 @dataclass
@@ -68,6 +111,7 @@ class Behaviour:
     fail_start: Exception | None = None
     reject: Exception | None = None  # raised while iterating, like a RequestError
     opaque_state: bytes = b"\x00\x01prefill-state\xff"
+    vocab_size: int = 49152  # what the tokenizer reports, when it is loaded
 
 
 class FakeRequestOutput:
@@ -120,6 +164,17 @@ class FakeRequestOutput:
         out = self.outputs[0]
         if b.reject is not None:
             raise b.reject
+        guided = self.params.guided_decoding
+        if guided is not None:
+            if not self.llm.llm_args.get("guided_decoding_backend"):
+                raise FakeRequestError("Guided decoding is not enabled: set guided_decoding_backend")
+            error = guided.compile_error()
+            if error is not None:
+                raise FakeRequestError(error)
+        forced: int | None = None
+        bias = self.params.embedding_bias
+        if bias is not None and float(bias.max()) >= 50:
+            forced = int(bias.argmax())
         request_type = getattr(self.disagg, "request_type", None)
         if request_type == "context_only":
             out.token_ids = [b.reply[0]]
@@ -139,6 +194,8 @@ class FakeRequestOutput:
         if self.params.end_id is not None and not self.params.ignore_eos:
             stops.add(self.params.end_id)
         reply = [*b.reply, self.params.end_id if self.params.end_id is not None else 2]
+        if forced is not None:
+            reply = [forced] * len(b.reply)
         max_tokens = self.params.max_tokens or 16
         while True:
             await asyncio.sleep(b.delay)
@@ -196,6 +253,8 @@ class FakeTrtllmLLM:
                 tokens_per_block=kv.get("tokens_per_block") or b.tokens_per_block
             ),
         )
+        skip = llm_args.get("skip_tokenizer_init")
+        self.tokenizer = None if skip else SimpleNamespace(tokenizer=SimpleNamespace(vocab_size=b.vocab_size))
         self.calls: list[FakeRequestOutput] = []
         self.aborted: list[FakeRequestOutput] = []
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -259,4 +318,5 @@ def fake_bindings(behaviour: Behaviour) -> TrtllmBindings:
         SamplingParams=FakeSamplingParams,
         DisaggregatedParams=FakeDisaggregatedParams,
         RequestError=FakeRequestError,
+        GuidedDecodingParams=FakeGuidedDecodingParams,
     )

@@ -167,3 +167,14 @@ def test_the_worker_without_trtllm_exits_1_with_one_line_saying_how_to_install_i
     assert len(lines) == 1 and "pip install --no-deps -e ." in lines[0] and "README.md" in lines[0], (
         proc.stderr
     )
+
+
+def test_a_guided_decoding_backend_keeps_the_tokenizer_for_structured_outputs():
+    plain = parse(guide())
+    assert plain.structured_outputs is False and plain.engine_kwargs["skip_tokenizer_init"] is True
+    guided = parse(guide(extra="""--override-engine-args '{"guided_decoding_backend": "xgrammar"}'"""))
+    assert guided.structured_outputs is True
+    assert guided.engine_kwargs["guided_decoding_backend"] == "xgrammar"
+    assert guided.engine_kwargs["skip_tokenizer_init"] is False  # the guided decoder compiles against it
+    both = """--override-engine-args '{"guided_decoding_backend": "xgrammar", "skip_tokenizer_init": true}'"""
+    assert "needs TensorRT-LLM's tokenizer" in fails(guide(extra=both))

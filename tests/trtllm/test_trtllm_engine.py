@@ -1,26 +1,38 @@
 """``TrtllmEngine`` driven against ``FakeTrtllmLLM`` (the real TensorRT-LLM needs a GPU):
 requests as ``SamplingParams``, deltas out, finish reasons, cancellation -> ``abort()`` (deferred
 while a decode request's KV is in flight), prefill -> decode through ``DisaggregatedParams``,
-KV events from ``get_kv_cache_events_async``."""
+KV events from ``get_kv_cache_events_async``, decoding options (constraints, logit_bias) and the
+features the card declares."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+import json
 import shlex
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from dynamo.llm.kv_events import KvEventBatch, KvRemoved, KvStored
-from dynamo.llm.protocols import EngineOutput, PreprocessedRequest, StopConditions
+from dynamo.llm.model_card import EngineFeatures
+from dynamo.llm.protocols import (
+    EngineOutput,
+    GuidedDecoding,
+    OutputOptions,
+    PreprocessedRequest,
+    SamplingOptions,
+    StopConditions,
+)
 from dynamo.trtllm.args import parse_args
 from dynamo.trtllm.engine import TrtllmBindings, TrtllmEngine
 from dynamo.worker import EngineContext, EngineStartError
 from tests.trtllm.fake_trtllm import (
     Behaviour,
     FakeDisaggregatedParams,
+    FakeGuidedDecodingParams,
     FakeRequestError,
     FakeSamplingParams,
     FakeTrtllmLLM,
@@ -119,6 +131,7 @@ async def test_fake_engine_a_refused_request_ends_with_an_error_chunk():
     assert [(o.finish_reason, o.error) for o in outs] == [
         ("error", "prompt length 40 exceeds max_seq_len 32")
     ]
+    assert outs[0].error_code == "invalid_request"
 
 
 async def test_fake_engine_bad_sampling_values_end_with_an_error_chunk():
@@ -148,6 +161,77 @@ async def test_fake_engine_stop_aborts_requests_in_flight():
     await engine.stop()
     rest = [o async for o in stream]
     assert llm.aborted == llm.calls and rest[-1].finish_reason == "cancelled" and llm.shut_down
+
+
+# ----- decoding options ------------------------------------------------------------------------------
+
+GUIDED = """--override-engine-args '{"guided_decoding_backend": "xgrammar"}'"""
+
+
+def model_dir(tmp_path: Path, vocab_size: int = 1000) -> Path:
+    (tmp_path / "config.json").write_text(
+        json.dumps({"architectures": ["LlamaForCausalLM"], "vocab_size": vocab_size})
+    )
+    return tmp_path
+
+
+def make_at(model: Path, behaviour: Behaviour | None = None, args: str = "") -> TrtllmEngine:
+    config = parse_args(shlex.split(f"--model-path {model} {args}"))
+    return TrtllmEngine(
+        config, EngineContext(worker_id=0x88), bindings=fake_bindings(behaviour or Behaviour())
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "with_config", "features"),
+    [
+        ("", False, EngineFeatures()),  # no vocabulary size, no guided decoder
+        ("", True, EngineFeatures(logit_bias=True)),
+        (GUIDED, False, EngineFeatures(structured_outputs=True, logit_bias=True)),  # the tokenizer's size
+        (GUIDED, True, EngineFeatures(structured_outputs=True, logit_bias=True)),
+    ],
+    ids=["plain", "config-json", "guided", "guided-config-json"],
+)
+async def test_fake_engine_declares_what_its_configuration_honours(tmp_path, args, with_config, features):
+    model = model_dir(tmp_path) if with_config else tmp_path / "hub-name-not-cached"
+    engine = make_at(model, args=args)
+    facts = await engine.start()
+    await engine.stop()
+    assert facts.features == features
+    assert facts.features.prompt_logprobs is False
+
+
+async def test_fake_engine_with_a_guided_decoder_gets_the_constraint(tmp_path):
+    engine = make_at(model_dir(tmp_path), Behaviour(reply=[11, 12]), args=GUIDED)
+    async with running(engine) as llm:
+        outs = await collect(engine, request(guided=GuidedDecoding(choice=["yes", "no"])))
+        assert llm.calls[0].params.guided_decoding == FakeGuidedDecodingParams(regex="(yes|no)")
+        bad = await collect(engine, request("bad", guided=GuidedDecoding(regex="(unclosed")))
+    assert tokens(outs) == [11, 12, 2] and outs[-1].finish_reason == "stop"
+    assert [(o.finish_reason, o.error_code) for o in bad] == [("error", "invalid_request")]
+    assert "Invalid regex" in (bad[0].error or "")
+
+
+async def test_fake_engine_logit_bias_forces_a_token_and_out_of_vocabulary_is_invalid(tmp_path):
+    engine = make_at(model_dir(tmp_path, vocab_size=100), Behaviour(reply=[11, 12, 13]))
+    async with running(engine) as llm:
+        forced = await collect(engine, request(sampling=SamplingOptions(logit_bias={42: 100.0})))
+        assert tuple(llm.calls[0].params.embedding_bias.shape) == (100,)
+        bad = await collect(engine, request("bad", sampling=SamplingOptions(logit_bias={100: 1.0})))
+    assert tokens(forced) == [42, 42, 42]
+    assert [(o.finish_reason, o.error_code) for o in bad] == [("error", "invalid_request")]
+    assert "outside the vocabulary" in (bad[0].error or "")
+    assert len(llm.calls) == 1  # refused before it reached TensorRT-LLM
+
+
+async def test_fake_engine_refuses_what_it_does_not_declare_instead_of_ignoring_it(tmp_path):
+    engine = make_at(model_dir(tmp_path), Behaviour(reply=[11]))  # no guided decoder
+    async with running(engine) as llm:
+        plp = await collect(engine, request(output=OutputOptions(prompt_logprobs=1)))
+        guided = await collect(engine, request("g", guided=GuidedDecoding(regex="x")))
+        assert llm.calls == []  # neither reached TensorRT-LLM
+    assert [(o.finish_reason, o.error_code) for o in plp + guided] == [("error", "invalid_request")] * 2
+    assert "prompt logprobs" in (plp[0].error or "") and "guided_decoding_backend" in (guided[0].error or "")
 
 
 # ----- disaggregation --------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Our wire types to TensorRT-LLM's and back: sampling/stop options, disaggregated parameters
-over the wire, deltas of cumulative token ids, finish reasons, cached tokens, KV events."""
+"""Our wire types to TensorRT-LLM's and back: sampling/stop options, constraints and logit_bias,
+disaggregated parameters over the wire, deltas of cumulative token ids, finish reasons, cached
+tokens, KV events."""
 
 from __future__ import annotations
 
@@ -9,11 +10,24 @@ import msgspec
 import pytest
 
 from dynamo.llm.kv_events import KvRemoved, KvStored, compute_block_hashes
-from dynamo.llm.protocols import OutputOptions, PreprocessedRequest, SamplingOptions, StopConditions
+from dynamo.llm.protocols import (
+    GuidedDecoding,
+    OutputOptions,
+    PreprocessedRequest,
+    SamplingOptions,
+    StopConditions,
+)
 from dynamo.trtllm.kv_events import KvEventConverter
 from dynamo.trtllm.outputs import OutputConverter
-from dynamo.trtllm.request import build_sampling_kwargs, is_trtllm_params, params_from_wire, params_to_wire
-from tests.trtllm.fake_trtllm import FakeDisaggregatedParams, FakeSamplingParams
+from dynamo.trtllm.request import (
+    build_sampling_kwargs,
+    decoding_kwargs,
+    guided_decoding,
+    is_trtllm_params,
+    params_from_wire,
+    params_to_wire,
+)
+from tests.trtllm.fake_trtllm import FakeDisaggregatedParams, FakeGuidedDecodingParams, FakeSamplingParams
 
 
 def request(**kw) -> PreprocessedRequest:
@@ -170,3 +184,50 @@ def test_kv_events_convert_and_partial_blocks_stay_out():
         }
     )
     assert child.event_id == 2 + 5 and child.data.parent_hash == 5  # type: ignore[union-attr]  # 5 engine events lost
+
+
+# ----- decoding options: constraints, logit_bias ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("guided", "expected"),
+    [
+        (GuidedDecoding(json={"type": "object"}), FakeGuidedDecodingParams(json={"type": "object"})),
+        (GuidedDecoding(json_object=True), FakeGuidedDecodingParams(json_object=True)),
+        (GuidedDecoding(regex=r"\d+"), FakeGuidedDecodingParams(regex=r"\d+")),
+        (GuidedDecoding(choice=["a.b", "c"]), FakeGuidedDecodingParams(regex=r"(a\.b|c)")),
+        (GuidedDecoding(grammar='root ::= "x"'), FakeGuidedDecodingParams(grammar='root ::= "x"')),
+    ],
+    ids=["json", "json_object", "regex", "choice", "grammar"],
+)
+def test_constraints_map_to_guided_decoding_params(guided, expected):
+    kwargs = decoding_kwargs(request(guided=guided), guided_factory=FakeGuidedDecodingParams, vocab_size=None)
+    assert kwargs == {"guided_decoding": expected}
+    assert guided_decoding(guided, FakeGuidedDecodingParams) == expected
+
+
+def test_logit_bias_becomes_an_embedding_bias_over_the_vocabulary():
+    kwargs = decoding_kwargs(
+        request(sampling=SamplingOptions(logit_bias={3: 100.0, 7: -2.5})), guided_factory=None, vocab_size=10
+    )
+    bias = kwargs["embedding_bias"]
+    assert str(bias.dtype) == "torch.float32" and tuple(bias.shape) == (10,)
+    assert bias.tolist() == [0.0, 0.0, 0.0, 100.0, 0.0, 0.0, 0.0, -2.5, 0.0, 0.0]
+    FakeSamplingParams(**build_sampling_kwargs(request()), **kwargs)
+    assert decoding_kwargs(request(), guided_factory=None, vocab_size=None) == {}
+
+
+@pytest.mark.parametrize(
+    ("req", "factory", "vocab", "says"),
+    [
+        (request(sampling=SamplingOptions(logit_bias={10: 1.0})), None, 10, "outside the vocabulary"),
+        (request(sampling=SamplingOptions(logit_bias={1: 1.0})), None, None, "vocabulary size"),
+        (request(guided=GuidedDecoding(regex="x")), None, 10, "guided decoder"),
+        (request(guided=GuidedDecoding(choice=[])), FakeGuidedDecodingParams, 10, "at least one"),
+        (request(output=OutputOptions(prompt_logprobs=0)), FakeGuidedDecodingParams, 10, "prompt logprobs"),
+    ],
+    ids=["out-of-vocabulary", "unknown-vocabulary", "no-guided-decoding", "empty-choice", "prompt-logprobs"],
+)
+def test_options_that_cannot_be_built_are_value_errors(req, factory, vocab, says):
+    with pytest.raises(ValueError, match=says):
+        decoding_kwargs(req, guided_factory=factory, vocab_size=vocab)
