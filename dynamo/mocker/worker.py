@@ -3,6 +3,10 @@
 Journey: request plane -> decode step -> **``MockerWorkerEngine.generate``** -> ``MockEngine``
 (no computation; timing from the reference model) -> ``EngineOutput`` back. ``--num-workers N``
 runs N of these in one process, each its own instance with its own lease.
+
+Features: none (the card says so, and the frontend refuses structured outputs, ``logit_bias`` and
+prompt logprobs for mocker models with a 400); a request that asks for them anyway ends with one
+``invalid_request`` error chunk instead of a simulated answer that ignores them.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from dynamo.llm.kv_events import LoadMetrics
-from dynamo.llm.model_card import ModelDeploymentCard
-from dynamo.llm.protocols import EngineOutput, PreprocessedRequest
+from dynamo.llm.model_card import EngineFeatures, ModelDeploymentCard
+from dynamo.llm.protocols import ERROR_INVALID_REQUEST, FINISH_ERROR, EngineOutput, PreprocessedRequest
 from dynamo.mocker.args import MockerWorkerConfig, parse_args
 from dynamo.mocker.engine import MockEngine
 from dynamo.worker import EngineContext, EngineFacts, EngineStartError, WorkerEngine
@@ -27,6 +31,7 @@ class MockerWorkerEngine(WorkerEngine):
 
     name = "mocker"
     worker_label = "Mocker worker"
+    features = EngineFeatures()  # no structured outputs, logit_bias or prompt logprobs
 
     config: MockerWorkerConfig
 
@@ -70,10 +75,14 @@ class MockerWorkerEngine(WorkerEngine):
             total_kv_blocks=engine_config.num_gpu_blocks,
             max_num_seqs=engine_config.max_num_seqs,
             max_num_batched_tokens=engine_config.max_num_batched_tokens,
+            features=self.features,
         )
 
     def generate(self, request: PreprocessedRequest) -> AsyncGenerator[EngineOutput, None]:
         assert self.engine is not None, "start() first"
+        unsupported = _unsupported(request)
+        if unsupported:
+            return _refuse(f"the mocker does not simulate {unsupported}")
         return self.engine.generate(request)
 
     def load_metrics(self) -> LoadMetrics:
@@ -83,6 +92,24 @@ class MockerWorkerEngine(WorkerEngine):
     async def stop(self) -> None:
         if self.engine is not None:
             await self.engine.stop()
+
+
+def _unsupported(request: PreprocessedRequest) -> str:
+    """The options of ``request`` the mocker cannot honour, named for the client ("" when none)."""
+    names = [
+        name
+        for name, asked in (
+            ("structured outputs", request.guided is not None),
+            ("logit_bias", bool(request.sampling.logit_bias)),
+            ("prompt logprobs", request.output.prompt_logprobs is not None),
+        )
+        if asked
+    ]
+    return ", ".join(names)
+
+
+async def _refuse(message: str) -> AsyncGenerator[EngineOutput, None]:
+    yield EngineOutput(finish_reason=FINISH_ERROR, error=message, error_code=ERROR_INVALID_REQUEST)
 
 
 @functools.cache
