@@ -21,6 +21,7 @@ pytest.importorskip("vllm")
 
 import jsonschema
 
+from dynamo.llm.model_card import EngineFeatures
 from dynamo.llm.protocols import (
     ERROR_INVALID_REQUEST,
     EngineOutput,
@@ -31,6 +32,7 @@ from dynamo.llm.protocols import (
     StopConditions,
 )
 from dynamo.vllm.engine import VllmEngine
+from dynamo.worker import EngineFacts
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(180)]
 
@@ -95,6 +97,11 @@ def answer(tokenizer, chunks: list[EngineOutput]) -> str:
     ids = [t for c in chunks for t in c.token_ids]
     assert chunks[-1].finish_reason == "stop", (chunks[-1], tokenizer.decode(ids))
     return tokenizer.decode(ids[:-1] if ids and ids[-1] == EOS else ids)
+
+
+async def test_the_engine_declares_what_it_honours(vllm_engine: VllmEngine):
+    features = EngineFacts.of(vllm_engine).features  # what goes on the model card
+    assert features == EngineFeatures(structured_outputs=True, logit_bias=True, prompt_logprobs=True)
 
 
 # ----- structured outputs --------------------------------------------------------------------------
