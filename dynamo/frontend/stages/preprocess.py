@@ -18,7 +18,6 @@ from dynamo.frontend.models import ModelManager, ServedModel
 from dynamo.llm.errors import model_not_found, service_unavailable, too_many_requests
 from dynamo.llm.preprocessor import PreprocessedOutput
 
-
 _MODEL_TYPES = {"chat": "chat", "completion": "completions"}  # endpoint kind -> card model type
 
 
