@@ -1,9 +1,10 @@
 """The frontend's FastAPI app: every route but the two completion routes, and the lifespan.
 
 Journey: HTTP -> ``app.FrontendApp`` -> **here** for ``/v1/models``, ``/v1/models/{model}/ready``,
-``/v1/embeddings`` (served by ``embeddings``), ``/health``, ``/live``, ``/metrics`` and the API
-description (``/openapi.json``, ``/docs``). Errors keep the OpenAI shape (404 unknown path, 405 wrong
-method, 500). Each route declares its response types, from which ``openapi`` writes the document.
+``/v1/embeddings`` (served by ``embeddings``), ``/v1/responses`` and ``/v1/responses/{id}`` (served
+by ``responses_api``), ``/health``, ``/live``, ``/metrics`` and the API description
+(``/openapi.json``, ``/docs``). Errors keep the OpenAI shape (404 unknown path, 405 wrong method,
+500). Each route declares its response types, from which ``openapi`` writes the document.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dynamo.frontend.embeddings import add_embeddings_route
 from dynamo.frontend.openapi import build_openapi, error_responses
 from dynamo.frontend.protocol import Health, Live, ModelReadiness
 from dynamo.frontend.responses import error_response
+from dynamo.frontend.responses_api import add_responses_routes
 from dynamo.frontend.service import FrontendService
 from dynamo.llm.errors import RequestError, internal_error, model_not_found
 from dynamo.llm.openai import ModelList
@@ -54,6 +56,7 @@ def build_api(
         return error_response(internal_error())
 
     add_embeddings_route(app, service)
+    add_responses_routes(app, service)
 
     @app.get(
         "/v1/models", response_model=ModelList, operation_id="list_models", summary="List the served models"

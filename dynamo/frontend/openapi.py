@@ -7,8 +7,9 @@ completion routes, which are served before FastAPI (``app.FrontendApp``), are ad
 a JSON response (``stream: false``) or an event stream (``stream: true``) whose ``data:`` events
 follow ``x-itemSchema`` (a chunk, or an error midway; then ``[DONE]``), and each error status with
 the OpenAI error body. ``x-itemSchema`` is OpenAPI 3.2's ``itemSchema``, as an extension of this
-3.1 document. FastAPI routes that read their JSON body themselves (``/v1/embeddings``) name its
-type with ``request_body``.
+3.1 document. FastAPI routes that read their JSON body themselves (``/v1/embeddings``,
+``/v1/responses``) name its type with ``request_body``, and the events of a route that may stream
+(``/v1/responses``) with ``event_stream``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,18 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+_EVENT_TYPES: list[type[BaseModel]] = []  # event types of FastAPI routes' streams, see event_stream
+
+
+def event_stream(model: type[BaseModel]) -> dict[str, Any]:
+    """FastAPI ``responses=`` content of a 200 that may be server-sent events: each ``data:`` is a
+    ``model`` (``x-itemSchema``)."""
+    if model not in _EVENT_TYPES:
+        _EVENT_TYPES.append(model)
+    schema = {"$ref": REF.format(model=model.__name__)}
+    return {"text/event-stream": {"schema": {"type": "string"}, "x-itemSchema": schema}}
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """FastAPI ``responses=`` entries: the OpenAI error body for each status."""
     return {status: {"model": ErrorResponse, "description": ERRORS[status]} for status in statuses}
@@ -58,13 +71,17 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     doc = get_openapi(
         title=app.title,
         version=app.version,
-        description="OpenAI-compatible LLM serving: chat and text completions, streamed or not, and embeddings.",
+        description=(
+            "OpenAI-compatible LLM serving: chat and text completions and the Responses API, "
+            "streamed or not, and embeddings."
+        ),
         routes=app.routes,
     )
     _drop_unreachable_validation_errors(doc)
     schemas: dict[str, Any] = doc.setdefault("components", {}).setdefault("schemas", {})
     types: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorResponse, "serialization")]
     types += [(body, "validation") for body in _BODY_TYPES]
+    types += [(event, "serialization") for event in _EVENT_TYPES]
     for e in ENDPOINTS.values():
         types += [
             (e.request_type, "validation"),

@@ -19,7 +19,16 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    RootModel,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from dynamo.llm.errors import RequestError, bad_request
 from dynamo.llm.openai import (
@@ -545,7 +554,7 @@ class OutputText(_Out):
     type: Literal["output_text"]
     text: str
     annotations: list[Any]
-    logprobs: list[TokenLogprob] | None = None
+    logprobs: list[TokenLogprob] | None
 
 
 class OutputMessage(_Out):
@@ -602,6 +611,14 @@ class IncompleteDetails(_Out):
     reason: Literal["max_output_tokens"]
 
 
+class ReasoningEcho(_Out):
+    """The request's ``reasoning``, echoed."""
+
+    effort: str | None
+    summary: None
+    generate_summary: None
+
+
 class ResponseError(_Out):
     code: str
     message: str
@@ -625,7 +642,7 @@ class ResponseObject(_Out):
     output: list[OutputItem]
     parallel_tool_calls: bool
     previous_response_id: str | None
-    reasoning: ReasoningConfig | None
+    reasoning: ReasoningEcho | None
     store: bool
     temperature: float | None
     text: dict[str, Any]
@@ -744,19 +761,25 @@ class ErrorEvent(_Event):
     param: str | None
 
 
-ResponseStreamEvent = Annotated[
-    ResponseLifecycleEvent
-    | OutputItemEvent
-    | ContentPartEvent
-    | TextDeltaEvent
-    | TextDoneEvent
-    | ReasoningDeltaEvent
-    | ReasoningDoneEvent
-    | ArgumentsDeltaEvent
-    | ArgumentsDoneEvent
-    | ErrorEvent,
-    Field(discriminator="type"),
-]
+class ResponseStreamEvent(
+    RootModel[
+        Annotated[
+            ResponseLifecycleEvent
+            | OutputItemEvent
+            | ContentPartEvent
+            | TextDeltaEvent
+            | TextDoneEvent
+            | ReasoningDeltaEvent
+            | ReasoningDoneEvent
+            | ArgumentsDeltaEvent
+            | ArgumentsDoneEvent
+            | ErrorEvent,
+            Field(discriminator="type"),
+        ]
+    ]
+):
+    """One server-sent event of ``POST /v1/responses`` with ``stream: true`` (its ``data:``)."""
+
 
 __all__ = [
     "DeletedResponse",
