@@ -3,10 +3,10 @@
 The planner never waits for a change to complete (a scale-up whose worker never becomes ready must
 not stall it). It re-plans from the ready workers each interval, and tracks a pool's pending replicas
 (the last target minus the ready ones): they are waited for while young, and not counted on once
-older than ``timeout`` seconds (stuck).
+the target has not gone up for ``timeout`` seconds and they are still missing (stuck).
 
 - ``up``: ready + 1, plus the stuck replicas (capacity they were meant to bring comes from new ones);
-  young pending replicas are not added again.
+  while replicas are pending and young, the target stays (they are not asked for twice).
 - ``down``: ready - 1 (pending replicas are dropped; the connector drains not-ready replicas first).
 - ``hold``: ready + young pending replicas (stuck ones are dropped).
 - ``set`` n (SLA): n, plus the stuck replicas when n is above the ready count.
@@ -39,7 +39,7 @@ def reconcile(
     )
     young = pending - stuck
     if proposal.direction == "up":
-        return ready + 1 + stuck, stuck
+        return max(ready + 1 + stuck, ready + young), stuck
     if proposal.direction == "down":
         return max(0, ready - 1), stuck
     if proposal.direction == "hold":
@@ -50,10 +50,11 @@ def reconcile(
 
 
 def record(state: PoolState, target: int, ready: int, now: float) -> None:
-    """Remember the published ``target``: pending from now if it is above the ready count (kept
-    from earlier while it stays above), cleared once met."""
+    """Remember the published ``target``. Its shortfall is pending since the last time the target
+    went up (a new ask restarts the clock for every replica still missing: the planner sees counts,
+    not which replica is which); cleared once the ready workers meet it."""
     if target <= ready:
         state.pending_since = None
-    elif state.pending_since is None:
+    elif state.pending_since is None or state.target is None or target > state.target:
         state.pending_since = now
     state.target = target

@@ -243,6 +243,8 @@ def test_young_pending_replicas_are_waited_for() -> None:
     state = PoolState(target=2, pending_since=100.0)
     assert reconcile(Proposal("decode", "up"), ready=1, state=state, now=105.0, timeout=10) == (2, 0)
     assert reconcile(Proposal("decode", "hold"), ready=1, state=state, now=105.0, timeout=10) == (2, 0)
+    two_young = PoolState(target=3, pending_since=100.0)
+    assert reconcile(Proposal("decode", "up"), ready=1, state=two_young, now=105.0, timeout=10) == (3, 0)
 
 
 def test_stuck_pending_replicas_do_not_stall_the_planner() -> None:
@@ -262,8 +264,10 @@ def test_record_tracks_when_a_target_became_pending() -> None:
     state = PoolState()
     record(state, 2, ready=1, now=10.0)
     assert state.pending_since == 10.0
-    record(state, 3, ready=1, now=20.0)  # still short since t=10
+    record(state, 2, ready=1, now=15.0)  # the same ask, still short: its clock runs on
     assert state.pending_since == 10.0
+    record(state, 3, ready=1, now=20.0)  # a new ask restarts the clock
+    assert state.pending_since == 20.0
     record(state, 3, ready=3, now=30.0)
     assert state.pending_since is None and state.target == 3
 

@@ -223,8 +223,11 @@ async def test_planner_never_waits_for_a_pending_scale_up(tmp_path: Path) -> Non
     assert await step() == 2
     assert await step() == 3  # 3 s without it: stuck; still overloaded, so one more is asked for
     workers.kv_blocks = 30  # 47%: between thresholds
-    assert await step() == 1  # hold: only what is ready (the stuck replicas are dropped)
-    workers.ready_count, workers.kv_blocks = 2, 0
+    assert await step() == 3  # hold: the new ask is young again, both missing replicas are waited for
+    workers.ready_count = 2  # the second ask's replica is up; the first one never comes
+    assert await step() == 3
+    assert await step() == 2  # 3 s since the last ask: the missing one is stuck and dropped
+    workers.kv_blocks = 0
     assert await step() == 1  # down, from what is ready
     assert await step() == 1  # never under min_endpoint
     assert (
