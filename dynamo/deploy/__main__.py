@@ -3,7 +3,8 @@
     python3 -m dynamo.deploy run deploy/examples/cpu/agg.yaml
     python3 -m dynamo.deploy plan deploy/examples/vllm/agg_router.yaml   # show, start nothing
 
-Ctrl-C or SIGTERM stops the whole graph.
+Ctrl-C or SIGTERM stops the whole graph. A planner in the graph (``componentType: planner``) steers
+its worker services: the runner applies its decisions (see ``dynamo.deploy.runner``).
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def print_plan(plan: Plan) -> None:
     print(f"graph {plan.graph.name}: {len(plan.processes)} processes; run dir {plan.run_dir}")
     for warning in plan.warnings:
         print(f"warning: {warning}")
+    for pools in plan.scaled:
+        scaled = ", ".join(f"{pool} -> {service}" for pool, service in sorted(pools.services.items()))
+        print(f"{pools.planner} (namespace {pools.namespace}) scales: {scaled or 'no worker service'}")
     for p in plan.processes:
         print(f"\n{p.name}  port {p.port}  cwd {p.cwd}")
         print(f"  command:   {shlex.join(p.argv)}")
