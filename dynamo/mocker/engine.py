@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import zlib
 from collections.abc import AsyncGenerator, Iterable
 
 from dynamo.llm.kv_events import KvEvent, LoadMetrics
-from dynamo.llm.protocols import FINISH_ERROR, EngineOutput, PreprocessedRequest
+from dynamo.llm.protocols import FINISH_ERROR, EngineOutput, PreprocessedRequest, TokenLogprob
 from dynamo.mocker.config import MockerConfig
 from dynamo.mocker.disagg import accept_transfer, is_prefill_request, make_transfer_params
 from dynamo.mocker.event_log import KvEventLog, KvEventSink
@@ -27,6 +28,8 @@ from dynamo.mocker.kv_manager import KvBlockSnapshot, KvManager
 from dynamo.mocker.scheduler import Scheduler, SchedulerStats
 from dynamo.mocker.sequence import FINISHED, Sequence, TokenSampler
 from dynamo.mocker.timing import decode_ms, prefill_ms
+
+_UNIFORM_VOCAB = 32000  # logprobs of a mocker that draws from the prompt's ids (no vocabulary size)
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +138,7 @@ class MockEngine:
         self._kick()
         loop = self._loop
         first = True
+        want_logprobs = req.output.logprobs
         try:
             while True:
                 if not seq.out and seq.finish is None:
@@ -146,10 +150,13 @@ class MockEngine:
                 if tokens:
                     seq.out = []
                 finish = seq.finish
+                logprobs = (
+                    self._logprobs(tokens, want_logprobs) if want_logprobs is not None and tokens else None
+                )
                 if finish is None and not first:
-                    yield EngineOutput(token_ids=tokens)
+                    yield EngineOutput(token_ids=tokens, logprobs=logprobs)
                     continue
-                out = EngineOutput(token_ids=tokens, finish_reason=finish)
+                out = EngineOutput(token_ids=tokens, finish_reason=finish, logprobs=logprobs)
                 if first:
                     first = False
                     out.prompt_tokens = seq.prompt_len
@@ -169,6 +176,13 @@ class MockEngine:
                 self.scheduler.abort(seq)
                 self._events.flush()
                 self._kick()
+
+    def _logprobs(self, tokens: list[int], top: int) -> list[TokenLogprob]:
+        """What a uniform sampler's logprobs are: every id equally likely (``-ln vocab``); the
+        alternatives are the next ids."""
+        size = self.vocab_size or _UNIFORM_VOCAB
+        lp = -math.log(size)
+        return [TokenLogprob(t, lp, [((t + j) % size, lp) for j in range(top)]) for t in tokens]
 
     def _make_sequence(self, req: PreprocessedRequest) -> Sequence | str:
         """Build the engine state of a request, or return why it cannot run."""

@@ -6,6 +6,7 @@ time (``sim_time_ms``) or with lower bounds only, never tight wall-clock windows
 """
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -384,3 +385,21 @@ async def test_a_failing_loop_fails_requests_instead_of_hanging(monkeypatch: pyt
             await anext(eng.generate(request("b", prompt_of(4))))
     finally:
         await eng.stop()
+
+
+async def test_logprobs_are_those_of_a_uniform_sampler() -> None:
+    """Asked for logprobs, the mocker answers every token with -ln(vocab) and that many
+    alternatives; not asked, none."""
+    eng = await started(MockerConfig(**FAST))
+    try:
+        req = request("lp", prompt_of(20), max_tokens=12)
+        req.output.logprobs = 3
+        outs = await collect(eng.generate(req))
+        plain = await collect(eng.generate(request("plain", prompt_of(20), max_tokens=12)))
+    finally:
+        await eng.stop()
+    entries = [e for o in outs for e in (o.logprobs or [])]
+    assert [e.token_id for e in entries] == tokens(outs)
+    assert all(e.logprob == pytest.approx(-math.log(VOCAB)) and len(e.top) == 3 for e in entries)
+    assert all(e.top[0][0] == e.token_id for e in entries)
+    assert all(o.logprobs is None for o in plain)
