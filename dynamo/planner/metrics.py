@@ -1,7 +1,7 @@
 """The planner's Prometheus metrics (prefix ``dynamo_planner_``), served on its status server's
 ``/metrics`` like every other component's.
 
-Every decision sets the gauges of its inputs (``input{name}``: observed and predicted traffic,
+Every decision sets the gauges of its inputs (``input{signal}``: observed and predicted traffic,
 correction factors, KV use, queued tokens) and per pool the ready, stuck and target replicas, and
 counts the decision by pool and change (``up``, ``down``, ``none``).
 
@@ -35,7 +35,7 @@ class PlannerMetrics:
             ["pool"],
             registry=registry,
         )
-        self.inputs = Gauge(p + "input", "inputs of the last decision", ["name"], registry=registry)
+        self.inputs = Gauge(p + "input", "inputs of the last decision", ["signal"], registry=registry)
         self.publish_failures = Counter(
             p + "publish_failures", "decisions the connector could not apply", registry=registry
         )

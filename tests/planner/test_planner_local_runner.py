@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -22,21 +23,36 @@ import pytest
 import yaml
 
 from tests.support.graph import metric_value
-from tests.support.procs import ManagedProcess, free_port
+from tests.support.procs import ManagedProcess, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(150)
 MODEL = "mock-planner"
 INTERVAL = 1  # seconds between decisions
 
 
-def planner_graph(path: Path, name: str, model_dir: Path, *, stuck_replica: int | None = None) -> Path:
+LOAD_TARGET = {
+    "optimization_target": "load",
+    "decode_scale_up_kv_rate": 60,
+    "decode_scale_down_kv_rate": 25,
+    "load_adjustment_interval_seconds": INTERVAL,
+}
+
+
+def planner_graph(
+    path: Path, name: str, model_dir: Path, *, stuck_replica: int | None = None, target: dict | None = None
+) -> Path:
     """An aggregated mocker graph with a planner; replica ``stuck_replica`` of the worker never
     becomes ready (its process sleeps instead of serving)."""
-    config = (
-        '{"environment": "kubernetes", "backend": "mocker", "mode": "agg", "optimization_target": "load", '
-        '"decode_scale_up_kv_rate": 60, "decode_scale_down_kv_rate": 25, '
-        f'"load_adjustment_interval_seconds": {INTERVAL}, "min_endpoint": 1, "max_gpu_budget": 3, '
-        '"scale_up_timeout_seconds": 4}'
+    config = json.dumps(
+        {
+            "environment": "kubernetes",
+            "backend": "mocker",
+            "mode": "agg",
+            "min_endpoint": 1,
+            "max_gpu_budget": 3,
+            "scale_up_timeout_seconds": 4,
+            **(target or LOAD_TARGET),
+        }
     )
     mocker = (
         f"exec python3 -m dynamo.mocker --model-path {model_dir} --model-name {MODEL} "
@@ -190,8 +206,15 @@ async def until(graph: Graph, pattern: str, timeout: float) -> float:
     return await asyncio.to_thread(graph.wait_for, pattern, timeout)
 
 
-def start(tmp_path: Path, log_dir: Path, model_dir: Path, name: str, stuck: int | None = None) -> Graph:
-    path = planner_graph(tmp_path / "graph.yaml", name, model_dir, stuck_replica=stuck)
+def start(
+    tmp_path: Path,
+    log_dir: Path,
+    model_dir: Path,
+    name: str,
+    stuck: int | None = None,
+    target: dict | None = None,
+) -> Graph:
+    path = planner_graph(tmp_path / "graph.yaml", name, model_dir, stuck_replica=stuck, target=target)
     graph = Graph(tmp_path, log_dir, path, name)
     graph.wait_for(r"graph \S+ is ready", 60)
     return graph
@@ -261,6 +284,61 @@ async def test_a_scale_up_that_never_becomes_ready_does_not_stall_the_planner(
         assert graph.runner.alive(), graph.report()
         metrics = graph.planner_metrics()
         assert metric_value(metrics, "dynamo_planner_target_replicas", pool="decode") == 1
+    finally:
+        await load.stop()
+        code = graph.stop()
+    assert code == 0, graph.report()
+
+
+# A profile written by hand for the mocker as configured above (speedup 4), not measured: what the
+# test checks is the SLA path through real processes (frontend traffic scraped -> forecast ->
+# profile arithmetic -> decision -> runner), not the numbers' accuracy.
+HAND_WRITTEN_MOCKER_PROFILE = {
+    "format": "dynamo-planner-profile/1",
+    "backend": "mocker",
+    "prefill": {"engine_num_gpu": 1, "points": [{"isl": 32, "ttft_ms": 8}, {"isl": 1024, "ttft_ms": 60}]},
+    "decode": {
+        "engine_num_gpu": 1,
+        "points": [
+            {"context": 200, "concurrency": 1, "itl_ms": 5},
+            {"context": 200, "concurrency": 8, "itl_ms": 6},
+            {"context": 200, "concurrency": 16, "itl_ms": 9},
+        ],
+    },
+}
+
+
+async def test_sla_target_scales_with_a_hand_written_profile(
+    tmp_path: Path, log_dir: Path, smollm2_tokenizer_dir: Path
+) -> None:
+    profile = tmp_path / "profiling_results" / "planner_profile.json"
+    profile.parent.mkdir()
+    profile.write_text(json.dumps(HAND_WRITTEN_MOCKER_PROFILE))
+    target = {
+        "optimization_target": "sla",
+        "ttft_ms": 200,
+        "itl_ms": 10,
+        "throughput_adjustment_interval_seconds": 2,
+        "load_predictor": "constant",
+        "profile_results_dir": str(profile.parent),
+    }
+    graph = start(tmp_path, log_dir, smollm2_tokenizer_dir, "planner-sla", target=target)
+    load = Load(graph.url)
+    try:
+        load.set_clients(12)
+        await until(graph, r"scaling MockerWorker: 1 -> [23]", 20)
+        load.set_clients(0)
+        await load.stop()
+        await until(graph, r"scaling MockerWorker: \d -> 1", 20)
+        assert set(load.outcomes) == {"200"}, (load.outcomes, load.errors[:3], graph.report())
+        planner_log = graph.run_dir / "planner-0" / "output.log"
+        wait_until(lambda: "no requests predicted" in planner_log.read_text(), 20, "an idle decision")
+        decisions = planner_log.read_text()
+        assert re.search(r"decode 1 -> [23] \(ready 1\); decode set: [1-3]\.\d+ engines needed", decisions), (
+            graph.report()
+        )
+        metrics = graph.planner_metrics()
+        assert metric_value(metrics, "dynamo_planner_input", signal="predicted_requests") == 0
     finally:
         await load.stop()
         code = graph.stop()
