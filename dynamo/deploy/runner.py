@@ -260,7 +260,13 @@ class GraphRunner:
 
         planner = next(p for p in self.plan.processes if p.service == pools.planner)
         discovery = create_discovery(_runtime_config(planner.env, pools.namespace))
-        await discovery.start()
+        while True:
+            try:
+                await discovery.start()
+                break
+            except Exception as exc:  # etcd not up yet: the planner cannot publish either
+                self.say(f"cannot reach the graph's store for {pools.planner}'s decisions ({exc}); retrying")
+                await asyncio.sleep(5)
         store = create_store(discovery)
         try:
             while True:
@@ -273,10 +279,14 @@ class GraphRunner:
                     self._generations[pools.planner] = decision.generation
                     for pool, target in sorted(decision.targets.items()):
                         service = pools.services.get(pool)
-                        if service is not None:
+                        if service is None:
+                            continue
+                        try:
                             await self.scale(
                                 service, target, f"{pools.planner} decision {decision.generation}"
                             )
+                        except Exception as exc:  # e.g. a command that cannot start: say so, keep steering
+                            self.say(f"cannot scale {service} to {target}: {exc}")
                 await asyncio.sleep(DECISION_POLL)
         finally:
             await store.close()
