@@ -270,20 +270,25 @@ async def test_a_scale_up_that_never_becomes_ready_does_not_stall_the_planner(
     try:
         load.set_clients(12)
         await until(graph, r"scaling MockerWorker: 1 -> 2", 15)  # replica 1: sleeps, never ready
-        # After scale_up_timeout_seconds (4) the planner counts it stuck and asks for one more.
-        await until(graph, r"scaling MockerWorker: 2 -> 3", 25)
-        await until(graph, r"MockerWorker\[2\]: starting -> ready", 30)
+        # The planner keeps deciding: 4 s (scale_up_timeout_seconds) after its last ask the missing
+        # replica counts as stuck; loaded, it asks for one more on top, or, at a calm moment, drops
+        # the stuck one and asks again later. Either way capacity arrives from a new replica.
+        await until(graph, r"MockerWorker\[[2-9]\]: starting -> ready", 40)
         assert "MockerWorker[1]: starting -> ready" not in graph.text()
-        load.set_clients(0)
         await load.stop()
-        # Load gone: the stuck replica is the first to go, then down to the minimum.
-        await until(graph, r"MockerWorker\[1\]: draining", 20)
+        # Load gone: the stuck replica is drained (if it was not already), then down to the minimum.
+        await until(graph, r"MockerWorker\[1\]: drained", 30)
         await until(graph, r"scaling MockerWorker: \d -> 1", 30)
-        await until(graph, r"MockerWorker\[1\]: drained", 20)
         assert set(load.outcomes) == {"200"}, (load.outcomes, load.errors[:3], graph.report())
-        assert graph.runner.alive(), graph.report()
-        metrics = graph.planner_metrics()
-        assert metric_value(metrics, "dynamo_planner_target_replicas", pool="decode") == 1
+        assert graph.runner.alive(), graph.report()  # neither the stuck replica nor its drain is a crash
+        await asyncio.to_thread(
+            wait_until,
+            lambda: (
+                metric_value(graph.planner_metrics(), "dynamo_planner_target_replicas", pool="decode") == 1
+            ),
+            10,
+            "the planner's target back at 1",
+        )
     finally:
         await load.stop()
         code = graph.stop()
@@ -337,8 +342,15 @@ async def test_sla_target_scales_with_a_hand_written_profile(
         assert re.search(r"decode 1 -> [23] \(ready 1\); decode set: [1-3]\.\d+ engines needed", decisions), (
             graph.report()
         )
-        metrics = graph.planner_metrics()
-        assert metric_value(metrics, "dynamo_planner_input", signal="predicted_requests") == 0
+        await asyncio.to_thread(
+            wait_until,
+            lambda: (
+                metric_value(graph.planner_metrics(), "dynamo_planner_input", signal="predicted_requests")
+                == 0
+            ),
+            20,
+            "a forecast of no requests",
+        )
     finally:
         await load.stop()
         code = graph.stop()
