@@ -148,7 +148,11 @@ class ScrapeSource(TrafficSource):
                 continue  # a new target: this scrape is its baseline
             delta = current.minus(previous)
             if delta is None:
-                log.info("planner: %s restarted (a counter went down); counting its totals whole", url)
+                log.warning(
+                    "planner: a counter of %s went down: a restart (its totals count whole), or several "
+                    "processes behind one URL (a frontend with --http-workers > 1 cannot be summed this way)",
+                    url,
+                )
                 delta = current
             increase.add(delta)
             answered += 1

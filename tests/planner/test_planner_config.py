@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import jsonschema
@@ -23,6 +25,7 @@ from dynamo.planner.profile import (
     parse_profile,
     write_profile,
 )
+from tests.support.procs import free_port, http_ok, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "examples" / "planner" / "mocker" / "agg_planner.yaml"
@@ -206,3 +209,50 @@ def test_example_graph_validates_and_plans_the_planner(tmp_path: Path) -> None:
     worker = next(p for p in plan.processes if p.service == "MockerWorker")
     assert extra.replica == 1 and extra.port != worker.port and extra.tmp_dir != worker.tmp_dir
     assert extra.env["DYN_SYSTEM_PORT"] == str(extra.port)
+
+
+def test_planner_process_serves_health_metrics_status_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DYN_PLANNER_ENVIRONMENT": "virtual",
+        "DYN_NAMESPACE": "planner-alone",
+        "DYN_DISCOVERY_BACKEND": "file",
+        "DYN_FILE_DISCOVERY_DIR": str(tmp_path / "discovery"),
+        "DYN_SYSTEM_PORT": str(port),
+        "ETCD_ENDPOINTS": "",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dynamo.planner",
+            "--config",
+            '{"mode": "agg", "load_adjustment_interval_seconds": 1}',
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), 30, "the planner's /health")
+        # Registered in discovery like the other components: dyn://planner-alone.planner.status.
+        keys = list((tmp_path / "discovery" / "keys").rglob("*"))
+        assert any("planner-alone/planner/status" in str(k) for k in keys), keys
+        wait_until(
+            lambda: (
+                "dynamo_planner_decisions_total{"
+                in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            ),
+            10,
+            "a first decision in /metrics",
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out = proc.communicate(timeout=10)[0]
+    assert "planner decision 1: decode 0 -> 1 (ready 0)" in out, out
