@@ -317,7 +317,7 @@ LIMITS: list[tuple[str, str, dict[str, Any], tuple[str, ...]]] = [
 ]
 
 
-def fetch_all(calls: dict[str, Callable[[], Any]], workers: int = 8) -> dict[str, Any]:
+def fetch_all(calls: dict[str, Callable[[], Any]], workers: int = 16) -> dict[str, Any]:
     """Run independent requests at once (the engine batches them); each value is the answer or the
     exception the call raised. Streams must be consumed inside the callable (``list(stream)``)."""
 

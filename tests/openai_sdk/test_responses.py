@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 
 from tests.openai_sdk.conftest import OursStack
-from tests.openai_sdk.shapes import MODEL, assert_names, error_body
+from tests.openai_sdk.shapes import MODEL, assert_names, error_body, fetch_all, get
 from tests.support.graph import Frontend
 from tests.support.procs import wait_until
 
@@ -38,7 +39,7 @@ def output_text(response) -> str:
 def second_frontend(ours: OursStack, log_dir: Path) -> Iterator[str]:
     """Another frontend process of the same graph (its base URL)."""
     if ours.frontend is None:
-        yield ours.base_url  # DYN_SDK_TESTS_SERVER=vllm: one server only
+        yield ours.base_url  # DYN_SDK_TESTS_URL: one server only
         return
     frontend = Frontend(log_dir, ours.env, name="sdk-frontend-2")
     try:
@@ -50,44 +51,53 @@ def second_frontend(ours: OursStack, log_dir: Path) -> Iterator[str]:
         frontend.stop()
 
 
-def test_create_returns_a_completed_response(sdk: openai.OpenAI):
-    resp = sdk.responses.create(model=MODEL, input="Say hello.", max_output_tokens=24, temperature=0)
+@pytest.fixture(scope="module")
+def answers(sdk: openai.OpenAI, second_frontend: str) -> dict[str, Any]:
+    """The module's requests, each wave sent at once: create (plain, streamed) and a first turn;
+    then its follow-up on this frontend and on the other, and the question alone."""
+    say = {"model": MODEL, "input": "Say hello.", "max_output_tokens": 12, "temperature": 0}
+    first_wave = fetch_all(
+        {
+            "plain": lambda: sdk.responses.create(**say),
+            "stream": lambda: list(sdk.responses.create(**say, stream=True)),
+            "first": lambda: sdk.responses.create(
+                model=MODEL, input=FIRST, max_output_tokens=12, temperature=0
+            ),
+        }
+    )
+    first = get(first_wave, "first")
+    other = openai.OpenAI(base_url=second_frontend, api_key="none", max_retries=0)
+    ask = {"model": MODEL, "input": "What is my name?", "max_output_tokens": 4, "temperature": 0}
+    second_wave = fetch_all(
+        {
+            "same frontend": lambda: sdk.responses.create(**ask, previous_response_id=first.id),
+            "another frontend": lambda: other.responses.create(**ask, previous_response_id=first.id),
+            "alone": lambda: sdk.responses.create(**ask),
+        }
+    )
+    return {**first_wave, **second_wave}
+
+
+def test_create_returns_a_completed_response(answers):
+    resp = get(answers, "plain")
     assert resp.object == "response" and resp.id and resp.model == MODEL
     assert resp.status in ("completed", "incomplete")
     assert output_text(resp)
-    assert resp.usage.input_tokens > 0 and 0 < resp.usage.output_tokens <= 24
+    assert resp.usage.input_tokens > 0 and 0 < resp.usage.output_tokens <= 12
 
 
-def test_streamed_events_build_the_same_response(sdk: openai.OpenAI):
-    plain = sdk.responses.create(model=MODEL, input="Say hello.", max_output_tokens=24, temperature=0)
-    events = list(
-        sdk.responses.create(
-            model=MODEL, input="Say hello.", max_output_tokens=24, temperature=0, stream=True
-        )
-    )
+def test_streamed_events_build_the_same_response(answers):
+    events = get(answers, "stream")
     types = [e.type for e in events]
     assert types[0] == "response.created" and types[-1] in ("response.completed", "response.incomplete")
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
-    assert deltas == output_text(events[-1].response) == output_text(plain)
+    assert deltas == output_text(events[-1].response) == output_text(get(answers, "plain"))
     assert [e.sequence_number for e in events] == list(range(len(events)))
 
 
 @pytest.mark.parametrize("where", ["same frontend", "another frontend"])
-def test_previous_response_id_carries_the_conversation(sdk: openai.OpenAI, second_frontend: str, where: str):
-    first = sdk.responses.create(model=MODEL, input=FIRST, max_output_tokens=16, temperature=0)
-    client = (
-        sdk
-        if where == "same frontend"
-        else openai.OpenAI(base_url=second_frontend, api_key="none", max_retries=0)
-    )
-    follow = client.responses.create(
-        model=MODEL,
-        input="What is my name?",
-        previous_response_id=first.id,
-        max_output_tokens=16,
-        temperature=0,
-    )
-    alone = sdk.responses.create(model=MODEL, input="What is my name?", max_output_tokens=16, temperature=0)
+def test_previous_response_id_carries_the_conversation(answers, where: str):
+    first, follow, alone = (get(answers, k) for k in ("first", where, "alone"))
     assert follow.previous_response_id == first.id
     # The follow-up's prompt holds the first turn, its input and its output, then the new question.
     assert follow.usage.input_tokens >= first.usage.input_tokens + first.usage.output_tokens

@@ -114,11 +114,19 @@ def test_streamed_structured_output_equals_the_plain_one(answers):
         assert content(answers, f"{name} stream") == content(answers, f"{name} plain"), name
 
 
-@pytest.mark.parametrize("field", [*REMOVED_GUIDED, "guided_decoding_backend", "guided_whitespace_pattern"])
+@pytest.mark.parametrize("field", [*REMOVED_GUIDED, "guided_whitespace_pattern"])
 def test_removed_guided_fields_are_refused_naming_structured_outputs(sdk, field):
-    value = REMOVED_GUIDED.get(field, "xgrammar" if field == "guided_decoding_backend" else r"[\n ]*")
+    value = REMOVED_GUIDED.get(field, r"[\n ]*")
     err = refusal(sdk, "chat", {"model": MODEL, "messages": HI, "max_tokens": 4, field: value})
     assert_names(err, field, "structured_outputs")
+
+
+def test_removed_guided_decoding_backend_is_refused(sdk):
+    """No per-request replacement: vLLM picks the backend server-side."""
+    err = refusal(
+        sdk, "chat", {"model": MODEL, "messages": HI, "max_tokens": 4, "guided_decoding_backend": "xgrammar"}
+    )
+    assert_names(err, "guided_decoding_backend")
 
 
 def test_removed_guided_field_on_completions_is_refused(sdk):
