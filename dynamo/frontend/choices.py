@@ -68,6 +68,9 @@ class ChoiceDelta(msgspec.Struct, gc=False):
     tool_calls: Sequence[ToolCallDelta] = ()
     logprobs: list[LogprobEntry] | None = None
     finish_reason: str | None = None
+    # The tokens before ``logprobs``' first entry (at most 4): what completes a token's partial
+    # UTF-8 text in its logprob (``Preprocessor.token_text``).
+    logprob_context: tuple[int, ...] = ()
 
 
 class _CallSource(Protocol):
@@ -85,6 +88,7 @@ class ChoiceStream:
         "_calls",
         "_detok",
         "_echo",
+        "_logprob_tail",
         "_plain",
         "_reasoning",
         "_single_call",
@@ -107,6 +111,7 @@ class ChoiceStream:
         self.finish_reason: str | None = None
         self._detok: Detokenizer = preprocessor.make_detokenizer(pre)
         self._want_logprobs = pre.logprobs is not None
+        self._logprob_tail: tuple[int, ...] = ()
         self._echo = pre.echo_text is not None  # still to prepend
         self._called = False  # a tool call was emitted
         # parallel_tool_calls: false keeps the first call only (as vLLM filters them).
@@ -164,7 +169,7 @@ class ChoiceStream:
             if reason is None and logprobs is None:
                 return ChoiceDelta(self.index, text)  # the hot path: plain text, nothing else
             self.finish_reason = reason
-            return ChoiceDelta(self.index, text, "", (), logprobs, reason)
+            return ChoiceDelta(self.index, text, "", (), logprobs, reason, self._context(logprobs))
         return self._shape(text, logprobs, reason, prompt_logprobs)
 
     def end(self) -> ChoiceDelta:
@@ -212,7 +217,14 @@ class ChoiceStream:
         if reason == "stop" and self._called and pre.tool_mode in ("auto", "required"):
             reason = "tool_calls"  # named: "stop" (OpenAI's and vLLM's answer)
         self.finish_reason = reason
-        return ChoiceDelta(self.index, text, reasoning, calls, logprobs, reason)
+        return ChoiceDelta(self.index, text, reasoning, calls, logprobs, reason, self._context(logprobs))
+
+    def _context(self, logprobs: list[LogprobEntry] | None) -> tuple[int, ...]:
+        """The tokens before these entries (see ``ChoiceDelta.logprob_context``); remembers theirs."""
+        before = self._logprob_tail
+        if logprobs:
+            self._logprob_tail = (*before, *(entry[0] for entry in logprobs[-4:]))[-4:]
+        return before
 
     def _prompt_entries(self, prompt_logprobs: list[Any] | None) -> list[LogprobEntry]:
         """The echoed prompt's logprob entries: (token id, logprob, top) per prompt token, the

@@ -57,14 +57,19 @@ def _lp(value: float) -> float:
     return value if value > MIN_LOGPROB else MIN_LOGPROB
 
 
+TokenText = Callable[[int, Sequence[int]], str]  # (token id, preceding tokens) -> its logprob text
+
+
 def chat_logprobs_content(
-    entries: Sequence[LogprobEntry], token_text: Callable[[int], str]
+    entries: Sequence[LogprobEntry], token_text: TokenText, context: Sequence[int] = ()
 ) -> list[dict[str, Any]]:
     """Logprob entries as chat's ``logprobs.content`` items (``token``, ``logprob``, ``bytes``,
-    ``top_logprobs``); the Responses API's ``output_text.logprobs`` use the same items."""
+    ``top_logprobs``); the Responses API's ``output_text.logprobs`` use the same items.
+    ``context``: the tokens before the first entry (``ChoiceDelta.logprob_context``)."""
     content = []
+    ctx = list(context)
     for token_id, logprob, *rest in entries:
-        tok = token_text(token_id)
+        tok = token_text(token_id, ctx)
         top = rest[0] if rest and rest[0] else ()
         content.append(
             {
@@ -72,16 +77,17 @@ def chat_logprobs_content(
                 "logprob": _lp(logprob) if logprob is not None else MIN_LOGPROB,
                 "bytes": list(tok.encode()),
                 "top_logprobs": [
-                    {"token": (t := token_text(tid)), "logprob": _lp(lp), "bytes": list(t.encode())}
+                    {"token": (t := token_text(tid, ctx)), "logprob": _lp(lp), "bytes": list(t.encode())}
                     for tid, lp in top
                 ],
             }
         )
+        ctx.append(token_id)
     return content
 
 
 def completion_logprobs(
-    entries: Sequence[LogprobEntry], token_text: Callable[[int], str], offset: int = 0
+    entries: Sequence[LogprobEntry], token_text: TokenText, offset: int = 0, context: Sequence[int] = ()
 ) -> tuple[dict[str, Any], int]:
     """Logprob entries as a completion's ``logprobs`` object, and the text offset after them.
 
@@ -92,8 +98,10 @@ def completion_logprobs(
     tokens: list[str] = []
     token_logprobs: list[float | None] = []
     top_logprobs: list[dict[str, float] | None] = []
+    ctx = list(context)
     for token_id, logprob, *rest in entries:
-        tok = token_text(token_id)
+        tok = token_text(token_id, ctx)
+        ctx.append(token_id)
         offsets.append(offset)
         offset += len(tok)
         tokens.append(tok)
@@ -104,7 +112,7 @@ def completion_logprobs(
         token_logprobs.append(_lp(logprob))
         top = {tok: _lp(logprob)}
         for tid, lp in rest[0] if rest and rest[0] else ():
-            top.setdefault(token_text(tid), _lp(lp))
+            top.setdefault(token_text(tid, ctx[:-1]), _lp(lp))
         top_logprobs.append(top)
     body = {
         "text_offset": offsets,
@@ -138,9 +146,7 @@ class _Format:
     text_field: bytes  # what opens a plain chunk's text, and what closes it
     text_close: bytes
 
-    def __init__(
-        self, response_id: str, model: str, token_text: Callable[[int], str], include_usage: bool
-    ) -> None:
+    def __init__(self, response_id: str, model: str, token_text: TokenText, include_usage: bool) -> None:
         self.id = response_id
         self.model = model
         self.created = int(time.time())
@@ -232,7 +238,7 @@ class ChatFormat(_Format):
             delta["tool_calls"] = [tool_call_delta(c) for c in d.tool_calls]
         logprobs = None
         if d.logprobs is not None:
-            logprobs = {"content": chat_logprobs_content(d.logprobs, self.token_text)}
+            logprobs = {"content": chat_logprobs_content(d.logprobs, self.token_text, d.logprob_context)}
         return self._event(
             {"index": d.index, "delta": delta, "logprobs": logprobs, "finish_reason": d.finish_reason}, usage
         )
@@ -272,9 +278,7 @@ class CompletionFormat(_Format):
     text_field = b',"text":'
     text_close = b""
 
-    def __init__(
-        self, response_id: str, model: str, token_text: Callable[[int], str], include_usage: bool
-    ) -> None:
+    def __init__(self, response_id: str, model: str, token_text: TokenText, include_usage: bool) -> None:
         super().__init__(response_id, model, token_text, include_usage)
         self._offsets: dict[int, int] = {}  # per choice: text offset of its next logprob token
 
@@ -290,7 +294,7 @@ class CompletionFormat(_Format):
         logprobs = None
         if d.logprobs is not None:
             logprobs, self._offsets[d.index] = completion_logprobs(
-                d.logprobs, self.token_text, self._offsets.get(d.index, 0)
+                d.logprobs, self.token_text, self._offsets.get(d.index, 0), d.logprob_context
             )
         return self._event(
             {"index": d.index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish_reason}, usage

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
@@ -40,6 +41,8 @@ from dynamo.llm.token_cache import DEFAULT_MAX_BYTES, PrefixTokenCache
 log = logging.getLogger(__name__)
 
 DETOKENIZER_PROMPT_TAIL = 8
+REPLACEMENT_CHAR = "\ufffd"
+TOKEN_TEXT_CONTEXT = 4  # preceding tokens a logprob's partial UTF-8 text is completed with (as vLLM)
 _T = TypeVar("_T")  # prompt tokens handed to the detokenizer as left context
 
 
@@ -391,10 +394,36 @@ class Preprocessor:
             include_stop_str_in_output=out.include_stop_str_in_output,
         )
 
-    def token_text(self, token_id: int) -> str:
-        """One token as text (for logprobs); special tokens are kept."""
-        text: str = self.tokenizer.decode([token_id], skip_special_tokens=False)
-        return text
+    def token_text(self, token_id: int, context: Sequence[int] = ()) -> str:
+        """One token as text, for logprobs (special tokens kept), as vLLM writes it: a token whose
+        text ends in an incomplete UTF-8 sequence (U+FFFD) is decoded after up to 4 of the ``context``
+        tokens that precede it, and only its own part of that text is kept; "" when the sequence is
+        still incomplete."""
+        decode = self.tokenizer.decode
+        text: str = decode([token_id], skip_special_tokens=False)
+        if not text.endswith(REPLACEMENT_CHAR):
+            return text
+        context = list(context[-TOKEN_TEXT_CONTEXT:])
+        for n in range(1, len(context) + 1):
+            before = context[-n:]
+            full: str = decode([*before, token_id], skip_special_tokens=False)
+            if full.endswith(REPLACEMENT_CHAR):
+                continue
+            # Context tokens that were incomplete themselves lent their bytes to this one.
+            clean = len(before)
+            while clean > 0 and decode([before[clean - 1]], skip_special_tokens=False).endswith(
+                REPLACEMENT_CHAR
+            ):
+                clean -= 1
+            prefix: str = decode(before[:clean], skip_special_tokens=False) if clean else ""
+            if full.startswith(prefix):
+                return full[len(prefix) :]
+            common = next(
+                (i for i, (a, b) in enumerate(zip(prefix, full, strict=False)) if a != b),
+                min(len(prefix), len(full)),
+            )
+            return full[common:]
+        return ""
 
 
 def _with_tools(

@@ -382,3 +382,20 @@ def _calls(parser: RequiredCalls | NamedCall, pieces: list[str]) -> list[tuple[s
         deltas += more
     deltas += parser.finish()[1]
     return _join(deltas)
+
+
+def test_logprob_texts_of_multibyte_output_are_the_same_streamed_and_whole(pp: Preprocessor) -> None:
+    pre = choice(pp, logprobs=1)
+    gen = pp.tokenizer.encode(" 日本語", add_special_tokens=False).ids
+    batches = [[{"token_ids": [t], "logprobs": [[t, -0.5, [[t, -0.5]]]]}] for t in gen]
+    batches[-1][0]["finish_reason"] = "stop"
+    streamed = [
+        lp["token"]
+        for ev in stream("chat", pp, [pre], [batches])
+        for c in ev["choices"]
+        if c["logprobs"]
+        for lp in c["logprobs"]["content"]
+    ]
+    body = whole("chat", pp, [pre], [batches])
+    collected = [lp["token"] for lp in body["choices"][0]["logprobs"]["content"]]
+    assert streamed == collected and "".join(collected) == " 日本語"

@@ -210,3 +210,16 @@ def test_detokenizer_for_a_request(preprocessor: Preprocessor) -> None:
     result = detok.add(ids)
     assert (result.text, result.stopped, result.stop_string) == ("The capital of France is", True, " Paris")
     assert preprocessor.token_text(ids[0]) == "The"
+
+
+def test_logprob_text_of_partial_utf8_tokens_is_completed_by_context_as_vllm(
+    preprocessor: Preprocessor,
+) -> None:
+    """A token holding part of a multi-byte character has no text of its own ("" as vLLM writes
+    it); the token that completes the character, decoded after its context, carries it whole."""
+    ids = preprocessor.tokenizer.encode("日本語 🙂", add_special_tokens=False).ids
+    texts = [preprocessor.token_text(t, ids[:k]) for k, t in enumerate(ids)]
+    assert "".join(texts) == "日本語 🙂"
+    assert any(t == "" for t in texts)  # the leading bytes of a character
+    assert all(preprocessor.token_text(t) in ("", preprocessor.tokenizer.decode([t])) for t in ids)
+    assert preprocessor.token_text(ids[-1]) == " 🙂"  # complete on its own: unchanged
