@@ -311,13 +311,15 @@ spec = yaml.safe_load(open("deploy/examples/cpu/agg.yaml"))["spec"]
 w = spec["services"]["VllmDecodeWorker"]
 c = w["extraPodSpec"]["mainContainer"]
 print(json.dumps({"argv": c["command"] + c.get("args", []), "probe": w["readinessProbe"]["exec"]["command"],
-                  "env": [f"{e[\"name\"]}={e[\"value\"]}" for e in spec.get("envs", []) + w.get("envs", [])]}))' \
+                  "env": [e["name"] + "=" + str(e["value"]) for e in spec.get("envs", []) + w.get("envs", [])]}))' \
   || { echo "FAIL: cannot read deploy/examples/cpu/agg.yaml inside the image"; exit 1; }
 example="$(tail -n 1 "$logs/read-example.log")"
-json_list() { python3 -c 'import json, sys; print("\n".join(json.loads(sys.argv[1])[sys.argv[2]]))' "$example" "$1"; }
-mapfile -t vllm_argv < <(json_list argv)
-mapfile -t probe < <(json_list probe)
-mapfile -t vllm_env < <(json_list env)
+json_list() {  # NUL-separated, so an argument may span lines
+  python3 -c 'import json, sys; sys.stdout.write("".join(a + "\0" for a in json.loads(sys.argv[1])[sys.argv[2]]))' "$example" "$1"
+}
+mapfile -d '' -t vllm_argv < <(json_list argv)
+mapfile -d '' -t probe < <(json_list probe)
+mapfile -d '' -t vllm_env < <(json_list env)
 ok "the worker command from deploy/examples/cpu/agg.yaml: ${vllm_argv[*]:0:2} ..."
 
 system_port="$(free_port)"
