@@ -81,8 +81,9 @@ def test_buildah_dry_run_command() -> None:
 
 @pytest.fixture(scope="module")
 def operator_image() -> str:
-    """The operator image, built from this checkout (layers cached between runs)."""
-    proc = run(["bash", str(BUILD), "--framework", "operator"], 1500)
+    """The operator image, built from this checkout (layers cached between runs) into buildah's
+    storage, where smoke.sh reads it (even where a Docker engine would be the default backend)."""
+    proc = run(["bash", str(BUILD), "--framework", "operator", "--backend", "buildah"], 1500)
     assert proc.returncode == 0, report(proc)
     return OPERATOR
 
