@@ -102,7 +102,8 @@ cleanup() {
   fi
   if [ -n "$ctr" ]; then buildah umount "$ctr" >/dev/null 2>&1 || true; buildah rm "$ctr" >/dev/null 2>&1 || true; fi
   rm -rf --one-file-system "$work/discovery"
-  [ "$logs" = "$work/logs" ] && [ "$rc" = 0 ] && rm -rf "$work"
+  # Logs inside the work folder stay when a check failed; a --logs folder always stays.
+  if [ "$logs" != "$work/logs" ] || [ "$rc" = 0 ]; then rm -rf --one-file-system "$work"; fi
   [ "$rc" = 0 ] || say "FAILED ($rc) after $(( $(date +%s) - started ))s; logs in $logs"
   exit "$rc"
 }

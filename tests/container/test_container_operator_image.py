@@ -108,19 +108,25 @@ def test_operator_image_builds_with_this_checkout(operator_image: str) -> None:
         run(["buildah", "rm", ctr], 60)
 
 
+def smoke_dirs() -> set[Path]:
+    return set(Path("/tmp").glob("dynamo-smoke.*"))
+
+
 @pytest.fixture
 def no_leftovers() -> Iterator[None]:
-    """smoke.sh must leave no working container and no mount behind, passed or failed."""
-    before, mounts = buildah_containers(), storage_mounts()
+    """smoke.sh must leave no working container, mount or work folder behind, passed or failed
+    (its logs go to the test's own folder through --logs)."""
+    before, mounts, dirs = buildah_containers(), storage_mounts(), smoke_dirs()
     yield
     assert buildah_containers() == before
     assert storage_mounts() == mounts
+    assert smoke_dirs() <= dirs
 
 
 @needs_tools
 @pytest.mark.timeout(600)
-def test_operator_image_smoke(operator_image: str, no_leftovers: None) -> None:
-    proc = run(["bash", str(SMOKE), operator_image, "--timeout", "300"], 360)
+def test_operator_image_smoke(operator_image: str, no_leftovers: None, tmp_path: Path) -> None:
+    proc = run(["bash", str(SMOKE), operator_image, "--timeout", "300", "--logs", str(tmp_path)], 360)
     assert proc.returncode == 0, report(proc)
     assert "ok: non-root user 1000:1000 (dynamo)" in proc.stdout
     assert "ok: entrypoint 'python3 -m dynamo.operator --help' runs as dynamo in /" in proc.stdout
@@ -160,16 +166,21 @@ def broken_entrypoint_image(operator_image: str) -> Iterator[str]:
 
 @needs_tools
 @pytest.mark.timeout(600)
-def test_smoke_rejects_an_image_running_as_root(root_image: str, no_leftovers: None) -> None:
-    proc = run(["bash", str(SMOKE), root_image, "--timeout", "120"], 180)
+def test_smoke_rejects_an_image_running_as_root(root_image: str, no_leftovers: None, tmp_path: Path) -> None:
+    proc = run(["bash", str(SMOKE), root_image, "--timeout", "120", "--logs", str(tmp_path)], 180)
     assert proc.returncode != 0, report(proc)
     assert "FAIL: the image's user '0:0' is root or unknown" in proc.stdout, report(proc)
 
 
 @needs_tools
 @pytest.mark.timeout(600)
-def test_smoke_rejects_a_broken_entrypoint(broken_entrypoint_image: str, no_leftovers: None) -> None:
-    proc = run(["bash", str(SMOKE), broken_entrypoint_image, "--timeout", "120"], 180)
+def test_smoke_rejects_a_broken_entrypoint(
+    broken_entrypoint_image: str, no_leftovers: None, tmp_path: Path
+) -> None:
+    proc = run(
+        ["bash", str(SMOKE), broken_entrypoint_image, "--timeout", "120", "--logs", str(tmp_path)], 180
+    )
     assert proc.returncode != 0, report(proc)
     assert "FAIL: 'python3 -m dynamo.no_such_module --help' exited with 1" in proc.stdout, report(proc)
     assert "No module named dynamo.no_such_module" in proc.stderr, report(proc)  # the log tail is shown
+    assert "No module named dynamo.no_such_module" in (tmp_path / "operator-help.log").read_text()
