@@ -2,8 +2,8 @@
 ``python3 -m dynamo.planner --config FILE|JSON`` (a JSON or YAML file, or inline JSON).
 
 Contract: an unknown field is an error; so is a value that asks for something not built here (the
-Kubernetes connector, the ARIMA and Prophet predictors, FPM regression, ...), with a message that
-names what is missing. Fields the reference reads from the environment (``DYN_NAMESPACE``,
+global planner, the ARIMA and Prophet predictors, FPM regression, ...), with a message that names
+what is missing. Fields the reference reads from the environment (``DYN_NAMESPACE``,
 ``PROMETHEUS_ENDPOINT``, ``PLANNER_PROMETHEUS_PORT``) default from it here too. The local runner sets
 ``DYN_PLANNER_ENVIRONMENT=virtual``, which replaces ``environment``: the same graph runs on a
 cluster and on one machine.
@@ -233,12 +233,6 @@ _UNBUILT: tuple[tuple[str, Any, str], ...] = (
 
 def check_buildable(config: PlannerConfig) -> None:
     """Refuse what this planner does not implement (``ConfigError`` naming the missing piece)."""
-    if config.environment == "kubernetes":
-        raise ConfigError(
-            "environment 'kubernetes' needs the Kubernetes scaling connector (patching the DGD's service "
-            "replicas), which is not built yet; use environment 'virtual' (python3 -m dynamo.deploy run "
-            "sets it for you)"
-        )
     if config.environment == "global-planner":
         raise ConfigError("environment 'global-planner' needs the global planner, which is not built")
     if config.load_predictor not in PREDICTORS:

@@ -4,8 +4,8 @@
 ``VirtualConnector`` (``environment: virtual``), which publishes the decision in the graph's
 key-value store (``DistributedRuntime.store``) under ``decision_key(namespace)``, for another party
 to apply; ``python3 -m dynamo.deploy run`` reads it there (``read_decision``) and starts or drains
-worker processes. Not built: the Kubernetes connector (``environment: kubernetes``, patching the
-DGD's service replicas); ``create_connector`` refuses it with an error that says so.
+worker processes. ``KubernetesConnector`` (``environment: kubernetes``, ``dynamo.planner.kubernetes``)
+patches the replicas of the planner's own DGD's services, which the operator reconciles.
 
 A decision names pools (``prefill``, ``decode``), not services: the applying party maps them to its
 services (a DGD service's ``subComponentType``; aggregated workers are the decode pool). Each one
@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
+from collections.abc import Mapping
 
 import msgspec
 
@@ -91,10 +92,17 @@ class VirtualConnector(ScalingConnector):
         await self.store.put(decision_key(decision.namespace), msgspec.json.encode(decision), self.ttl)
 
 
-def create_connector(config: PlannerConfig, store: KeyValueStore) -> ScalingConnector:
-    """The connector of ``config.environment``."""
+def create_connector(
+    config: PlannerConfig, store: KeyValueStore, environ: Mapping[str, str] | None = None
+) -> ScalingConnector:
+    """The connector of ``config.environment`` (``environ``: where a Kubernetes connector finds its
+    DGD and API server; the process environment by default)."""
     if config.environment == "virtual":
         return VirtualConnector(store, ttl=max(MIN_DECISION_TTL, DECISION_TTL_INTERVALS * config.interval))
+    if config.environment == "kubernetes":
+        from dynamo.planner.kubernetes import KubernetesConnector
+
+        return KubernetesConnector.from_environment(environ)
     raise ConfigError(
-        f"environment {config.environment!r}: its scaling connector is not built yet (only 'virtual' is)"
+        f"environment {config.environment!r}: its scaling connector is not built yet (only 'virtual' and 'kubernetes' are)"
     )
