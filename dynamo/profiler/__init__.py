@@ -1,0 +1,10 @@
+"""The profiler (``python3 -m dynamo.profiler``): measures an engine's prefill TTFT by ISL and
+decode ITL by context and concurrency on the batch settings it sweeps (real engine processes behind
+a real frontend, over HTTP), writes the planner's performance profile, and proposes the smallest
+DynamoGraphDeployment (aggregated or disaggregated, replica counts) that meets a stated SLA at a
+stated ISL/OSL and load.
+
+Journey: before serving, not on the request path: a DynamoGraphDeploymentRequest -> **profiling**
+(``sweep`` -> ``select`` -> ``generate`` -> ``results``) -> the generated graph, deployed by the
+operator or by ``python3 -m dynamo.deploy run``, whose planner reads the profile.
+"""

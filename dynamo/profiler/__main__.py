@@ -1,0 +1,3 @@
+from dynamo.profiler.main import main
+
+main()
