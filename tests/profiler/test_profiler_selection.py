@@ -148,9 +148,9 @@ def test_the_batch_size_bounds_concurrency_and_the_budget_bounds_the_graph() -> 
 
 
 def test_no_configuration_says_what_came_closest() -> None:
-    with pytest.raises(SelectionError, match="lone 1000-token prompt already takes 100.0 ms"):
+    with pytest.raises(SelectionError, match=r"lone 1000-token prompt already takes 100\.0 ms"):
         select(request(ttft_ms=50, itl_ms=20), [flat(8)], "mocker")
-    with pytest.raises(SelectionError, match="decodes at 10.00 ms per token"):
+    with pytest.raises(SelectionError, match=r"decodes at 10\.00 ms per token"):
         select(request(ttft_ms=300, itl_ms=5), [flat(8)], "mocker")
 
 
