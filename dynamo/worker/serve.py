@@ -12,9 +12,10 @@ second, then the instance and its card in discovery, ``/health`` ready, and the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from prometheus_client import Counter, Gauge
@@ -38,6 +39,8 @@ from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.protocols import EngineOutput, PreprocessedRequest, request_from_wire
 from dynamo.runtime import DistributedRuntime, EndpointId, RequestContext
 from dynamo.worker.kv_publisher import KvEventPublisher
+
+_Out = TypeVar("_Out")
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +76,16 @@ async def serve_engine(
         registry=runtime.metrics,
     )
 
-    async def generate_handler(request: Any, ctx: RequestContext) -> AsyncGenerator[EngineOutput, None]:
-        req = request_from_wire(request)
+    async def counted(start: Callable[[], AsyncGenerator[_Out, None]]) -> AsyncGenerator[_Out, None]:
+        """The outputs of ``start()`` (called on the first read, so a malformed request fails this
+        stream, not the server), counted in flight and by outcome, and closed with this stream (a
+        caller that leaves stops the engine's work at once)."""
         inflight.inc()
         outcome = "error"
         try:
-            async for out in generate(req):
-                yield out
+            async with contextlib.aclosing(start()) as outputs:
+                async for out in outputs:
+                    yield out
             outcome = "completed"
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "cancelled"
@@ -88,21 +94,12 @@ async def serve_engine(
             inflight.dec()
             handled.labels(outcome).inc()
 
-    async def embed_handler(request: Any, ctx: RequestContext) -> AsyncGenerator[EmbedOutput, None]:
+    def generate_handler(request: Any, ctx: RequestContext) -> AsyncGenerator[EngineOutput, None]:
+        return counted(lambda: generate(request_from_wire(request)))
+
+    def embed_handler(request: Any, ctx: RequestContext) -> AsyncGenerator[EmbedOutput, None]:
         assert embed is not None
-        req = msgspec.convert(request, EmbedRequest)
-        inflight.inc()
-        outcome = "error"
-        try:
-            async for out in embed(req):
-                yield out
-            outcome = "completed"
-        except (asyncio.CancelledError, GeneratorExit):
-            outcome = "cancelled"
-            raise
-        finally:
-            inflight.dec()
-            handled.labels(outcome).inc()
+        return counted(lambda: embed(msgspec.convert(request, EmbedRequest)))
 
     async def serve_files(request: Any, ctx: RequestContext) -> AsyncGenerator[dict[str, bytes], None]:
         names = msgspec.convert(request or {}, FilesRequest).names
