@@ -877,7 +877,7 @@ def build_cases(facts: Facts) -> list[Case]:
     add(both(Case("chat logprobs + top_logprobs 3", "sampling", "chat", {"messages": HI, "logprobs": True, "top_logprobs": 3, "max_tokens": 8, **greedy}, chat_logprobs(3), deterministic=True)))  # fmt: skip
     add(both(Case("completions logprobs 3", "sampling", "completions", {"prompt": PROMPTS[0], "logprobs": 3, "max_tokens": 8, **greedy}, completion_logprobs(3), deterministic=True)))  # fmt: skip
     # OpenAI documents at most 5 here, vLLM serves up to 20: either answer passes, the summary shows the gap.
-    add([Case("completions logprobs 10 (OpenAI: max 5)", "sampling", "completions", {"prompt": PROMPTS[0], "logprobs": 10, "max_tokens": 4, **greedy}, completion_logprobs(10), HONOUR_OR_REFUSE, ("logprobs",), deterministic=True)])  # fmt: skip
+    add([Case("completions logprobs 10 (OpenAI: max 5, vLLM: 20)", "sampling", "completions", {"prompt": PROMPTS[0], "logprobs": 10, "max_tokens": 4, **greedy}, completion_logprobs(10), HONOUR_OR_REFUSE, ("logprobs",), deterministic=True)])  # fmt: skip
     add(both(Case("completions list of prompts", "sampling", "completions", {"prompt": PROMPTS, "max_tokens": 6, **greedy}, prompts_in_order, deterministic=True)))  # fmt: skip
     add([Case("completions 2 prompts x n=2", "sampling", "completions", {"prompt": PROMPTS, "n": 2, "max_tokens": 6, **sampled}, n_choices(2, prompts=2), deterministic=True)])  # fmt: skip
     add(both(Case("completions echo", "sampling", "completions", {"prompt": PROMPTS[0], "echo": True, "max_tokens": 6, **greedy}, echoed, deterministic=True)))  # fmt: skip

@@ -26,7 +26,9 @@ from dynamo.llm.errors import RequestError, bad_request
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 MAX_LOGPROBS = 20  # chat top_logprobs (OpenAI's limit)
-MAX_COMPLETION_LOGPROBS = 5  # completions logprobs (OpenAI's limit)
+# completions logprobs: OpenAI documents 5, vLLM serves up to 20 (its max_logprobs): so do we,
+# a request vLLM's server answers is never refused here.
+MAX_COMPLETION_LOGPROBS = 20
 MAX_N = 128
 MAX_STOP = 4
 MAX_TOOLS = 128

@@ -30,7 +30,7 @@ class MockerWorkerEngine(WorkerEngine):
     """A simulated vLLM-like engine (no GPU, no torch)."""
 
     name = "mocker"
-    worker_label = "Mocker worker"
+    worker_label = "MockerWorker"
     features = EngineFeatures()  # no structured outputs, logit_bias or prompt logprobs
 
     config: MockerWorkerConfig

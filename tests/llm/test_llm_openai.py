@@ -218,7 +218,7 @@ def test_chat_validation_errors(body: bytes, param: str | None) -> None:
         (completion(n=129), "n"),
         (completion(best_of=2), "best_of"),
         (completion(suffix="x"), "suffix"),
-        (completion(logprobs=6), "logprobs"),
+        (completion(logprobs=21), "logprobs"),
         (completion(max_tokens=0), "max_tokens"),
         (completion(max_tokens=-1), "max_tokens"),
         (completion(guided_choice=["a"]), "guided_choice"),

@@ -61,6 +61,6 @@ def start_mockers(
 
 def instance_of(proc: ManagedProcess) -> str:
     """The hex instance id a worker process logged when it became ready."""
-    match = re.search(r"(?:Mocker worker|VllmWorker) ([0-9a-f]+) initialized", proc.log_text())
+    match = re.search(r"(?:MockerWorker|VllmWorker) ([0-9a-f]+) initialized", proc.log_text())
     assert match, f"{proc.name} did not log its instance id"
     return match.group(1)
