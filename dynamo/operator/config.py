@@ -7,6 +7,14 @@
 | etcd for the workloads | ``--etcd-endpoints`` | ``ETCD_ENDPOINTS`` |
 | NATS for the workloads | ``--nats-server`` | ``NATS_SERVER`` |
 | API server (tests, dev) | ``--api-server`` | ``DYNAMO_OPERATOR_API_SERVER`` |
+| planners' role (``ClusterRole/NAME`` or ``Role/NAME``) | ``--planner-role`` | ``DYNAMO_OPERATOR_PLANNER_ROLE`` |
+| profiling Jobs' role | ``--profiler-role`` | ``DYNAMO_OPERATOR_PROFILER_ROLE`` |
+| profiling image when a request names none | ``--profiler-image`` | ``DYNAMO_OPERATOR_PROFILER_IMAGE`` |
+
+The roles are the platform chart's; the operator binds them, per graph or request, to a
+ServiceAccount it creates (a planner patches its graph's replicas; a profiling Job writes its
+results into a ConfigMap). ``--profiler-image`` may contain ``{framework}`` (``vllm``, ``sglang``,
+``tensorrtllm``), replaced by the request's backend.
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ class OperatorConfig:
     etcd_endpoints: str = ""
     nats_server: str = ""
     api_server: str | None = None
+    planner_role: tuple[str, str] | None = None
+    profiler_role: tuple[str, str] | None = None
+    profiler_image: str = ""
 
     @property
     def watched_namespaces(self) -> list[str]:
@@ -54,6 +65,16 @@ class OperatorConfig:
                 "pass --namespace or set POD_NAMESPACE"
             )
         return [self.namespace]
+
+
+def parse_role(text: str | None, flag: str) -> tuple[str, str] | None:
+    """``ClusterRole/NAME`` or ``Role/NAME`` -> (kind, name); empty -> None."""
+    if not text:
+        return None
+    kind, sep, name = text.partition("/")
+    if not sep or kind not in ("ClusterRole", "Role") or not name:
+        raise ValueError(f"{flag} must be ClusterRole/NAME or Role/NAME, got {text!r}")
+    return kind, name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=env.get("DYNAMO_OPERATOR_API_SERVER") or None,
         help="talk to this API server URL without credentials (development and tests only)",
     )
+    p.add_argument(
+        "--planner-role",
+        default=env.get("DYNAMO_OPERATOR_PLANNER_ROLE", ""),
+        help="ClusterRole/NAME or Role/NAME to bind planner services' accounts to (the chart sets it)",
+    )
+    p.add_argument(
+        "--profiler-role",
+        default=env.get("DYNAMO_OPERATOR_PROFILER_ROLE", ""),
+        help="ClusterRole/NAME or Role/NAME to bind profiling Jobs' accounts to (the chart sets it)",
+    )
+    p.add_argument(
+        "--profiler-image",
+        default=env.get("DYNAMO_OPERATOR_PROFILER_IMAGE", ""),
+        help="image of profiling Jobs when a request has no spec.image ({framework} is replaced)",
+    )
     p.add_argument("--liveness-port", type=int, default=8080, help="serve /healthz here (0: off)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
@@ -95,4 +131,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         etcd_endpoints=args.etcd_endpoints,
         nats_server=args.nats_server,
         api_server=args.api_server,
+        planner_role=parse_role(args.planner_role, "--planner-role"),
+        profiler_role=parse_role(args.profiler_role, "--profiler-role"),
+        profiler_image=args.profiler_image,
     )

@@ -6,7 +6,8 @@
 - a child Deployment changed -> roll its status up into the graph (deleted by hand -> recreate);
 - a child Service (frontend or worker) deleted by hand -> recreate;
 - a docker-config secret appeared -> reconcile the graphs of its namespace (pull secret discovery);
-- request (DGDR) created / changed -> validate and report, without inventing a profile.
+- request (DGDR) created / changed, or its profiling Job or generated graph changed -> its next
+  step (``dynamo.operator.dgdr.advance``: Job, results, graph, status).
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ from typing import Any
 
 import kopf
 
+from dynamo.deploy.request import V1BETA1 as DGDR_API_VERSION
 from dynamo.deploy.spec import DGD_PLURAL, DGDR_PLURAL, GROUP, VERSION
 from dynamo.operator.apply import merge_patch
 from dynamo.operator.config import OperatorConfig
-from dynamo.operator.dgdr import request_status
+from dynamo.operator.dgdr import LABEL_REQUEST, advance
 from dynamo.operator.images import DOCKER_CONFIG_TYPES
 from dynamo.operator.kube import KubeClient, resource_path
 from dynamo.operator.reconcile import graph_path, reconcile_graph, refresh_status
 from dynamo.operator.render import LABEL_GRAPH, LABEL_MANAGED_BY, MANAGED_BY
 
 LWS_GROUP = "leaderworkerset.x-k8s.io"
+DGDR_VERSION = DGDR_API_VERSION.split("/")[1]
 
 log = logging.getLogger(__name__)
 
@@ -153,17 +156,38 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             graph.setdefault("kind", "DynamoGraphDeployment")
             await _write_status(client, graph, await reconcile_graph(graph, client, config, logger))
 
-    @kopf.on.resume(GROUP, VERSION, DGDR_PLURAL, registry=registry)
-    @kopf.on.create(GROUP, VERSION, DGDR_PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, DGDR_PLURAL, registry=registry)
-    def request_changed(
-        spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, logger: Any, **_: Any
+    async def advance_request(client: KubeClient, namespace: str, name: str, logger: Any) -> None:
+        """Read the request afresh, take its next step, write its status if it changed."""
+        path = resource_path(DGDR_API_VERSION, DGDR_PLURAL, namespace, name)
+        obj = await client.get(path)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return
+        obj.setdefault("apiVersion", DGDR_API_VERSION)
+        previous = dict(obj.get("status") or {})
+        status = await advance(obj, client, config, logger)
+        if status != previous:
+            await client.merge_patch(path + "/status", {"status": merge_patch(previous, status)})
+
+    # Requests are watched in the storage version: an API server serves those written as v1alpha1
+    # there too (the two versions' schemas hold the same fields, so none is pruned on the way).
+    @kopf.on.resume(GROUP, DGDR_VERSION, DGDR_PLURAL, registry=registry)
+    @kopf.on.create(GROUP, DGDR_VERSION, DGDR_PLURAL, registry=registry)
+    @kopf.on.update(GROUP, DGDR_VERSION, DGDR_PLURAL, registry=registry)
+    async def request_changed(
+        name: str | None, namespace: str | None, memo: kopf.Memo, logger: Any, **_: Any
     ) -> None:
-        """Validate a DynamoGraphDeploymentRequest and say where it stands."""
-        new = request_status(dict(spec), dict(status))
-        patch.status.update(new)
-        for cond in new["conditions"]:
-            if cond["status"] == "False":
-                logger.warning("%s: %s", cond["reason"], cond["message"])
+        """A DynamoGraphDeploymentRequest was created or changed: profile it (again)."""
+        if name and namespace:
+            await advance_request(memo["client"], namespace, name, logger)
+
+    @kopf.on.event("batch", "v1", "jobs", labels={LABEL_REQUEST: kopf.PRESENT}, registry=registry)
+    @kopf.on.event(GROUP, VERSION, DGD_PLURAL, labels={LABEL_REQUEST: kopf.PRESENT}, registry=registry)
+    async def request_child_event(
+        body: kopf.Body, namespace: str | None, memo: kopf.Memo, logger: Any, **_: Any
+    ) -> None:
+        """A request's profiling Job or generated graph changed: take the request's next step."""
+        request = (body.get("metadata", {}).get("labels") or {}).get(LABEL_REQUEST)
+        if request and namespace:
+            await advance_request(memo["client"], namespace, request, logger)
 
     return registry

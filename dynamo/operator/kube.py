@@ -29,6 +29,11 @@ PLURALS: dict[tuple[str, str], str] = {
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkersets",
     ("nvidia.com/v1alpha1", "DynamoGraphDeployment"): "dynamographdeployments",
     ("nvidia.com/v1alpha1", "DynamoGraphDeploymentRequest"): "dynamographdeploymentrequests",
+    ("nvidia.com/v1beta1", "DynamoGraphDeploymentRequest"): "dynamographdeploymentrequests",
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("v1", "ConfigMap"): "configmaps",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+    ("batch/v1", "Job"): "jobs",
 }
 
 

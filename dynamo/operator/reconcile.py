@@ -22,6 +22,8 @@ CHILD_KINDS = (
     ("apps/v1", "Deployment"),
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"),
     ("v1", "Service"),
+    ("v1", "ServiceAccount"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
 )
 WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
 # Ready-condition reasons set by a reconcile that could not deploy the spec as written.
@@ -87,6 +89,7 @@ async def reconcile_graph(
             etcd_endpoints=config.etcd_endpoints,
             nats_server=config.nats_server,
             pull_secrets=index,
+            planner_role=config.planner_role,
         )
         desired = render_graph(graph, ctx)
     except SpecError as exc:

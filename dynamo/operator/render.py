@@ -5,6 +5,9 @@ span nodes); for a frontend also a ClusterIP Service on port 8000 named ``<graph
 worker a ClusterIP Service ``<graph>-<service>`` on its status port (``system``, 9090), so
 ``http://<worker-service>:9090/health`` answers as the guides say. Frontends of a graph with workers
 get ``DYN_DISCOVERY_NAMESPACES``: they discover only the Dynamo namespaces their graph uses.
+A planner service's pods get ``DYN_PARENT_DGD_K8S_NAME`` (the graph its Kubernetes connector
+scales) and, when the operator knows the platform chart's planner role, a ServiceAccount
+``<graph>-planner`` bound to it in the graph's namespace (may get and patch the graph).
 Every object carries an owner reference to the graph, so deleting the graph deletes them.
 """
 
@@ -43,6 +46,8 @@ MAIN_CONTAINER = "main"
 GPU_RESOURCE = "nvidia.com/gpu"
 LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
 MAX_NAME = 63
+PARENT_DGD_ENV = "DYN_PARENT_DGD_K8S_NAME"
+RBAC_API_VERSION = "rbac.authorization.k8s.io/v1"
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ class RenderContext:
     nats_server: str = ""
     # registry host -> names of docker-config secrets for it (see dynamo.operator.images)
     pull_secrets: Mapping[str, list[str]] = field(default_factory=dict)
+    # (kind, name) of the chart's planner role (ClusterRole or Role); None: planners get no account
+    planner_role: tuple[str, str] | None = None
 
 
 def child_name(graph: Graph, service: Service) -> str:
@@ -112,6 +119,8 @@ def injected_env(graph: Graph, service: Service, ctx: RenderContext) -> list[Env
         envs += graph.frontend_env(ctx.namespace)
     else:
         envs.append(EnvVar("DYN_SYSTEM_PORT", str(SYSTEM_PORT)))
+    if service.component_type == "planner":
+        envs.append(EnvVar(PARENT_DGD_ENV, graph.name))
     envs.append(EnvVar("POD_IP", value_from={"fieldRef": {"fieldPath": "status.podIP"}}))
     envs.append(EnvVar("POD_NAME", value_from={"fieldRef": {"fieldPath": "metadata.name"}}))
     envs.append(EnvVar("POD_NAMESPACE", value_from={"fieldRef": {"fieldPath": "metadata.namespace"}}))
@@ -202,6 +211,8 @@ def pod_template(graph: Graph, service: Service, ctx: RenderContext) -> dict[str
     written_secrets = list(extra.pop("imagePullSecrets", None) or [])
     spec.update(extra)
     spec["containers"] = [main_container(graph, service, ctx), *extra_containers]
+    if service.component_type == "planner" and ctx.planner_role is not None:
+        spec.setdefault("serviceAccountName", planner_account_name(graph))
 
     volumes = extra_volumes
     pvc_names = {p.get("name") for p in graph.pvcs}
@@ -319,11 +330,39 @@ def workload(graph: Graph, service: Service, ctx: RenderContext) -> dict[str, An
     return deployment(graph, service, ctx)
 
 
+def planner_account_name(graph: Graph) -> str:
+    return f"{graph.name}-planner"
+
+
+def planner_access(graph: Graph, ctx: RenderContext) -> list[dict[str, Any]]:
+    """The planners' ServiceAccount and its RoleBinding to the chart's planner role (none without
+    a planner service or a known role; a pod spec that names its own account keeps it)."""
+    planners = [s for s in graph.services.values() if s.component_type == "planner"]
+    if not planners or ctx.planner_role is None:
+        return []
+    kind, role = ctx.planner_role
+    name = planner_account_name(graph)
+    meta = _meta(graph, planners[0], ctx, name)
+    meta.pop("annotations", None)
+    meta["labels"] = {LABEL_GRAPH: graph.name, LABEL_MANAGED_BY: MANAGED_BY}
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}
+    binding = {
+        "apiVersion": RBAC_API_VERSION,
+        "kind": "RoleBinding",
+        "metadata": copy.deepcopy(meta),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ctx.namespace}],
+    }
+    return [account, binding]
+
+
 def render_graph(graph: Graph, ctx: RenderContext) -> list[dict[str, Any]]:
-    """Every child object of ``graph``, in a stable order (workloads, frontend Services, worker Services)."""
+    """Every child object of ``graph``, in a stable order (workloads, frontend Services, worker
+    Services, the planners' account and binding)."""
     objects = [workload(graph, s, ctx) for s in graph.services.values()]
     objects += [frontend_service(graph, s, ctx) for s in graph.services.values() if s.is_frontend]
     objects += [worker_service(graph, s, ctx) for s in graph.services.values() if s.is_worker]
+    objects += planner_access(graph, ctx)
     names = [(o["kind"], o["metadata"]["name"]) for o in objects]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:

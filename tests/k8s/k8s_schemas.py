@@ -51,9 +51,10 @@ def _strict(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 @functools.cache
-def _validator(kind: str) -> jsonschema.Draft4Validator:
+def _validator(kind: str, version: str = "v1alpha1") -> jsonschema.Draft4Validator:
     crd = crds()[kind]
-    schema = _strict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    schema = _strict(served["schema"]["openAPIV3Schema"])
     # metadata is validated by the API server itself, not by the CRD schema.
     schema["properties"]["metadata"] = {"type": "object"}
     return jsonschema.Draft4Validator(schema)
@@ -61,7 +62,7 @@ def _validator(kind: str) -> jsonschema.Draft4Validator:
 
 def custom_errors(obj: dict[str, Any]) -> list[str]:
     """Schema errors of one DynamoGraphDeployment(Request), as ``path: message`` lines."""
-    validator = _validator(obj["kind"])
+    validator = _validator(obj["kind"], str(obj.get("apiVersion", "nvidia.com/v1alpha1")).split("/")[-1])
     return [
         f"{'.'.join(str(p) for p in err.absolute_path) or '<root>'}: {err.message}"
         for err in sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
@@ -70,7 +71,7 @@ def custom_errors(obj: dict[str, Any]) -> list[str]:
 
 def validate(obj: dict[str, Any]) -> None:
     """Validate any object we ship: our kinds against our CRDs, the rest against Kubernetes' schemas."""
-    if obj.get("apiVersion") == "nvidia.com/v1alpha1":
+    if obj.get("apiVersion") in ("nvidia.com/v1alpha1", "nvidia.com/v1beta1"):
         errors = custom_errors(obj)
         assert not errors, f"{obj['kind']} {obj['metadata'].get('name')}: " + "; ".join(errors)
         return

@@ -359,28 +359,6 @@ async def test_emulator_invalid_graph_gets_a_condition_in_words(api, config) -> 
     assert "service Frontend has no extraPodSpec.mainContainer.image" in st["conditions"][0]["message"]
 
 
-async def test_emulator_request_reports_that_profiling_is_not_implemented(api, config) -> None:
-    request = {
-        "apiVersion": DGD,
-        "kind": "DynamoGraphDeploymentRequest",
-        "metadata": {"name": "qwen-sla", "namespace": "ns1", "uid": "r1", "resourceVersion": "1"},
-        "spec": {"model": "Qwen/Qwen3-0.6B", "backend": "vllm", "sla": {"ttft": 200, "itl": 20}},
-    }
-    path = resource_path(DGD, "dynamographdeploymentrequests", "ns1")
-    async with operator_running(config):
-        await api.create(path, request)
-
-        async def phase() -> dict[str, Any] | None:
-            st = (await api.get(path + "/qwen-sla")).get("status") or {}
-            return st if st.get("phase") else None
-
-        st = await wait_for(phase, what="request phase")
-    assert st["phase"] == "Pending"
-    profiled = next(c for c in st["conditions"] if c["type"] == "Profiled")
-    assert profiled["status"] == "False" and profiled["reason"] == "ProfilingNotImplemented"
-    assert "generatedDeployment" not in st  # no invented numbers
-
-
 async def test_emulator_reconcile_as_a_plain_function_is_idempotent(api, config) -> None:
     """reconcile_graph called directly (no kopf loop): a second pass changes nothing."""
     import logging
