@@ -2,9 +2,16 @@
 
     python3 -m dynamo.deploy run deploy/examples/cpu/agg.yaml
     python3 -m dynamo.deploy plan deploy/examples/vllm/agg_router.yaml   # show, start nothing
+    python3 -m dynamo.deploy run deploy/examples/planner/dgdr/mocker.yaml
 
 Ctrl-C or SIGTERM stops the whole graph. A planner in the graph (``componentType: planner``) steers
 its worker services: the runner applies its decisions (see ``dynamo.deploy.runner``).
+
+A DynamoGraphDeploymentRequest (either version) is what the operator does with one, on this
+machine: profile (``python3 -m dynamo.profiler``: the mocker, or the request's backend on this
+machine's device), write the results and the generated graph under ``<run dir>/profile``, then run
+that graph (its planner reads the profile from there). ``plan`` on a request says what profiling
+would measure and starts nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from pathlib import Path
 
 from dynamo.deploy import probes
 from dynamo.deploy.plan import Plan, load_env_file, plan_graph
+from dynamo.deploy.request import DeploymentRequest, is_request_file, load_request_file
 from dynamo.deploy.runner import GraphRunner
-from dynamo.deploy.spec import FRONTEND_PORT, SpecError, dns_label, load_graph_file
+from dynamo.deploy.spec import FRONTEND_PORT, Graph, SpecError, dns_label, load_graph_file, parse_graph
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("run", "start the graph and supervise it"), ("plan", "print what run would start")):
         c = sub.add_parser(name, help=text)
-        c.add_argument("file", type=Path, help="a YAML file with one DynamoGraphDeployment")
+        c.add_argument(
+            "file",
+            type=Path,
+            help="a YAML file with one DynamoGraphDeployment or DynamoGraphDeploymentRequest",
+        )
         c.add_argument(
             "--port", type=int, default=FRONTEND_PORT, help="the first frontend's HTTP port (default 8000)"
         )
@@ -50,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_plan(args: argparse.Namespace) -> Plan:
-    graph = load_graph_file(args.file)
+def make_plan(args: argparse.Namespace, graph: Graph | None = None) -> Plan:
+    graph = graph or load_graph_file(args.file)
     if args.run_dir is not None:
         run_dir = args.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -99,11 +111,53 @@ async def _run(plan: Plan, grace: float, ready_timeout: float | None) -> int:
             loop.remove_signal_handler(sig)
 
 
+def describe_profiling(request: DeploymentRequest) -> None:
+    from dynamo.profiler.engines import engine
+    from dynamo.profiler.sweep import sweep_plan
+
+    eng = engine(request)
+    points = sweep_plan(request)
+    print(
+        f"request {request.name}: profile {request.model} on {eng.backend} ({eng.device}), then run the graph"
+    )
+    print(f"  batch sizes: {', '.join(c.label for c in eng.candidates(request.search_strategy))}")
+    print(f"  prefill ISLs: {list(points.isls)}; decode contexts: {list(points.contexts)}")
+    print(
+        f"  SLA: TTFT <= {request.ttft_ms:g} ms, ITL <= {request.itl_ms:g} ms at ISL {request.isl} / OSL "
+        f"{request.osl}; planner: {'yes' if request.planner is not None else 'no'}"
+    )
+
+
+def profile_request(args: argparse.Namespace, request: DeploymentRequest) -> Graph:
+    """Profile ``request`` into ``<run dir>/profile`` and return the generated graph."""
+    from dynamo.profiler.engines import engine
+    from dynamo.profiler.main import ProfilingFailed, profile
+
+    if args.run_dir is None:
+        args.run_dir = Path(tempfile.mkdtemp(prefix=f"dynamo-{dns_label(request.name)}-"))
+    out = (args.run_dir / "profile").resolve()
+    print(f"profiling {request.model} for request {request.name}; results in {out}", flush=True)
+    logging.getLogger("dynamo.profiler").setLevel(logging.INFO)
+    try:
+        selection, graph = asyncio.run(profile(request, engine(request), out))
+    except ProfilingFailed as exc:
+        raise SpecError(f"profiling failed: {exc}") from None
+    print(f"selected: {selection.reason}\ngenerated graph: {out / 'dgd.yaml'}", flush=True)
+    return parse_graph(graph)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        plan = make_plan(args)
+        graph = None
+        if is_request_file(args.file):
+            request = load_request_file(args.file)
+            if args.command == "plan":
+                describe_profiling(request)
+                return 0
+            graph = profile_request(args, request)
+        plan = make_plan(args, graph)
     except (SpecError, OSError) as exc:
         print(f"dynamo.deploy: {exc}", file=sys.stderr)
         return 2
