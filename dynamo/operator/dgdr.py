@@ -306,7 +306,7 @@ class RequestStep:
         )
         if not request.auto_apply:
             return self.status(PHASE_READY, valid, profiled, **fields)
-        return await self.deploy(graph, valid, profiled, fields)
+        return await self.deploy(graph, configmap_name(request), valid, profiled, fields)
 
     def _failed_after_validation(self) -> bool:
         return any(
@@ -338,7 +338,12 @@ class RequestStep:
         return dict((cm or {}).get("data") or {})
 
     async def deploy(
-        self, graph: dict[str, Any], valid: dict[str, Any], profiled: dict[str, Any], fields: dict[str, Any]
+        self,
+        graph: dict[str, Any],
+        results: str,
+        valid: dict[str, Any],
+        profiled: dict[str, Any],
+        fields: dict[str, Any],
     ) -> dict[str, Any]:
         path = resource_path(API_VERSION, DGD_PLURAL, self.namespace, graph["metadata"]["name"])
         existing = await self.client.get(path)
@@ -354,7 +359,8 @@ class RequestStep:
                 **fields,
             )
         try:
-            action, _ = await apply(self.client, graph)
+            action, live = await apply(self.client, graph)
+            await self._share_results(live, results)
         except ApiError as exc:
             if exc.status >= 500 or exc.status in (409, 429):
                 raise
@@ -371,6 +377,25 @@ class RequestStep:
         return self.status(
             PHASE_DEPLOYING, valid, profiled, deploying, **fields, deploymentInfo={"created": True}
         )
+
+    async def _share_results(self, graph: Mapping[str, Any], results: str) -> None:
+        """The graph's planner mounts the results ConfigMap: make the graph an owner of it too, so
+        deleting the request alone does not take the profile from under a running planner."""
+        uid = (graph.get("metadata") or {}).get("uid")
+        if not uid:
+            return
+        path = resource_path("v1", "configmaps", self.namespace, results)
+        owners = [
+            _owner(self.obj),
+            {
+                "apiVersion": API_VERSION,
+                "kind": "DynamoGraphDeployment",
+                "name": graph["metadata"]["name"],
+                "uid": uid,
+            },
+        ]
+        owners[0]["controller"] = False
+        await self.client.merge_patch(path, {"metadata": {"ownerReferences": owners}})
 
     async def track_graph(self, request: DeploymentRequest) -> dict[str, Any]:
         """Deploying -> Deployed when the generated graph is ready (and back when it is not)."""

@@ -22,7 +22,6 @@ import json
 import logging
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -242,8 +241,3 @@ def main(argv: list[str] | None = None) -> None:
     args.output_dir = args.output_dir.resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(asyncio.run(amain(args)))
-
-
-def with_image(request: DeploymentRequest, image: str) -> DeploymentRequest:
-    """``request`` with ``image`` unless it names its own."""
-    return request if request.image else replace(request, image=image)

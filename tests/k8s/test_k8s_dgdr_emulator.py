@@ -28,7 +28,7 @@ from k8s_emulator import declare_resources, operator_running, wait_for
 from k8s_schemas import custom_errors
 
 from dynamo.operator.config import OperatorConfig
-from dynamo.operator.dgdr import advance
+from dynamo.operator.dgdr import RequestStep, advance
 from dynamo.operator.kube import KubeClient, resource_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -258,6 +258,18 @@ async def test_emulator_dgdr_failures_are_conditions_in_words(api, kmock) -> Non
     # Failed stays failed for this generation (no second Job).
     again = await advance({**req, "status": st}, api, config, log)
     assert again == st
+
+    # A created graph shares the results ConfigMap (its planner mounts it) with the request, so
+    # deleting the request alone keeps the profile. (The emulator assigns no uids; this one is the
+    # API server's.)
+    step = RequestStep(req, api, config, log)
+    await step._share_results({"metadata": {"name": "tight", "uid": "uid-graph"}}, "tight-profile")
+    cm = await api.get(resource_path("v1", "configmaps", "ns1", "tight-profile"))
+    owners = {(o["kind"], o["uid"], o.get("controller", False)) for o in cm["metadata"]["ownerReferences"]}
+    assert owners == {
+        ("DynamoGraphDeploymentRequest", "uid-tight", False),
+        ("DynamoGraphDeployment", "uid-graph", False),
+    }
 
     # A spec change profiles again: the old Job goes, a new one comes.
     changed = {**req, "metadata": {**req["metadata"], "generation": 2}, "status": st}
