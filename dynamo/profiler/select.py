@@ -16,8 +16,9 @@ fewest GPUs). Predictions come from the measured tables only:
 
 The load is ``requestRate``, or ``concurrency`` turned into a rate with the fastest measured
 request latency (an upper bound: more replicas, never fewer). With neither, the graph is one
-aggregated engine (the planner, when enabled, sizes it at run time). ``hardware.totalGpus`` bounds
-the GPUs. No feasible option raises ``SelectionError`` saying what was closest.
+aggregated engine (the planner, when enabled, sizes it at run time). ``hardware.totalGpus``, else the
+planner's ``max_gpu_budget``, bounds the GPUs (a graph its own planner would cut at once is no
+answer). No feasible option raises ``SelectionError`` saying what was closest.
 
 Journey: profiling only: sweep -> **select** -> generate.
 """
@@ -164,6 +165,16 @@ def load_rate(request: DeploymentRequest, profiles: list[PerformanceProfile]) ->
     return request.concurrency / (fastest / 1000)
 
 
+def gpu_budget(request: DeploymentRequest) -> int | None:
+    """``hardware.totalGpus``, else ``features.planner.max_gpu_budget`` (when positive), else none."""
+    if request.total_gpus:
+        return request.total_gpus
+    budget = (request.planner or {}).get("max_gpu_budget")
+    if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0:
+        return budget
+    return None
+
+
 def _merged(prefill: PerformanceProfile, decode: PerformanceProfile, backend: str) -> PerformanceProfile:
     return PerformanceProfile(backend, prefill.prefill, decode.decode)
 
@@ -174,7 +185,7 @@ def select(request: DeploymentRequest, measurements: list[Measurement], backend:
         raise SelectionError("nothing was measured")
     profiles = [m.profile(backend) for m in measurements]
     rate = load_rate(request, profiles)
-    limit = request.total_gpus or MAX_ENGINES
+    limit = gpu_budget(request) or MAX_ENGINES
     context = request.isl + request.osl / 2
     options: list[tuple[Option, PerformanceProfile]] = []
     if rate is None:

@@ -145,6 +145,14 @@ def test_the_batch_size_bounds_concurrency_and_the_budget_bounds_the_graph() -> 
     # 50 req/s: prefill alone is 5 engines' worth (rho 0.5 each needs 10); a budget of 4 cannot.
     with pytest.raises(SelectionError, match="50 req/s needs more than 4 engines"):
         select(request(ttft_ms=300, itl_ms=20, request_rate=50, total_gpus=4), [flat(16)], "mocker")
+    # Without hardware.totalGpus the planner's budget bounds it (its planner would cut more at once).
+    with pytest.raises(SelectionError, match="50 req/s needs more than 3 engines"):
+        select(
+            request(ttft_ms=300, itl_ms=20, request_rate=50, planner={"max_gpu_budget": 3}),
+            [flat(16)],
+            "mocker",
+        )
+    assert select(request(ttft_ms=300, itl_ms=20, request_rate=50), [flat(16)], "mocker").option.gpus > 4
 
 
 def test_no_configuration_says_what_came_closest() -> None:
