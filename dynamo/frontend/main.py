@@ -2,13 +2,17 @@
 
 One process serves the port with uvicorn (uvloop + httptools) and the ASGI app of ``app``.
 ``--http-workers N`` forks N such processes that share the port through ``SO_REUSEPORT`` (the kernel
-spreads connections among them); the parent only supervises: it forwards SIGTERM/SIGINT and, when
+spreads connections among them). Each of them also listens on a private loopback port, where it
+answers for itself alone; ``GET /metrics`` on the shared port answers for all of them (the private
+``/metrics`` of each, merged with an ``http_worker`` label: ``SharedPortMetrics``), so a scraper such
+as the planner sees the whole frontend at one URL. The parent only supervises: it forwards SIGTERM/SIGINT and, when
 one worker dies, stops the others and exits with its status. Exit status 1 when the port cannot be
 bound, 2 for bad flags.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import gc
@@ -18,10 +22,14 @@ import signal
 import socket
 import sys
 
+import aiohttp
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dynamo.frontend.app import create_app
 from dynamo.frontend.args import FrontendConfig, build_parser
+from dynamo.frontend.metrics import merge_expositions
 from dynamo.runtime.logging import configure_logging
 
 log = logging.getLogger("dynamo.frontend")
@@ -54,9 +62,66 @@ def listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def serve(config: FrontendConfig, sock: socket.socket | None = None) -> int:
-    """Run one frontend process until it is told to stop; the exit status."""
-    app = create_app(config)
+class SharedPortMetrics:
+    """ASGI wrapper of one of the processes sharing the port: ``GET /metrics`` that came in on the
+    shared port answers for every process (each one's ``/metrics`` fetched from its private loopback
+    port, merged by ``merge_expositions``; 503 if one does not answer, as a partial sum would look
+    like a counter reset); everything else, and whatever came in on the private port, goes to the
+    app. Costs nothing per request but one dict lookup and a comparison."""
+
+    def __init__(
+        self, app: ASGIApp, private_port: int, all_private_ports: list[int], timeout: float = 5.0
+    ) -> None:
+        self.app = app
+        self.private_port = private_port
+        self.urls = [f"http://127.0.0.1:{port}/metrics" for port in all_private_ports]
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"] != "/metrics"
+            or scope["method"] != "GET"
+            or (scope.get("server") or (None, None))[1] == self.private_port
+        ):
+            await self.app(scope, receive, send)
+            return
+        status, headers, body = 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], b""
+        try:
+            body = merge_expositions(await self._fetch_all())
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            log.warning("/metrics: a frontend process did not answer: %s", exc)
+            status, headers = 503, [(b"content-type", b"text/plain; charset=utf-8")]
+            body = f"a frontend process did not answer its metrics: {exc}\n".encode()
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _fetch_all(self) -> list[str]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session:
+
+            async def one(url: str) -> str:
+                async with session.get(url) as resp:
+                    resp.raise_for_status()
+                    return await resp.text()
+
+            return list(await asyncio.gather(*(one(url) for url in self.urls)))
+
+
+def serve(
+    config: FrontendConfig,
+    sock: socket.socket | None = None,
+    private: socket.socket | None = None,
+    all_private_ports: list[int] | None = None,
+) -> int:
+    """Run one frontend process until it is told to stop; the exit status. ``private``: this
+    process's own loopback socket when it is one of several sharing ``sock`` (``all_private_ports``:
+    every such process's, this one's included)."""
+    app: ASGIApp = create_app(config)
+    sockets = [sock] if sock is not None else None
+    if sock is not None and private is not None and all_private_ports:
+        app = SharedPortMetrics(app, private.getsockname()[1], all_private_ports)
+        sockets = [sock, private]
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -72,7 +137,7 @@ def serve(config: FrontendConfig, sock: socket.socket | None = None) -> int:
     )
     tune_gc()
     try:
-        server.run(sockets=[sock] if sock is not None else None)
+        server.run(sockets=sockets)
     except (ConnectionError, OSError) as exc:
         log.error("%s", exc)
         return 1
@@ -86,6 +151,9 @@ def supervise(config: FrontendConfig) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.http_host, config.http_port, exc)
         return 1
+    # One private loopback socket per process, bound here so that every process knows all the ports.
+    private = [listen_socket("127.0.0.1", 0, reuse_port=False) for _ in range(config.http_workers)]
+    private_ports = [s.getsockname()[1] for s in private]
     children: dict[int, int] = {}  # pid -> worker index
     for index in range(config.http_workers):
         pid = os.fork()
@@ -95,18 +163,24 @@ def supervise(config: FrontendConfig) -> int:
                 os.setpgid(0, 0)
                 with contextlib.suppress(OSError, AttributeError):
                     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+                for other in private[:index] + private[index + 1 :]:
+                    other.close()
                 sock = listen_socket(config.http_host, config.http_port, reuse_port=True)
-                code = serve(config, sock)
+                code = serve(config, sock, private[index], private_ports)
             except BaseException:
                 log.exception("frontend process %d failed", index)
             finally:
                 os._exit(code)
         children[pid] = index
+    for s in private:
+        s.close()
     log.info(
-        "OpenAI-compatible frontend on http://%s:%d (%d processes sharing the port)",
+        "OpenAI-compatible frontend on http://%s:%d (%d processes sharing the port; their own /metrics "
+        "on 127.0.0.1 ports %s)",
         config.http_host,
         config.http_port,
         config.http_workers,
+        ",".join(map(str, private_ports)),
     )
     stopping = 0  # the signal the workers were asked to stop with
 

@@ -6,17 +6,23 @@ Gauges of what is live (in-flight and queued requests, the KV router's hit rate)
 time from the served models, so the request path only bumps plain integers for them. The routing
 decisions themselves are counted by ``dynamo.router.metrics`` (``dynamo_frontend_router_*``),
 shared with the standalone router.
+
+With ``--http-workers N`` each process keeps its own registry and also answers on a private loopback
+port; ``/metrics`` on the shared port then serves ``merge_expositions`` of all N (see
+``dynamo.frontend.main``), so one scrape of the frontend's URL sees every process.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 if TYPE_CHECKING:
     from dynamo.frontend.models import ServedModel
@@ -274,3 +280,38 @@ class _LiveGauges:
                 hit_rate.add_metric([model.name], kv.counters.hit_rate)
         yield from (inflight, queued, hit_rate)
         yield from (cache_hits, cache_misses, cached_tokens, uncached_tokens, cache_bytes)
+
+
+# --- ``--http-workers N``: one /metrics for all the processes that share the port ----------------
+
+HTTP_WORKER_LABEL = "http_worker"
+
+
+def merge_expositions(texts: Sequence[str]) -> bytes:
+    """One Prometheus text exposition of several processes' ones: each sample keeps its labels and
+    gains ``http_worker="<index in texts>"``, so nothing is summed here (a gauge such as a hit rate
+    is not additive) and a reader sums what is additive (``sum without (http_worker)``)."""
+    families: dict[str, Metric] = {}
+    for index, text in enumerate(texts):
+        worker = str(index)
+        for family in text_string_to_metric_families(text):
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(family.name, family.documentation, family.type)
+            merged.samples.extend(
+                Sample(s.name, {**s.labels, HTTP_WORKER_LABEL: worker}, s.value, s.timestamp, s.exemplar)
+                for s in family.samples
+            )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(list(families.values())))
+    return generate_latest(registry)
+
+
+class _Fixed:
+    """A collector of already collected families."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families

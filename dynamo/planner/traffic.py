@@ -4,7 +4,9 @@ frontend's ``/metrics`` and summed, or queried from a Prometheus server that scr
 Contract: ``sample()`` returns the ``Traffic`` since the previous call (the first call only sets the
 baseline and returns None). Scraping keeps the last totals per URL: a counter that went down means
 that frontend restarted, and its new totals count whole; a URL that does not answer is left out of
-that interval (logged). TTFT is the frontend's histogram: what clients waited, queueing included.
+that interval (logged). Every sample of a family is summed, whatever its labels: a frontend with
+``--http-workers N`` answers its URL with all N processes' samples, each labelled ``http_worker``, so
+one URL per frontend replica counts each request once. TTFT is the frontend's histogram: what clients waited, queueing included.
 
 Journey: frontends (HTTP) -> **here** -> the planner's observe step.
 """
@@ -149,8 +151,7 @@ class ScrapeSource(TrafficSource):
             delta = current.minus(previous)
             if delta is None:
                 log.warning(
-                    "planner: a counter of %s went down: a restart (its totals count whole), or several "
-                    "processes behind one URL (a frontend with --http-workers > 1 cannot be summed this way)",
+                    "planner: a counter of %s went down: a restart (its totals count whole)",
                     url,
                 )
                 delta = current
