@@ -254,7 +254,9 @@ def parse_chat_request(body: bytes | str) -> ChatCompletionRequest:
     if req.top_logprobs and not req.logprobs:
         raise bad_request("'top_logprobs' requires 'logprobs' to be true.", "top_logprobs")
     if req.store:
-        raise bad_request("Stored chat completions ('store': true) are not served; use /v1/responses.", "store")
+        raise bad_request(
+            "Stored chat completions ('store': true) are not served; use /v1/responses.", "store"
+        )
     if req.continue_final_message and req.add_generation_prompt:
         raise bad_request(
             "'continue_final_message' and 'add_generation_prompt' cannot both be true.",
