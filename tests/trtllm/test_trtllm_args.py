@@ -148,7 +148,7 @@ def test_every_example_command_parses_with_its_yaml():
                 if component == "trtllm":
                     seen += 1
                     parse_args([a.replace("$DYNAMO_HOME", str(ROOT)) for a in args])
-    assert seen == 6
+    assert seen == 8  # agg, agg_router, disagg (2), disagg_router (2), disagg_planner (2)
 
 
 @pytest.mark.skipif(trtllm_installed(), reason="checks the error when TensorRT-LLM is missing")
