@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every check: ruff (lint + format), mypy, then the whole pytest suite.
-# Needs: scripts/install.sh --cpu --services (etcd and nats-server on PATH; the tests start
+# Needs: scripts/install.sh --cpu --services --containers (etcd and nats-server on PATH; the tests start
 # their own servers on free ports). Extra arguments go to pytest (e.g. scripts/test.sh -k frontend).
 set -euo pipefail
 cd "$(dirname "$0")/.."
