@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_int("DYN_HTTP_WORKERS", 1),
         help="frontend processes sharing the HTTP port (SO_REUSEPORT, Linux) when one process's core "
         "limits throughput; each runs its own model watcher and router (KV mode: add "
-        "--router-replica-sync to share load predictions) and /metrics answers for the process that "
-        "accepted the connection (env DYN_HTTP_WORKERS, default 1)",
+        "--router-replica-sync to share load predictions); /metrics on the shared port answers for all "
+        "of them, each sample labelled http_worker (env DYN_HTTP_WORKERS, default 1)",
     )
     p.add_argument(
         "--router-mode",
