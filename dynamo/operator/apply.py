@@ -32,6 +32,15 @@ def merge_patch(old: Any, new: Any) -> Any:
     return patch
 
 
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch that writes every key of ``new`` whole (and removes the keys ``new`` lacks):
+    a status is one verdict, so ``state`` and ``conditions`` always go out together, even when the
+    ``old`` a writer read was already stale (a diff against it could leave one of them behind)."""
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    patch.update(new)
+    return patch
+
+
 def _with_last_applied(desired: dict[str, Any]) -> dict[str, Any]:
     body = json.loads(json.dumps(desired))
     annotations = body["metadata"].setdefault("annotations", {})

@@ -19,7 +19,7 @@ import kopf
 
 from dynamo.deploy.request import V1BETA1 as DGDR_API_VERSION
 from dynamo.deploy.spec import DGD_PLURAL, DGDR_PLURAL, GROUP, VERSION
-from dynamo.operator.apply import merge_patch
+from dynamo.operator.apply import status_patch
 from dynamo.operator.config import OperatorConfig
 from dynamo.operator.dgdr import LABEL_REQUEST, advance
 from dynamo.operator.images import DOCKER_CONFIG_TYPES
@@ -100,11 +100,11 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     ) -> None:
         """Reconcile a graph whose spec changed (or that we have not seen since start-up)."""
         status = await reconcile_graph(body, memo["client"], config, logger)
-        patch.status.update(merge_patch(dict(body.get("status") or {}), status))
+        patch.status.update(status_patch(dict(body.get("status") or {}), status))
 
     async def _write_status(client: KubeClient, graph: dict[str, Any], status: dict[str, Any]) -> None:
         meta = graph["metadata"]
-        patch = merge_patch(dict(graph.get("status") or {}), status)
+        patch = status_patch(dict(graph.get("status") or {}), status)
         await client.merge_patch(graph_path(meta["namespace"], meta["name"], "status"), {"status": patch})
 
     @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
@@ -166,7 +166,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         previous = dict(obj.get("status") or {})
         status = await advance(obj, client, config, logger)
         if status != previous:
-            await client.merge_patch(path + "/status", {"status": merge_patch(previous, status)})
+            await client.merge_patch(path + "/status", {"status": status_patch(previous, status)})
 
     # Requests are watched in the storage version: an API server serves those written as v1alpha1
     # there too (the two versions' schemas hold the same fields, so none is pruned on the way).

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dynamo.deploy.spec import DGD_PLURAL, GROUP, VERSION, Graph, SpecError, parse_graph
-from dynamo.operator.apply import apply, merge_patch
+from dynamo.operator.apply import apply, status_patch
 from dynamo.operator.config import OperatorConfig
 from dynamo.operator.images import DOCKER_CONFIG_TYPES, registry_index
 from dynamo.operator.kube import PLURALS, ApiError, KubeClient, resource_path
@@ -165,7 +165,7 @@ async def refresh_status(
     status = rollup(graph, workloads, previous, body["metadata"].get("generation"))
     if _same_status(previous, status):
         return status
-    patch: dict[str, Any] = {"status": merge_patch(previous, status)}
+    patch: dict[str, Any] = {"status": status_patch(previous, status)}
     # Only if the graph is as we read it: a reconcile may have written a newer verdict meanwhile.
     if body["metadata"].get("resourceVersion"):
         patch["metadata"] = {"resourceVersion": body["metadata"]["resourceVersion"]}
