@@ -97,7 +97,7 @@ class PrefixTokenCache:
         parts = self._split.split(text)
         # parts alternates: text, added token, text, ..., text
         found: list[array[int] | None] = [None] * len(parts)
-        todo: list[int] = []
+        to_encode: list[int] = []
         hits = cached = uncached = 0
         with self._lock:
             for i in range(0, len(parts), 2):
@@ -112,11 +112,11 @@ class PrefixTokenCache:
                         hits += 1
                         cached += len(ids)
                         continue
-                todo.append(i)
-        if todo:
-            encoded = self._tokenizer.encode_batch([parts[i] for i in todo], add_special_tokens=False)
+                to_encode.append(i)
+        if to_encode:
+            encoded = self._tokenizer.encode_batch([parts[i] for i in to_encode], add_special_tokens=False)
             misses = []
-            for i, enc in zip(todo, encoded, strict=True):
+            for i, enc in zip(to_encode, encoded, strict=True):
                 ids = array("i", enc.ids)
                 uncached += len(ids)
                 found[i] = ids
