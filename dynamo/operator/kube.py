@@ -12,10 +12,14 @@ import ssl
 import tempfile
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import aiohttp
 import kopf
+
+# One Kubernetes REST vocabulary for the operator and the planner's connector (the planner sits below).
+from dynamo.planner.kube_api import KubeApiError as ApiError
+from dynamo.planner.kube_api import resource_path
 
 log = logging.getLogger(__name__)
 
@@ -35,35 +39,6 @@ PLURALS: dict[tuple[str, str], str] = {
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     ("batch/v1", "Job"): "jobs",
 }
-
-
-class ApiError(Exception):
-    """A non-2xx answer from the API server."""
-
-    def __init__(self, status: int, method: str, path: str, body: str) -> None:
-        self.status = status
-        try:
-            message = json.loads(body).get("message") or body
-        except (ValueError, AttributeError):
-            message = body
-        super().__init__(f"{method} {path}: HTTP {status}: {message}")
-
-
-def resource_path(
-    api_version: str,
-    plural: str,
-    namespace: str | None,
-    name: str | None = None,
-    subresource: str | None = None,
-) -> str:
-    """``/apis/apps/v1/namespaces/ns/deployments/name`` and friends."""
-    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    path = base + (f"/namespaces/{quote(namespace)}" if namespace else "") + f"/{plural}"
-    if name:
-        path += f"/{quote(name)}"
-    if subresource:
-        path += f"/{subresource}"
-    return path
 
 
 def object_path(obj: dict[str, Any], with_name: bool = True) -> str:
