@@ -1,0 +1,105 @@
+"""Client load for chaos scenarios: streamed completions counted token by token.
+
+Each request is a streamed ``/v1/completions`` with ``logprobs`` on, so every token the client
+receives is counted (one logprob entry per token), whatever the SSE batching; the expected count is
+``max_tokens`` (the mocker does not stop early when ``max_tokens`` is set). An ``Outcome`` says
+what the client saw; ``Tally.add`` classifies it. The client never uses a proxy and every request
+has a total timeout, so a hung stream shows up as a failure, not a hung test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from tests.chaos.tally import Outcome, Tally
+
+PROMPT = "Write a long story about a lighthouse keeper and the sea."
+
+
+def client(timeout: float = 60.0) -> httpx.AsyncClient:
+    """An HTTP client for the lab (no proxies from the environment)."""
+    return httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0), trust_env=False)
+
+
+async def stream_completion(
+    http: httpx.AsyncClient,
+    base_url: str,
+    model: str,
+    max_tokens: int,
+    *,
+    prompt: str = PROMPT,
+    timeout: float = 60.0,
+    on_token: Callable[[int], None] | None = None,
+) -> Outcome:
+    """One streamed completion; ``on_token(n)`` is called as tokens arrive (running count)."""
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "logprobs": 0,
+    }
+    start = time.monotonic()
+    out = Outcome(status=0, expected_tokens=max_tokens)
+    try:
+        async with asyncio.timeout(timeout):
+            async with http.stream("POST", f"{base_url}/v1/completions", json=body) as resp:
+                out.status = resp.status_code
+                if resp.status_code != 200:
+                    text = (await resp.aread()).decode(errors="replace")
+                    out.error = f"HTTP {resp.status_code}: {text[:300]}"
+                    return out
+                done = False
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        out.error = f"stream error: {json.dumps(chunk['error'])[:300]}"
+                        continue
+                    for choice in chunk.get("choices", []):
+                        lp = choice.get("logprobs") or {}
+                        out.tokens += len(lp.get("tokens") or [])
+                        out.text += choice.get("text") or ""
+                        if choice.get("finish_reason"):
+                            out.finish_reason = choice["finish_reason"]
+                    if on_token is not None:
+                        on_token(out.tokens)
+                if not done and out.error is None:
+                    out.error = "stream ended without [DONE]"
+    except TimeoutError:
+        out.error = f"no answer within {timeout:.0f}s"
+    except httpx.HTTPError as exc:
+        out.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        out.latency_s = time.monotonic() - start
+    return out
+
+
+async def steady_load(
+    send: Callable[[], Awaitable[Outcome]],
+    tally: Tally,
+    stop: asyncio.Event,
+    concurrency: int,
+    outcomes: list[tuple[float, Outcome]] | None = None,
+) -> None:
+    """Keep ``concurrency`` requests in flight until ``stop`` is set; every outcome goes to ``tally``
+    (and, with its finish time, to ``outcomes``)."""
+
+    async def loop() -> None:
+        while not stop.is_set():
+            outcome = await send()
+            tally.add(outcome)
+            if outcomes is not None:
+                outcomes.append((time.monotonic(), outcome))
+
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
