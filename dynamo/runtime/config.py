@@ -8,7 +8,7 @@
 | file discovery dir | | ``DYN_FILE_DISCOVERY_DIR`` | ``~/.cache/dynamo/discovery`` |
 | lease / heartbeat TTL (s) | | ``DYN_DISCOVERY_TTL`` | ``10`` |
 | request plane | ``--request-plane`` | ``DYN_REQUEST_PLANE`` | ``tcp`` |
-| TCP listen host / port | | ``DYN_TCP_RPC_HOST`` / ``DYN_TCP_RPC_PORT`` | ``0.0.0.0`` / OS-assigned |
+| TCP listen host / port | | ``DYN_TCP_RPC_HOST`` / ``DYN_TCP_RPC_PORT`` | the advertised host (``0.0.0.0``: every interface) / OS-assigned |
 | advertised host | | ``DYN_ADVERTISE_HOST``, else ``POD_IP`` | the host's primary IP |
 | event plane | ``--event-plane`` | ``DYN_EVENT_PLANE`` | ``nats`` if ``NATS_SERVER`` is set, else ``zmq`` |
 | NATS server | | ``NATS_SERVER`` | ``nats://localhost:4222`` |
@@ -19,12 +19,16 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
 import os
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dynamo.runtime.names import default_namespace, validate_name
+
+log = logging.getLogger(__name__)
 
 DISCOVERY_BACKENDS = ("etcd", "file", "mem")
 REQUEST_PLANES = ("tcp",)
@@ -77,7 +81,7 @@ class RuntimeConfig:
     file_discovery_dir: Path = field(default_factory=default_file_discovery_dir)
     discovery_ttl: float = 10.0
     request_plane: str = "tcp"
-    tcp_host: str = "0.0.0.0"
+    tcp_host: str = ""  # "": the advertised host (``request_plane_bind_host``)
     tcp_port: int = 0
     advertise_host: str | None = None
     event_plane: str = "zmq"
@@ -115,7 +119,7 @@ class RuntimeConfig:
             else default_file_discovery_dir(),
             "discovery_ttl": _env_float("DYN_DISCOVERY_TTL", 10.0),
             "request_plane": os.environ.get("DYN_REQUEST_PLANE") or "tcp",
-            "tcp_host": os.environ.get("DYN_TCP_RPC_HOST") or "0.0.0.0",
+            "tcp_host": os.environ.get("DYN_TCP_RPC_HOST") or "",
             "tcp_port": _env_int("DYN_TCP_RPC_PORT") or 0,
             "advertise_host": os.environ.get("DYN_ADVERTISE_HOST") or os.environ.get("POD_IP") or None,
             "event_plane": os.environ.get("DYN_EVENT_PLANE") or ("nats" if nats_env else "zmq"),
@@ -148,6 +152,40 @@ class RuntimeConfig:
         if self.tcp_host not in ("0.0.0.0", "::", ""):
             return self.tcp_host
         return primary_host_ip()
+
+    def request_plane_bind_host(self) -> str:
+        """Where the request-plane server listens: ``DYN_TCP_RPC_HOST`` when set (``0.0.0.0`` for
+        every interface), else only the advertised address, so that a worker is not reachable on
+        interfaces it does not advertise. A name is resolved once, at start-up; an advertised
+        address that is not this host's (behind NAT) falls back to every interface, with a warning."""
+        if self.tcp_host:
+            return self.tcp_host
+        return local_address_of(self.advertised_host())
+
+
+def local_address_of(host: str) -> str:
+    """``host`` as an address this process can bind, else ``0.0.0.0`` (logged)."""
+    try:
+        addr = str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        try:
+            addr = str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0])
+        except OSError as exc:
+            log.warning("cannot resolve the advertised host %r (%s); listening on every interface", host, exc)
+            return "0.0.0.0"
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((addr, 0))
+    except OSError as exc:
+        log.warning(
+            "the advertised address %s is not this host's (%s); listening on every interface "
+            "(set DYN_TCP_RPC_HOST to choose)",
+            addr,
+            exc,
+        )
+        return "0.0.0.0"
+    return addr
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, *, namespace: bool = True) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 from prometheus_client import CollectorRegistry
 
+from dynamo.runtime import tls
 from dynamo.runtime.config import RuntimeConfig
 from dynamo.runtime.discovery import Discovery, create_discovery
 from dynamo.runtime.discovery import watch as discovery_watch
@@ -108,7 +109,12 @@ class DistributedRuntime:
     async def request_server(self) -> RequestPlaneServer:
         """This process's request-plane server (started on first use)."""
         if self._server is None:
-            server = RequestPlaneServer(self.config.tcp_host, self.config.tcp_port)
+            server = RequestPlaneServer(
+                self.config.request_plane_bind_host(),
+                self.config.tcp_port,
+                ssl_context=tls.request_plane_server_context(),
+                handshake_timeout=tls.handshake_timeout(),
+            )
             await server.start()
             self._server = server
         return self._server
@@ -162,7 +168,7 @@ class DistributedRuntime:
     def request_client(self) -> RequestPlaneClient:
         """The shared connection pool for calling other instances."""
         if self._client is None:
-            self._client = RequestPlaneClient()
+            self._client = RequestPlaneClient(tls=tls.request_plane_client_tls())
         return self._client
 
     async def endpoint_client(self, endpoint: EndpointId | str) -> EndpointClient:

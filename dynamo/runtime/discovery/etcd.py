@@ -4,6 +4,9 @@ Every key is put under the lease, so a process that dies disappears when its lea
 the keep-alive finds the lease gone (etcd restarted with a new member, a partition longer than the
 TTL) it grants a new lease and re-registers every key this process owns. Watches re-list and
 diff after a dropped stream, then resume from the listed revision.
+
+Credentials and TLS come from ``ETCD_AUTH_*`` (``dynamo.runtime.tls``); with a user, an
+authentication token etcd no longer knows (it restarted) is replaced by logging in again.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlparse
 
 import aetcd
+import aetcd.exceptions
+import aetcd.rpc
+import grpc
 
 from dynamo.runtime.discovery.base import Discovery, WatchEvent, diff_views
+from dynamo.runtime.tls import EtcdCredentials, etcd_credentials
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +39,46 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     return url.hostname, url.port or 2379
 
 
+class _EtcdClient(aetcd.Client):
+    """``aetcd.Client`` over TLS when the credentials ask for it (aetcd itself only dials
+    plaintext): the same connection steps on a secure gRPC channel."""
+
+    def __init__(self, host: str, port: int, timeout: int, creds: EtcdCredentials) -> None:
+        super().__init__(
+            host=host, port=port, username=creds.username, password=creds.password, timeout=timeout
+        )
+        self._creds = creds
+
+    async def connect(self) -> None:
+        if not self._creds.tls:
+            await super().connect()
+            return
+        insecure_channel = aetcd.rpc.insecure_channel
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self._creds.ca,
+            private_key=self._creds.client_key,
+            certificate_chain=self._creds.client_cert,
+        )
+
+        def secure_channel(target: str, options: object = None) -> grpc.aio.Channel:
+            aetcd.rpc.insecure_channel = insecure_channel
+            return grpc.aio.secure_channel(target, credentials, options=options)  # type: ignore[arg-type]
+
+        # aetcd.Client.connect opens its one channel before its first await: swapped for that call.
+        aetcd.rpc.insecure_channel = secure_channel
+        try:
+            await super().connect()
+        finally:
+            aetcd.rpc.insecure_channel = insecure_channel
+
+
 class EtcdDiscovery(Discovery):
     """Discovery backed by an etcd v3 server (first reachable of ``endpoints``)."""
 
     def __init__(self, endpoints: tuple[str, ...] | list[str], ttl: float = 10.0) -> None:
         super().__init__(ttl)
         self.endpoints = [parse_endpoint(e) for e in endpoints]
+        self.credentials = etcd_credentials(force_tls=any(e.startswith("https://") for e in endpoints))
         self._client: aetcd.Client | None = None
         self._lease = 0
         self._keepalive: asyncio.Task[None] | None = None
@@ -56,7 +97,7 @@ class EtcdDiscovery(Discovery):
     async def start(self) -> None:
         last: Exception | None = None
         for host, port in self.endpoints:
-            client = aetcd.Client(host=host, port=port, timeout=max(2, math.ceil(self.ttl / 2)))
+            client = _EtcdClient(host, port, max(2, math.ceil(self.ttl / 2)), self.credentials)
             try:
                 await asyncio.wait_for(client.connect(), timeout=5)
                 await asyncio.wait_for(client.status(), timeout=5)
@@ -87,10 +128,23 @@ class EtcdDiscovery(Discovery):
                 if reply is not None and reply.TTL > 0:
                     continue
                 log.warning("etcd lease %x expired; re-creating it", self._lease)
+            except aetcd.exceptions.UnauthenticatedError as exc:
+                log.warning("etcd refused this process's token (%s); logging in again", exc)
+                await self._log_in_again()
+                continue
             except Exception as exc:  # grpc and aetcd surface transport failures as several types
                 log.warning("etcd keep-alive failed (%s); retrying", exc or type(exc).__name__)
                 continue
             await self._recreate_lease()
+
+    async def _log_in_again(self) -> None:
+        """A new authentication token: reconnect (open watches break and re-list)."""
+        with contextlib.suppress(Exception):
+            await self.client.close()
+        try:
+            await self.client.connect()
+        except Exception as exc:
+            log.warning("etcd login failed (%s); retrying", exc)
 
     async def _recreate_lease(self) -> None:
         while True:

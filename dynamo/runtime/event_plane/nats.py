@@ -1,4 +1,6 @@
-"""Event plane over NATS core subjects (production; ``NATS_SERVER``)."""
+"""Event plane over NATS core subjects (production; ``NATS_SERVER``).
+
+Credentials and TLS come from ``NATS_AUTH_*`` / ``NATS_TLS_*`` (``dynamo.runtime.tls``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from dynamo.runtime.event_plane.base import EventPlane
+from dynamo.runtime.tls import nats_options
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +37,11 @@ class NatsEventPlane(EventPlane):
         async def on_error(exc: Exception) -> None:
             log.warning("NATS: %s", exc)
 
+        options = nats_options(self.server)
         try:
             self._nc = await nats.connect(
                 self.server,
+                **options,  # type: ignore[arg-type]  # credentials and TLS, typed per key
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 connect_timeout=5,

@@ -13,7 +13,7 @@ import asyncio
 import collections
 import itertools
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -24,6 +24,9 @@ from dynamo.runtime.request_plane.framing import (
     ProtocolError,
     encode_frame,
 )
+
+if TYPE_CHECKING:
+    from dynamo.runtime.tls import ClientTLS
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +223,9 @@ class _ClientConnection(asyncio.Protocol):
 class RequestPlaneClient:
     """Pool of request-plane connections, one per worker address."""
 
-    def __init__(self, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+    def __init__(self, connect_timeout: float = CONNECT_TIMEOUT, tls: ClientTLS | None = None) -> None:
         self.connect_timeout = connect_timeout
+        self.tls = tls  # TLS to every worker (dynamo.runtime.tls); None: plaintext
         self._conns: dict[str, _ClientConnection] = {}
         self._connecting: dict[str, asyncio.Future[_ClientConnection]] = {}
 
@@ -237,9 +241,17 @@ class RequestPlaneClient:
         self._connecting[address] = fut
         try:
             host, _, port = address.rpartition(":")
+            host = host.strip("[]")
+            tls: dict[str, Any] = {}
+            if self.tls is not None:
+                tls = {
+                    "ssl": self.tls.context,
+                    "server_hostname": self.tls.server_name or host,
+                    "ssl_handshake_timeout": self.tls.handshake_timeout,
+                }
             try:
                 _, proto = await asyncio.wait_for(
-                    loop.create_connection(lambda: _ClientConnection(address), host.strip("[]"), int(port)),
+                    loop.create_connection(lambda: _ClientConnection(address), host, int(port), **tls),
                     timeout=self.connect_timeout,
                 )
             except (TimeoutError, OSError, ValueError) as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,9 +215,17 @@ class _ServerConnection(asyncio.Protocol):
 class RequestPlaneServer:
     """Listens on TCP and dispatches requests to endpoint handlers by name."""
 
-    def __init__(self, host: str = "0.0.0.0", port: int = 0) -> None:
+    def __init__(
+        self,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = None,
+    ) -> None:
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context  # TLS (dynamo.runtime.tls); None: plaintext
+        self.handshake_timeout = handshake_timeout
         self.handlers: dict[str, Handler] = {}
         self.draining = False
         self._server: asyncio.Server | None = None
@@ -233,11 +242,21 @@ class RequestPlaneServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _ServerConnection(self), self.host, self.port, reuse_address=True
+            lambda: _ServerConnection(self),
+            self.host,
+            self.port,
+            reuse_address=True,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
-        log.debug("request plane listening on %s:%d", self.host, self.port)
+        log.debug(
+            "request plane listening on %s:%d (%s)",
+            self.host,
+            self.port,
+            "TLS" if self.ssl_context else "plaintext",
+        )
 
     @property
     def inflight(self) -> int:
