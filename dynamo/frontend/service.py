@@ -6,7 +6,9 @@ prefill router) and ``handle`` runs one ``POST /v1/chat/completions`` or ``/v1/c
 through the stages of ``dynamo.frontend.stages``: every choice of it (``n``, a list of prompts) is
 routed to its own generation and the results are merged into one response. Every refusal and
 failure is answered in the OpenAI error shape with its status (400, 404, 413, 429, 500, 503) and
-counted by status, once per HTTP request.
+counted by status, once per HTTP request. A client that hangs up before its response starts
+(while its request waits for a first output, or for the whole answer) cancels the work on the
+workers and is counted as 499 (``dynamo.frontend.disconnect``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from starlette.responses import Response
 
 from dynamo.frontend.args import FrontendConfig
 from dynamo.frontend.disagg import PrefillRouter
+from dynamo.frontend.disconnect import ClientGone, until_disconnect
 from dynamo.frontend.endpoints import CompletionEndpoint
 from dynamo.frontend.metrics import FrontendMetrics, RequestMetrics
 from dynamo.frontend.models import ModelManager
@@ -76,9 +79,15 @@ class FrontendService:
         if migration_limit is None:
             migration_limit = model.card.migration_limit
         try:
-            routed = await route_all(
-                self.prefill, self.runtime.request_client, model, choices, migration_limit, mm.migrated
+            routed = await until_disconnect(
+                request.receive,
+                route_all(
+                    self.prefill, self.runtime.request_client, model, choices, migration_limit, mm.migrated
+                ),
             )
+        except ClientGone:
+            record.finish("499", 0, None)
+            return Response(status_code=499)  # nobody is there to read it
         except RequestError as exc:
             record.finish(str(exc.status), 0, None)
             return error_response(exc)
@@ -89,4 +98,7 @@ class FrontendService:
         headers = routed[0].debug_headers(request.headers)
         if req.stream:
             return await stream_response(routed, builder, record, headers)
-        return await collect(routed, builder, record, headers)
+        try:
+            return await until_disconnect(request.receive, collect(routed, builder, record, headers))
+        except ClientGone:
+            return Response(status_code=499)

@@ -41,6 +41,9 @@ async def collect(
                 await asyncio.gather(*tasks, return_exceptions=True)
         status = "200"
         return JSONResponse(builder.full_response(), headers=headers)
+    except asyncio.CancelledError:
+        status = "499"  # the client left (``dynamo.frontend.disconnect``); its streams are closed
+        raise
     except RequestError as exc:
         status = str(exc.status)
         return error_response(exc)
