@@ -7,7 +7,7 @@ a mocker graph with the SLA planner and against static graphs sized for the trac
 1. The mocker is profiled for real (``python3 -m dynamo.profiler --mocker``, one batch size), which
    writes the planner's profile.
 2. The trace's peak rate is scaled to this machine through that profile: the rate at which the
-   planner's own arithmetic (``prefill_demand`` + ``decode_demand``, aggregated) asks for
+   planner's own arithmetic (its SLA policy, aggregated: throughput and batch-slot terms) asks for
    ``--plateau-workers`` (default 5.5, so 6 workers) engines. The static graphs get that arithmetic's
    answer at the peak rate and at the trace's mean rate.
 3. Each graph runs under the local runner (``python3 -m dynamo.deploy run``): a frontend, mocker
@@ -120,17 +120,41 @@ def profile_mocker(out: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def engines_needed(profile_path: Path, rate: float, args: argparse.Namespace) -> float:
-    """The planner's own aggregated arithmetic (no corrections) at ``rate``."""
-    from dynamo.planner.policy import decode_demand, prefill_demand
+    """The planner's own aggregated arithmetic (no corrections, no backlog) at ``rate``: one
+    decision of its SLA policy, read back from the decision's inputs."""
+    from dynamo.planner.config import PlannerConfig
+    from dynamo.planner.observation import Observation, Traffic
+    from dynamo.planner.policy import SlaPolicy
     from dynamo.planner.profile import load_profile
 
-    profile = load_profile(profile_path)
-    assert profile.prefill is not None and profile.decode is not None
-    p = prefill_demand(profile.prefill, rate=rate, isl=args.isl, ttft_target_ms=args.ttft, gpus_per_engine=1)
-    d = decode_demand(
-        profile.decode, rate=rate, isl=args.isl, osl=args.osl, itl_target_ms=args.itl, gpus_per_engine=1
+    cfg = PlannerConfig.model_validate(
+        {
+            "environment": "virtual", "backend": "mocker", "mode": "agg", "optimization_target": "sla",
+            "ttft_ms": args.ttft, "itl_ms": args.itl, "load_predictor": "constant",
+            "throughput_adjustment_interval_seconds": 1.0,
+        }
+    )  # fmt: skip
+    traffic = Traffic(seconds=1.0, requests=rate, isl=float(args.isl), osl=float(args.osl))
+    (decision,) = SlaPolicy(cfg, load_profile(profile_path)).propose(
+        Observation(ready={"decode": 1}, traffic=traffic)
     )
-    return p + d
+    i = decision.inputs
+    return max(i["prefill_engines_needed"] + i["decode_engines_needed"], i["decode_slot_engines_needed"])
+
+
+def rate_needing(profile_path: Path, workers: int, args: argparse.Namespace) -> float:
+    """The middle of the range of request rates for which the arithmetic asks for ``workers``."""
+
+    def first_rate(n: int) -> float:  # the least rate needing more than n - 1 workers (bisection)
+        lo, hi = 0.0, 1.0
+        while math.ceil(engines_needed(profile_path, hi, args) - 1e-9) < n:
+            lo, hi = hi, hi * 2
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if math.ceil(engines_needed(profile_path, mid, args) - 1e-9) < n else (lo, mid)
+        return hi
+
+    return (first_rate(workers) + first_rate(workers + 1)) / 2
 
 
 # --- a graph under the local runner -------------------------------------------------------------
@@ -190,8 +214,9 @@ def graph_yaml(name: str, replicas: int, args: argparse.Namespace, profile_dir: 
 class Runner:
     """``python3 -m dynamo.deploy run`` with its output lines timestamped as they arrive."""
 
-    def __init__(self, graph: Path, port: int, run_dir: Path) -> None:
+    def __init__(self, graph: Path, port: int, run_dir: Path, model: str = MODEL) -> None:
         self.port = port
+        self.model = model
         self.lines: list[tuple[float, str]] = []
         self.proc = subprocess.Popen(
             [PY, "-m", "dynamo.deploy", "run", str(graph), "--port", str(port), "--run-dir", str(run_dir),
@@ -227,7 +252,7 @@ class Runner:
             body = json.loads(e.read())
         except OSError:
             return 0
-        return sum(1 for i in body.get("instances", []) if i.get("model") == MODEL)
+        return sum(1 for i in body.get("instances", []) if i.get("model") == self.model)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -254,10 +279,10 @@ class Result:
 
 
 async def one_request(
-    session: aiohttp.ClientSession, url: str, prompt: list[int], osl: int, r: Result
+    session: aiohttp.ClientSession, url: str, prompt: list[int], osl: int, r: Result, model: str = MODEL
 ) -> None:
     body = {
-        "model": MODEL, "prompt": prompt, "max_tokens": osl, "min_tokens": osl, "ignore_eos": True,
+        "model": model, "prompt": prompt, "max_tokens": osl, "min_tokens": osl, "ignore_eos": True,
         "stream": True, "stream_options": {"include_usage": True},
     }  # fmt: skip
     start = time.monotonic()
@@ -502,7 +527,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=14)
     p.add_argument("--phases", default="30,30,30,30,30", help="idle,ramp up,plateau,ramp down,idle seconds")
-    p.add_argument("--plateau-workers", type=float, default=5.5, help="engines the peak rate needs (profile)")
+    p.add_argument("--plateau-workers", type=int, default=6, help="engines the peak rate needs (profile)")
     p.add_argument("--isl", type=int, default=512)
     p.add_argument("--osl", type=int, default=64)
     p.add_argument("--ttft", type=float, default=200.0, help="TTFT target, ms")
@@ -525,8 +550,8 @@ def main(argv: list[str] | None = None) -> None:
         profile_dir = work / "profile"
         prof = profile_mocker(profile_dir, args)
         profile_path = profile_dir / "planner_profile.json"
-        per_rps = engines_needed(profile_path, 1.0, args)
-        peak = args.plateau_workers / per_rps
+        peak = rate_needing(profile_path, args.plateau_workers, args)
+        per_rps = engines_needed(profile_path, peak, args) / peak
         trace = Trace(peak, phases)  # type: ignore[arg-type]
         peak_n = math.ceil(engines_needed(profile_path, peak, args) - 1e-9)
         mean_n = math.ceil(engines_needed(profile_path, trace.mean, args) - 1e-9)

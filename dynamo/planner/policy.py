@@ -7,9 +7,11 @@
   against ``prefill_scale_{up,down}_queue_tokens`` (``load``). Decode: KV use, (active blocks +
   waiting requests' prompt blocks) / total blocks (``throughput``: up over 1.0, down under 0.6;
   ``latency``: up over 0.4, down under 0.1; ``load``: ``decode_scale_{up,down}_kv_rate`` percent).
-- ``SlaPolicy`` (``sla``): predictive. Replicas from the predicted request rate, ISL and OSL, the
-  performance profile, and correction factors (observed / expected TTFT and ITL); see
-  ``docs/planner.md`` for the arithmetic, which ``prefill_replicas`` / ``decode_replicas`` implement.
+- ``SlaPolicy`` (``sla``): predictive. Replicas from the predicted request rate (plus the backlog
+  the workers report), ISL and OSL, the performance profile, and correction factors (observed /
+  expected TTFT and ITL); the decode pool is also sized so that few requests wait for a free batch
+  slot past the TTFT budget (Erlang C). See ``docs/planner.md`` for the arithmetic, which
+  ``prefill_demand``, ``decode_demand`` and ``decode_slot_demand`` implement.
 
 Contract: a policy returns one ``Proposal`` per pool; it never looks at what was published before
 (the planner reconciles proposals with pending changes and bounds them).
@@ -35,6 +37,7 @@ PREFILL_THRESHOLDS = {"throughput": (1.0, 0.1), "latency": (0.1, 0.0)}  # queued
 DECODE_THRESHOLDS = {"throughput": (1.0, 0.6), "latency": (0.4, 0.1)}  # KV use
 CORRECTION_BOUNDS = (0.1, 10.0)
 MAX_UTILIZATION = 0.95  # the queueing model is not used past this
+SLOT_WAIT_TAIL = 0.05  # share of requests that may wait for a batch slot past the TTFT budget
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,69 @@ def decode_demand(
     return rate * osl / engine
 
 
+def erlang_c(servers: int, offered: float) -> float:
+    """Probability that a request waits for a slot (M/M/c, Erlang C): ``servers`` slots,
+    ``offered`` load in slots (arrival rate x hold time). 1 when ``offered >= servers``."""
+    if offered <= 0:
+        return 0.0
+    if offered >= servers:
+        return 1.0
+    blocked = 1.0  # Erlang B by its recurrence B(k) = A B(k-1) / (k + A B(k-1)), stable for any c
+    for k in range(1, servers + 1):
+        blocked = offered * blocked / (k + offered * blocked)
+    return servers * blocked / (servers - offered * (1 - blocked))
+
+
+def slot_wait_tail(servers: int, offered: float, hold_s: float, wait_s: float) -> float:
+    """Share of requests that wait longer than ``wait_s`` for a slot: ``C exp(-(c - A) t / S)``."""
+    if offered >= servers:
+        return 1.0
+    return erlang_c(servers, offered) * math.exp(-(servers - offered) * max(0.0, wait_s) / hold_s)
+
+
+def slot_mean_wait(servers: int, offered: float, hold_s: float) -> float:
+    """Mean wait (s) for a slot: ``C S / (c - A)``; ``inf`` when the slots are saturated."""
+    if offered >= servers:
+        return math.inf
+    return erlang_c(servers, offered) * hold_s / (servers - offered)
+
+
+def slot_demand(
+    rate: float, hold_s: float, slots_per_engine: int, wait_budget_s: float, tail: float = SLOT_WAIT_TAIL
+) -> float:
+    """Fewest engines of ``slots_per_engine`` slots each such that at most ``tail`` of the requests
+    (``rate`` per second, each holding a slot ``hold_s``) wait longer than ``wait_budget_s``."""
+    offered = rate * hold_s
+    if offered <= 0:
+        return 0.0
+    engines = math.floor(offered / slots_per_engine) + 1  # the fewest with spare slots
+    while slot_wait_tail(engines * slots_per_engine, offered, hold_s, wait_budget_s) > tail:
+        engines += 1
+    return float(engines)
+
+
+def decode_slot_demand(
+    profile: DecodeProfile,
+    *,
+    rate: float,
+    isl: float,
+    osl: float,
+    itl_target_ms: float,
+    wait_budget_ms: float,
+    prefill_ms: float = 0.0,
+    correction: float = 1.0,
+) -> float:
+    """Decode engines needed so that requests rarely wait for one of an engine's
+    ``profile.batch_limit`` slots past ``wait_budget_ms`` (what is left of the TTFT target after
+    the prefill). A request holds its slot ``prefill_ms`` (an aggregated engine prefills in its
+    slot) plus OSL tokens at the ITL of the concurrency ``decode_demand`` runs engines at."""
+    context = isl + osl / 2
+    slots = profile.batch_limit
+    concurrency = min(float(slots), max(1.0, profile.max_concurrency(itl_target_ms / correction, context)))
+    hold_ms = prefill_ms + osl * profile.itl(concurrency, context) * correction
+    return slot_demand(rate, hold_ms / 1000, slots, wait_budget_ms / 1000)
+
+
 class SlaPolicy:
     """``optimization_target: sla``: predicted load through the profile, corrected by what clients saw."""
 
@@ -195,6 +261,7 @@ class SlaPolicy:
         self.requests: LoadPredictor = create_predictor(config)
         self.isl: LoadPredictor = create_predictor(config)
         self.osl: LoadPredictor = create_predictor(config)
+        self._p_corr = self._d_corr = 1.0
         needs_prefill = "prefill" in config.roles or config.mode == "agg"
         if needs_prefill and profile.prefill is None:
             raise ValueError("the performance profile has no prefill table, which this mode needs")
@@ -202,19 +269,28 @@ class SlaPolicy:
             raise ValueError("the performance profile has no decode table, which this mode needs")
 
     def corrections(self, traffic: Traffic, ready: dict[str, int]) -> tuple[float, float]:
-        """(prefill, decode) correction factors: observed / expected TTFT and ITL over the interval
-        (1.0 where there is nothing to compare)."""
-        p_corr = d_corr = 1.0
+        """(prefill, decode) correction factors: observed / expected TTFT and ITL over the interval.
+        The expected TTFT counts the queueing the model predicts (M/D/1 for the prompt, Erlang C for
+        a decode slot); an interval whose engines or slots were saturated says nothing about the
+        engines' speed (its TTFT is the backlog's, which the backlog term answers), so the previous
+        factor is kept, as it is when there is nothing to compare (1.0 at first)."""
         if traffic.requests <= 0 or traffic.isl is None:
-            return p_corr, d_corr
+            return self._p_corr, self._d_corr
         rate = traffic.rate
+        decode_ready = ready.get("decode", 0)
+        slot_wait_ms = 0.0
+        if self.profile.decode is not None and decode_ready and traffic.duration_s:
+            wait = slot_mean_wait(
+                decode_ready * self.profile.decode.batch_limit, rate * traffic.duration_s, traffic.duration_s
+            )
+            slot_wait_ms = wait * 1000
         if self.profile.prefill is not None and traffic.ttft_s is not None:
             pool = ready.get("prefill") if self.config.mode != "agg" else ready.get("decode")
             engine = self.profile.prefill.throughput_per_gpu(traffic.isl) * self.config.gpus("prefill")
-            rho = rate * traffic.isl / (engine * pool) if pool else MAX_UTILIZATION
-            expected = queueing_ttft(self.profile.prefill.ttft(traffic.isl), rho)
-            p_corr = clamp_correction(traffic.ttft_s * 1000 / expected)
-        decode_ready = ready.get("decode", 0)
+            rho = rate * traffic.isl / (engine * pool) if pool else math.inf
+            if rho < MAX_UTILIZATION and math.isfinite(slot_wait_ms):
+                expected = queueing_ttft(self.profile.prefill.ttft(traffic.isl), rho) + slot_wait_ms
+                self._p_corr = clamp_correction(traffic.ttft_s * 1000 / expected)
         if (
             self.profile.decode is not None
             and traffic.itl_s is not None
@@ -224,8 +300,8 @@ class SlaPolicy:
             duration = traffic.duration_s or 0.0
             concurrency = rate * duration / decode_ready
             expected_itl = self.profile.decode.itl(max(1.0, concurrency), traffic.isl + traffic.osl / 2)
-            d_corr = clamp_correction(traffic.itl_s * 1000 / expected_itl)
-        return p_corr, d_corr
+            self._d_corr = clamp_correction(traffic.itl_s * 1000 / expected_itl)
+        return self._p_corr, self._d_corr
 
     def propose(self, obs: Observation) -> list[Proposal]:
         traffic = obs.traffic
@@ -239,6 +315,10 @@ class SlaPolicy:
         isl, osl = self.isl.predict(), self.osl.predict()
         p_corr, d_corr = self.corrections(traffic, obs.ready)
         interval = self.config.interval
+        agg = self.config.mode == "agg"
+        # Requests the workers hold waiting are served on top of the forecast, within one interval.
+        prefill_backlog = sum(w.waiting for w in obs.loads_of("decode" if agg else "prefill"))
+        decode_backlog = 0 if agg else sum(w.waiting for w in obs.loads_of("decode"))
         rate = requests / interval
         inputs = {
             "observed_requests": traffic.requests,
@@ -249,39 +329,60 @@ class SlaPolicy:
             "predicted_requests": requests,
             "predicted_isl": isl or 0.0,
             "predicted_osl": osl or 0.0,
+            "waiting_requests": float(prefill_backlog + decode_backlog),
             "prefill_correction": p_corr,
             "decode_correction": d_corr,
         }
-        if rate <= 0 or isl is None or osl is None:
+        if (rate <= 0 and not prefill_backlog and not decode_backlog) or isl is None or osl is None:
             return [
                 Proposal(role, "set", self.config.min_endpoint, "no requests predicted", inputs)
                 for role in self.config.roles
             ]
-        p_need = d_need = 0.0
-        if self.profile.prefill is not None and (self.config.mode == "agg" or "prefill" in self.config.roles):
-            p_role = "decode" if self.config.mode == "agg" else "prefill"
+        p_rate = rate + prefill_backlog / interval
+        d_rate = rate + (prefill_backlog if agg else decode_backlog) / interval
+        p_need = d_need = slot_need = 0.0
+        prefill_ms = 0.0
+        if self.profile.prefill is not None and (agg or "prefill" in self.config.roles):
             p_need = prefill_demand(
                 self.profile.prefill,
-                rate=rate,
+                rate=p_rate,
                 isl=isl,
                 ttft_target_ms=self.config.ttft_ms,
-                gpus_per_engine=self.config.gpus(p_role),
+                gpus_per_engine=self.config.gpus("decode" if agg else "prefill"),
                 correction=p_corr,
             )
+            prefill_ms = self.profile.prefill.ttft(isl) * p_corr
         if self.profile.decode is not None and "decode" in self.config.roles:
             d_need = decode_demand(
                 self.profile.decode,
-                rate=rate,
+                rate=d_rate,
                 isl=isl,
                 osl=osl,
                 itl_target_ms=self.config.itl_ms,
                 gpus_per_engine=self.config.gpus("decode"),
                 correction=d_corr,
             )
-        inputs |= {"prefill_engines_needed": p_need, "decode_engines_needed": d_need}
+            slot_need = decode_slot_demand(
+                self.profile.decode,
+                rate=d_rate,
+                isl=isl,
+                osl=osl,
+                itl_target_ms=self.config.itl_ms,
+                wait_budget_ms=self.config.ttft_ms - prefill_ms,
+                prefill_ms=prefill_ms if agg else 0.0,
+                correction=d_corr,
+            )
+        inputs |= {
+            "prefill_engines_needed": p_need,
+            "decode_engines_needed": d_need,
+            "decode_slot_engines_needed": slot_need,
+        }
         out = []
         for role in self.config.roles:
-            need = p_need + d_need if self.config.mode == "agg" else (p_need if role == "prefill" else d_need)
+            if agg:
+                need = max(p_need + d_need, slot_need)
+            else:
+                need = p_need if role == "prefill" else max(d_need, slot_need)
             if math.isinf(need):
                 out.append(Proposal(role, "set", None, "the profile cannot meet the SLA at any size", inputs))
             else:

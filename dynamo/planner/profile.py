@@ -100,6 +100,12 @@ class DecodeProfile:
 
         return self._per_context(context, at_context)
 
+    @property
+    def batch_limit(self) -> int:
+        """The most streams one engine was measured with, taken as its batch limit: a stream beyond
+        it waits for a free slot (profile up to the engine's ``max_num_seqs``)."""
+        return max(1, int(max(max(conc) for conc, _ in self.table)))
+
     def throughput_per_gpu(self, itl_target_ms: float, context: float) -> float:
         """Output tokens per second per GPU at the largest concurrency that meets the ITL target."""
         conc = self.max_concurrency(itl_target_ms, context)

@@ -16,9 +16,14 @@ from dynamo.planner.policy import (
     SlaPolicy,
     ThresholdPolicy,
     decode_demand,
+    decode_slot_demand,
+    erlang_c,
     max_utilization,
     prefill_demand,
     queueing_ttft,
+    slot_demand,
+    slot_mean_wait,
+    slot_wait_tail,
 )
 from dynamo.planner.profile import parse_profile
 from dynamo.planner.reconcile import PoolState, reconcile, record
@@ -192,6 +197,92 @@ def test_sla_agg_sums_prefill_and_decode_demand() -> None:
     (proposal,) = SlaPolicy(cfg, PROFILE).propose(Observation(ready={"decode": 1}, traffic=traffic()))
     assert proposal.role == "decode"
     assert proposal.replicas == math.ceil(0.9 + 3200 / (11.25 / 0.0309375))
+
+
+# -- waiting for a batch slot (Erlang C) ------------------------------------------------------------
+
+# An engine of two slots (the profile's largest measured concurrency): prefill 30 ms at ISL 512,
+# decode ITL 5 ms at one stream and 6 ms at two.
+SMALL_BATCH = parse_profile(
+    {
+        "format": "dynamo-planner-profile/1",
+        "prefill": {"engine_num_gpu": 1, "points": [{"isl": 512, "ttft_ms": 30}]},
+        "decode": {
+            "engine_num_gpu": 1,
+            "points": [
+                {"context": 544, "concurrency": 1, "itl_ms": 5},
+                {"context": 544, "concurrency": 2, "itl_ms": 6},
+            ],
+        },
+    }
+)
+
+
+def test_erlang_c_by_hand() -> None:
+    # c = 2, A = 1: B(1) = 1/2, B(2) = 0.5 / 2.5 = 0.2, C = 2 x 0.2 / (2 - 1 x 0.8) = 1/3.
+    assert erlang_c(2, 1.0) == pytest.approx(1 / 3)
+    assert erlang_c(3, 0.0) == 0.0 and erlang_c(2, 2.0) == 1.0
+    assert slot_wait_tail(2, 1.0, hold_s=1.0, wait_s=0.5) == pytest.approx(math.exp(-0.5) / 3)
+    assert slot_mean_wait(2, 1.0, hold_s=1.0) == pytest.approx(1 / 3)
+    assert slot_mean_wait(2, 2.5, hold_s=1.0) == math.inf
+
+
+def test_slot_demand_by_hand() -> None:
+    # rate 2/s, 1 s each, 1 slot per engine, 0.5 s budget. c = 3: C = 0.4444, tail 0.4444 e^-0.5 = 0.27;
+    # c = 4: C = 0.1739, tail 0.1739 e^-1 = 0.064; c = 5: C = 0.0597, tail 0.0597 e^-1.5 = 0.013 <= 0.05.
+    assert slot_demand(2.0, 1.0, 1, 0.5) == 5.0
+    assert slot_demand(0.0, 1.0, 1, 0.5) == 0.0
+
+
+def test_small_batches_need_slots_beyond_throughput() -> None:
+    decode = SMALL_BATCH.decode
+    assert decode is not None and decode.batch_limit == 2
+    # 20 req/s x (30 + 64 x 6 ms) = 8.28 slots busy; throughput alone: 20 x 64 / (2 / 6 ms) = 3.84 engines.
+    tput = decode_demand(decode, rate=20, isl=512, osl=64, itl_target_ms=20, gpus_per_engine=1)
+    assert tput == pytest.approx(20 * 64 / (2 / 0.006))
+    slots = decode_slot_demand(
+        decode, rate=20, isl=512, osl=64, itl_target_ms=20, wait_budget_ms=170, prefill_ms=30
+    )
+    assert slots == slot_demand(20, 0.414, 2, 0.170)
+    assert slot_wait_tail(int(slots) * 2, 20 * 0.414, 0.414, 0.170) <= 0.05
+    assert slot_wait_tail(int(slots - 1) * 2, 20 * 0.414, 0.414, 0.170) > 0.05
+    cfg = config(
+        optimization_target="sla", mode="agg", ttft_ms=200, itl_ms=20, load_predictor="constant",
+        throughput_adjustment_interval_seconds=5,
+    )  # fmt: skip
+    obs = Observation(ready={"decode": 4}, traffic=Traffic(seconds=5, requests=100, isl=512, osl=64))
+    (p,) = SlaPolicy(cfg, SMALL_BATCH).propose(obs)
+    assert p.replicas == slots and p.inputs["decode_slot_engines_needed"] == slots
+
+
+def test_waiting_requests_are_served_within_the_next_interval() -> None:
+    cfg = config(
+        optimization_target="sla", mode="agg", ttft_ms=200, itl_ms=20, load_predictor="constant",
+        throughput_adjustment_interval_seconds=5,
+    )  # fmt: skip
+    loads = [WorkerLoad(1, "decode", active=2, waiting=50, kv_active_blocks=0, kv_total_blocks=100)]
+    obs = Observation(
+        ready={"decode": 1}, traffic=Traffic(seconds=5, requests=50, isl=512, osl=64), loads=loads
+    )
+    (p,) = SlaPolicy(cfg, SMALL_BATCH).propose(obs)
+    assert SMALL_BATCH.decode is not None
+    # 10 req/s forecast + 50 waiting / 5 s = 20 req/s.
+    assert p.replicas == decode_slot_demand(
+        SMALL_BATCH.decode, rate=20, isl=512, osl=64, itl_target_ms=20, wait_budget_ms=170, prefill_ms=30
+    )
+
+
+def test_saturated_intervals_keep_the_last_correction() -> None:
+    cfg = config(optimization_target="sla", mode="agg", ttft_ms=200, itl_ms=20)
+    policy = SlaPolicy(cfg, SMALL_BATCH)
+    calm = Traffic(seconds=5, requests=10, isl=512, osl=64, ttft_s=0.06, duration_s=0.4)
+    p_corr, _ = policy.corrections(calm, {"decode": 2})
+    # 2 req/s x 0.4 s = 0.8 slots of 4: Erlang C wait 0.8^4/4! x 4/3.2 / (sum ...) x 0.4 / 3.2, small.
+    expected = queueing_ttft(30, 2 * 512 / (512 / 0.03 * 2)) + slot_mean_wait(4, 0.8, 0.4) * 1000
+    assert p_corr == pytest.approx(60 / expected)
+    # 20 req/s x 0.4 s = 8 slots busy of 4: saturated; a 5 s TTFT is the backlog's, not the engine's.
+    jam = Traffic(seconds=5, requests=100, isl=512, osl=64, ttft_s=5.0, duration_s=0.4)
+    assert policy.corrections(jam, {"decode": 2})[0] == p_corr
 
 
 def test_sla_policy_needs_the_tables_its_mode_uses() -> None:

@@ -1,0 +1,146 @@
+"""Does a DynamoGraphDeploymentRequest run locally hold its own SLA? One run, printed and written.
+
+    .venv/bin/python benchmarks/dgdr_sla.py deploy/examples/planner/dgdr/cpu.yaml \
+        --seconds 120 --out benchmarks/results/dgdr_sla_vllm_cpu.md
+
+``python3 -m dynamo.deploy run DGDR`` profiles the request's backend for real, generates the graph
+and runs it with its planner; once the graph is ready, this client sends the request's own workload
+(``spec.workload``: Poisson arrivals at ``requestRate``, prompts of exactly ``isl`` random token ids,
+``osl`` output tokens with ``ignore_eos``, streamed ``/v1/completions``) for ``--seconds`` and counts
+the requests within ``spec.sla`` (TTFT <= ``ttft`` ms and mean ITL <= ``itl`` ms), as the reference's
+SLA is read: attainment, TTFT and ITL percentiles, failed requests, and the profiler's selection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import random
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from planner_bench import Result, Runner, machine, one_request, pct
+
+
+async def send(
+    port: int, model: str, rate: float, isl: int, osl: int, seconds: float, seed: int
+) -> list[Result]:
+    """Open-loop Poisson arrivals at ``rate`` for ``seconds``; every request waited for."""
+    rng = random.Random(seed)
+    arrivals, t = [], rng.expovariate(rate)
+    while t < seconds:
+        arrivals.append(t)
+        t += rng.expovariate(rate)
+    results = [Result(at) for at in arrivals]
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+        t0, tasks = time.monotonic(), []
+        for at, r in zip(arrivals, results, strict=True):
+            await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
+            prompt = [rng.randrange(1000, 32000) for _ in range(isl)]
+            tasks.append(asyncio.create_task(one_request(session, url, prompt, osl, r, model)))
+        await asyncio.gather(*tasks)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dgdr", type=Path)
+    p.add_argument("--seconds", type=float, default=120.0, help="how long the workload is sent")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--port", type=int, default=18531)
+    p.add_argument("--ready-timeout", type=float, default=1200.0, help="profiling + start, s")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    spec = yaml.safe_load(args.dgdr.read_text())["spec"]
+    model, work, sla = spec["model"], spec["workload"], spec["sla"]
+    started, load_before = time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine()
+    run_dir = Path(tempfile.mkdtemp(prefix="dgdr-sla-"))
+    runner = Runner(args.dgdr, args.port, run_dir, model=model)
+    try:
+        t0 = time.monotonic()
+        runner.wait_for(r"is ready; frontend", args.ready_timeout)
+        ready_after = time.monotonic() - t0
+        selected = next(
+            (line for _, line in runner.lines if re.search(r"^selected: ", line)), "(no selection line)"
+        )
+        print(f"ready after {ready_after:.0f} s; {selected}", flush=True)
+        results = asyncio.run(
+            send(args.port, model, float(work["requestRate"]), int(work["isl"]), int(work["osl"]), args.seconds,
+                 args.seed)
+        )  # fmt: skip
+        generated = (
+            (run_dir / "profile" / "dgd.yaml").read_text()
+            if (run_dir / "profile" / "dgd.yaml").exists()
+            else ""
+        )
+        profile = (run_dir / "profile" / "planner_profile.json").read_text() if generated else ""
+        planner_log = run_dir / "planner-0" / "output.log"
+        decisions = (
+            [ln for ln in planner_log.read_text().splitlines() if "planner decision" in ln]
+            if planner_log.exists()
+            else []
+        )
+    finally:
+        runner.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    ok = [r for r in results if r.ok]
+    failed = [r for r in results if not r.ok]
+    within = [r for r in ok if r.ttft * 1000 <= sla["ttft"] and r.itl * 1000 <= sla["itl"]]
+    attainment = len(within) / len(results) if results else math.nan
+    ttfts, itls = [r.ttft * 1000 for r in ok], [r.itl * 1000 for r in ok]
+    cmd = " ".join(["python", "benchmarks/dgdr_sla.py", *(argv if argv is not None else sys.argv[1:])])
+    lines = [
+        f"# DGDR run locally against its own SLA: `{args.dgdr}`",
+        "",
+        f"Command: `{cmd}`  ",
+        f"Started: {started}  ",
+        f"Machine before: {load_before}  ",
+        f"Machine after: {machine()}",
+        "",
+        f"Request: model `{model}`, backend `{spec.get('backend')}`, workload ISL {work['isl']} / OSL "
+        f"{work['osl']} at {work['requestRate']} req/s; SLA TTFT <= {sla['ttft']} ms, ITL <= {sla['itl']} ms.",
+        f"Graph ready {ready_after:.0f} s after `python3 -m dynamo.deploy run` started (profiling included); "
+        f"`{selected}`.",
+        "",
+        "| requests | failed | within SLA | attainment | TTFT p50 / p99 ms | ITL p50 / p99 ms |",
+        "|---|---|---|---|---|---|",
+        f"| {len(results)} | {len(failed)} | {len(within)} | {attainment:.1%} | "
+        f"{pct(ttfts, 0.5):.0f} / {pct(ttfts, 0.99):.0f} | {pct(itls, 0.5):.1f} / {pct(itls, 0.99):.1f} |",
+        "",
+        f"Goal: attainment >= 90% and 0 failed: **{'met' if attainment >= 0.9 and not failed else 'MISSED'}**.",
+        "",
+        "Failures (first 5): " + ("; ".join(r.error for r in failed[:5]) or "none"),
+        "",
+        "The planner's decisions (last 5):",
+        "",
+        *[f"    {d}" for d in decisions[-5:]],
+        "",
+        "Profile the planner read (`planner_profile.json`):",
+        "",
+        *[f"    {ln}" for ln in profile.splitlines()],
+        "",
+        "Generated graph (`dgd.yaml`):",
+        "",
+        *[f"    {ln}" for ln in generated.splitlines()],
+    ]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+    if ttfts:
+        print(f"median TTFT {statistics.median(ttfts):.0f} ms, median ITL {statistics.median(itls):.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
