@@ -69,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest request body in bytes; larger gets 413",
     )
     p.add_argument(
+        "--request-plane-liveness-timeout",
+        type=float,
+        default=_env_float("DYN_REQUEST_PLANE_LIVENESS_TIMEOUT", 5.0),
+        help="seconds a worker connection with streams in flight may stay silent, a PING unanswered, "
+        "before it is declared dead: its streams migrate (--migration-limit) or end with an error, and "
+        "the worker gets no requests until it answers again. Keep it well under the discovery lease "
+        "TTL; 0 turns the check off (env DYN_REQUEST_PLANE_LIVENESS_TIMEOUT, default 5)",
+    )
+    p.add_argument(
         "--migration-limit",
         type=int,
         default=None,
@@ -211,6 +220,7 @@ class FrontendConfig:
     max_local_prefill_length: int
     runtime: RuntimeConfig
     http_workers: int = 1
+    request_plane_liveness_timeout: float = 5.0  # seconds; 0: off
     response_ttl: float = 3600.0  # seconds
     max_stored_response_bytes: int = 1024 * 1024
 
@@ -238,6 +248,11 @@ class FrontendConfig:
         own = argparse.Namespace(**{**vars(args), "namespace": own_namespace})
         if migration is None and os.environ.get("DYN_MIGRATION_LIMIT"):
             migration = int(os.environ["DYN_MIGRATION_LIMIT"])
+        if not 0 <= args.request_plane_liveness_timeout < float("inf"):
+            raise ValueError(
+                "--request-plane-liveness-timeout must be a number of seconds, 0 for off "
+                f"(got {args.request_plane_liveness_timeout})"
+            )
         return cls(
             http_host=args.http_host,
             http_port=args.http_port,
@@ -259,6 +274,7 @@ class FrontendConfig:
             # The frontend serves /health, /live and /metrics on its HTTP port: no status server.
             runtime=RuntimeConfig.from_args(own).with_(system_port=None),
             http_workers=args.http_workers,
+            request_plane_liveness_timeout=args.request_plane_liveness_timeout,
             response_ttl=args.response_ttl,
             max_stored_response_bytes=args.max_stored_response_bytes,
         )

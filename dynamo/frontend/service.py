@@ -41,6 +41,8 @@ class FrontendService:
     def __init__(self, config: FrontendConfig, runtime: DistributedRuntime) -> None:
         self.config = config
         self.runtime = runtime
+        # A silent worker connection fails its streams (migrated or a clear error) within this bound.
+        runtime.request_client.liveness_timeout = config.request_plane_liveness_timeout
         self.models = ModelManager(runtime, config)
         self.metrics = FrontendMetrics(runtime.metrics, lambda: self.models.models.values())
         self.prefill = PrefillRouter(config, self.metrics.disagg)

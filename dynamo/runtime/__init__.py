@@ -4,6 +4,7 @@ from dynamo.runtime.config import RuntimeConfig, add_runtime_args
 from dynamo.runtime.discovery.watch import CardEvent, InstanceEvent
 from dynamo.runtime.names import EndpointId
 from dynamo.runtime.request_plane import (
+    ConnectionDead,
     InstanceUnreachable,
     RemoteError,
     RequestContext,
@@ -15,6 +16,7 @@ from dynamo.runtime.runtime import DistributedRuntime, EndpointClient, InstanceR
 
 __all__ = [
     "CardEvent",
+    "ConnectionDead",
     "DistributedRuntime",
     "EndpointClient",
     "EndpointId",

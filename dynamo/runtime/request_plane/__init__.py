@@ -1,6 +1,7 @@
 """TCP request plane: one request in, a stream of responses out (see framing.py)."""
 
 from dynamo.runtime.request_plane.client import (
+    ConnectionDead,
     InstanceUnreachable,
     RemoteError,
     RequestPlaneClient,
@@ -11,6 +12,7 @@ from dynamo.runtime.request_plane.client import (
 from dynamo.runtime.request_plane.server import RequestContext, RequestPlaneServer
 
 __all__ = [
+    "ConnectionDead",
     "InstanceUnreachable",
     "RemoteError",
     "RequestContext",

@@ -5,6 +5,15 @@ requests. A ``ResponseStream`` is an async iterator of response items; closing i
 task reading it being cancelled) sends ``CANCEL`` so the worker stops generating. The reader
 returns flow-control credit as it consumes, so a slow reader holds the worker back instead of
 growing memory.
+
+Liveness: while a connection has streams in flight and nothing arrived for a quarter of
+``liveness_timeout``, the client sends ``PING``; the worker answers ``PONG`` from its event loop.
+No frame at all for ``liveness_timeout`` (a stopped process, a cut link: no FIN ever comes) and
+the connection is declared dead: every stream on it fails with ``ConnectionDead`` (a
+``StreamBroken``, as when the worker is killed, so callers migrate or report it), the connection is
+aborted, and the address is refused (``InstanceUnreachable``, nothing sent) until a probe on a new
+connection gets a ``PONG`` or the address is forgotten (its instance left discovery). A long
+prefill is not silence: the worker's event loop answers ``PING`` meanwhile.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import asyncio
 import collections
 import itertools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -34,6 +44,7 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
 
 CONNECT_TIMEOUT = 10.0
+LIVENESS_TIMEOUT = 5.0  # default seconds of silence (PING unanswered) before a connection is dead
 _DATA = int(FrameKind.DATA)
 _CREDIT_BATCH = STREAM_WINDOW // 2
 
@@ -48,6 +59,10 @@ class InstanceUnreachable(RequestPlaneError):
 
 class StreamBroken(RequestPlaneError):
     """The connection dropped while the stream was open (the worker may have died)."""
+
+
+class ConnectionDead(StreamBroken):
+    """Nothing, not even a ``PONG``, came from the worker within the liveness timeout."""
 
 
 class RemoteError(RequestPlaneError):
@@ -147,8 +162,15 @@ class ResponseStream:
 
 
 class _ClientConnection(asyncio.Protocol):
-    def __init__(self, address: str) -> None:
+    def __init__(
+        self, address: str, liveness_timeout: float = 0.0, on_dead: Callable[[str], None] | None = None
+    ) -> None:
         self.address = address
+        self.liveness_timeout = liveness_timeout  # 0: no liveness checks
+        self._on_dead = on_dead
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.last_rx = 0.0  # loop time of the last bytes received
+        self.pong = asyncio.Event()  # set by each PONG (a probe waits on it)
         self.parser = FrameParser()
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, ResponseStream] = {}
@@ -162,13 +184,54 @@ class _ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transport is not a subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(StreamBroken(f"connection to {self.address} lost" + (f": {exc}" if exc else "")))
+
+    def _fail(self, reason: StreamBroken) -> None:
         self.closed = True
-        reason = StreamBroken(f"connection to {self.address} lost" + (f": {exc}" if exc else ""))
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         for stream in list(self.streams.values()):
             stream._finish(reason)
         self.streams.clear()
 
+    # --- liveness -----------------------------------------------------------------------------
+    def _arm(self) -> None:
+        """Start watching the connection's silence (its first stream in flight)."""
+        if self._watchdog is None and self.liveness_timeout > 0 and not self.closed:
+            self.last_rx = self._loop.time()
+            self._watchdog = self._loop.call_later(self.liveness_timeout / 4, self._check)
+
+    def _check(self) -> None:
+        self._watchdog = None
+        if self.closed or not self.streams:
+            return  # idle: re-armed by the next stream
+        silent = self._loop.time() - self.last_rx
+        if silent >= self.liveness_timeout:
+            log.warning(
+                "request-plane connection to %s is dead: nothing received for %.1fs (PING unanswered); "
+                "failing its %d streams",
+                self.address,
+                silent,
+                len(self.streams),
+            )
+            self._fail(
+                ConnectionDead(
+                    f"worker at {self.address} stopped answering: nothing received for {silent:.1f}s "
+                    f"(liveness timeout {self.liveness_timeout:g}s)"
+                )
+            )
+            if self.transport is not None:
+                self.transport.abort()
+            if self._on_dead is not None:
+                self._on_dead(self.address)
+            return
+        if silent >= self.liveness_timeout / 4:
+            self._send(FrameKind.PING, 0)
+        self._watchdog = self._loop.call_later(self.liveness_timeout / 4, self._check)
+
     def data_received(self, data: bytes) -> None:
+        self.last_rx = self._loop.time()
         streams = self.streams
         decode = _decoder.decode
         try:
@@ -191,6 +254,10 @@ class _ClientConnection(asyncio.Protocol):
                             info = {"message": str(info)}
                         stream._finish(RemoteError(str(info.get("message")), str(info.get("code", "error"))))
                         del self.streams[sid]
+                elif kind == FrameKind.PONG:
+                    self.pong.set()
+                elif kind == FrameKind.PING:
+                    self._send(FrameKind.PONG, 0)
                 else:
                     raise ProtocolError(f"unexpected frame kind {kind} from a worker")
         except (ProtocolError, msgspec.DecodeError) as exc:
@@ -216,6 +283,8 @@ class _ClientConnection(asyncio.Protocol):
         sid = next(self._ids)
         stream = ResponseStream(self, sid)
         self.streams[sid] = stream
+        if self._watchdog is None:
+            self._arm()
         self._send(FrameKind.REQUEST, sid, _encoder.encode([endpoint, headers, body]))
         return stream
 
@@ -228,6 +297,9 @@ class RequestPlaneClient:
         self.tls = tls  # TLS to every worker (dynamo.runtime.tls); None: plaintext
         self._conns: dict[str, _ClientConnection] = {}
         self._connecting: dict[str, asyncio.Future[_ClientConnection]] = {}
+        self.liveness_timeout = LIVENESS_TIMEOUT  # seconds; 0 turns liveness checks off
+        self._dead: set[str] = set()  # addresses whose connection went silent, until a probe answers
+        self._probes: dict[str, asyncio.Task[None]] = {}
 
     async def _connection(self, address: str) -> _ClientConnection:
         conn = self._conns.get(address)
@@ -259,6 +331,8 @@ class RequestPlaneClient:
                 fut.set_exception(err)
                 fut.exception()  # mark retrieved
                 raise err from exc
+            proto.liveness_timeout = self.liveness_timeout
+            proto._on_dead = self._declare_dead
             self._conns[address] = proto
             fut.set_result(proto)
             return proto
@@ -270,18 +344,70 @@ class RequestPlaneClient:
     ) -> ResponseStream:
         """Send one request to ``endpoint`` at ``address`` and return its response stream.
 
-        Raises ``InstanceUnreachable`` when no connection can be made.
+        Raises ``InstanceUnreachable`` when no connection can be made, or when the address's last
+        connection went silent and no probe has heard from it since (nothing is sent then).
         """
+        if address in self._dead:
+            raise InstanceUnreachable(
+                f"worker at {address} stopped answering (liveness); not yet seen alive again"
+            )
         conn = await self._connection(address)
         return conn.open_stream(endpoint, body, headers or {})
 
+    def is_dead(self, address: str) -> bool:
+        """True while ``address`` is refused after a liveness failure."""
+        return address in self._dead
+
+    def _declare_dead(self, address: str) -> None:
+        if self._conns.get(address) is not None and self._conns[address].closed:
+            del self._conns[address]
+        self._dead.add(address)
+        if address not in self._probes and self.liveness_timeout > 0:
+            task = asyncio.get_running_loop().create_task(self._probe_until_alive(address))
+            self._probes[address] = task
+            task.add_done_callback(self._probe_done)
+
+    def _probe_done(self, task: asyncio.Task[None]) -> None:
+        for address, probe in list(self._probes.items()):
+            if probe is task:
+                del self._probes[address]
+
+    async def _probe_until_alive(self, address: str) -> None:
+        """Every ``liveness_timeout``: a new connection and a ``PING``; a ``PONG`` lifts the refusal."""
+        while address in self._dead:
+            await asyncio.sleep(self.liveness_timeout)
+            try:
+                conn = await self._connection(address)
+            except InstanceUnreachable:
+                continue
+            conn.pong.clear()
+            conn._send(FrameKind.PING, 0)
+            try:
+                await asyncio.wait_for(conn.pong.wait(), self.liveness_timeout)
+            except TimeoutError:
+                conn.closed = True
+                if conn.transport is not None:
+                    conn.transport.abort()
+                self._conns.pop(address, None)
+                continue
+            self._dead.discard(address)
+            log.info("worker at %s answers again; routing to it resumes", address)
+
     def forget(self, address: str) -> None:
         """Close the pooled connection to an address (its instance went away)."""
+        self._dead.discard(address)
+        probe = self._probes.pop(address, None)
+        if probe is not None:
+            probe.cancel()
         conn = self._conns.pop(address, None)
         if conn is not None and conn.transport is not None and not conn.streams:
             conn.transport.close()
 
     async def close(self) -> None:
+        for probe in list(self._probes.values()):
+            probe.cancel()
+        self._probes.clear()
+        self._dead.clear()
         for conn in list(self._conns.values()):
             if conn.transport is not None:
                 conn.transport.close()

@@ -4,6 +4,9 @@ A frame is ``u32 payload length | u8 kind | u64 stream id | payload``; payloads 
 Many streams share one connection; each stream is one request and a sequence of responses ended
 by ``END`` or ``ERROR``. ``DATA`` carries a msgpack *array* of response items, so a burst of items
 costs one frame. ``CREDIT`` returns flow-control credit (items consumed) to the sender.
+``PING`` / ``PONG`` (stream id 0, no payload) are connection liveness: either side answers a
+``PING`` with a ``PONG`` from its event loop, so a peer that is stopped, hung or cut off (no FIN)
+is noticed by the silence (see client.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ class FrameKind(IntEnum):
     END = 4
     ERROR = 5
     CREDIT = 6
+    PING = 7
+    PONG = 8
 
 
 _KINDS = frozenset(int(k) for k in FrameKind)

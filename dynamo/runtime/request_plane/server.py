@@ -5,7 +5,8 @@ yielded item is batched into ``DATA`` frames -> ``END`` (or ``ERROR``). Items wa
 turn: one callback per connection per turn encodes every stream that produced and writes them all. A ``CANCEL`` frame or a
 dropped connection cancels the handler's task, so the engine sees ``asyncio.CancelledError`` and
 aborts. Flow control: a stream may run ``STREAM_WINDOW`` items ahead of its reader; then the
-handler waits for ``CREDIT``. A malformed frame closes only that connection.
+handler waits for ``CREDIT``. A malformed frame closes only that connection. A ``PING`` is answered
+with a ``PONG`` at once, from the event loop (the caller's liveness check, see client.py).
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ class _ServerConnection(asyncio.Protocol):
                     stream = self.streams.get(sid)
                     if stream is not None and stream.task is not None:
                         stream.task.cancel()
+                elif kind == FrameKind.PING:
+                    self._write(encode_frame(FrameKind.PONG, 0))  # liveness: answered by this loop
+                elif kind == FrameKind.PONG:
+                    pass
                 else:
                     raise ProtocolError(f"unexpected frame kind {kind} from a caller")
         except (ProtocolError, msgspec.DecodeError, ValueError, TypeError) as exc:
