@@ -12,7 +12,8 @@ a mocker graph with the SLA planner and against static graphs sized for the trac
    answer at the peak rate and at the trace's mean rate.
 3. Each graph runs under the local runner (``python3 -m dynamo.deploy run``): a frontend, mocker
    workers with the profiled flags, and for the planner run a ``Planner`` service
-   (``optimization_target: sla``, the SLA and profile of step 1, everything else the defaults).
+   (``optimization_target: sla``, the SLA and profile of step 1, the Kalman predictor with the
+   reference's documented tuning for rapid changes, everything else the defaults).
    The same arrivals (Poisson, seeded, open loop) are sent to each: streamed ``/v1/completions``
    with random token-id prompts of exactly ISL tokens and OSL output tokens (``ignore_eos``).
 
@@ -192,6 +193,13 @@ def graph_yaml(name: str, replicas: int, args: argparse.Namespace, profile_dir: 
             "min_endpoint": 1,
             "max_gpu_budget": args.budget,
             "profile_results_dir": str(profile_dir),
+            # The reference's documented Kalman tuning "for workloads with rapid changes" (its
+            # planner examples); the defaults' process noise lags a 30 s ramp by about an interval.
+            "load_predictor": "kalman",
+            "kalman_q_level": 2.0,
+            "kalman_q_trend": 0.5,
+            "kalman_r": 5.0,
+            "kalman_min_points": 3,
         }
         services["Planner"] = {
             **ns,
