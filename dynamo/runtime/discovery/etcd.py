@@ -5,8 +5,8 @@ the keep-alive finds the lease gone (etcd restarted with a new member, a partiti
 TTL) it grants a new lease and re-registers every key this process owns. Watches re-list and
 diff after a dropped stream, then resume from the listed revision.
 
-Credentials and TLS come from ``ETCD_AUTH_*`` (``dynamo.runtime.tls``); with a user, an
-authentication token etcd no longer knows (it restarted) is replaced by logging in again.
+Credentials and TLS come from ``ETCD_AUTH_*`` (``dynamo.runtime.tls``); with a user, a call
+refused for a token etcd no longer knows (it restarted) logs in again and is retried once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 from urllib.parse import urlparse
 
 import aetcd
@@ -27,6 +28,8 @@ from dynamo.runtime.discovery.base import Discovery, WatchEvent, diff_views
 from dynamo.runtime.tls import EtcdCredentials, etcd_credentials
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RETRY_DELAY = 0.5
 
@@ -71,6 +74,15 @@ class _EtcdClient(aetcd.Client):
         finally:
             aetcd.rpc.insecure_channel = insecure_channel
 
+    async def log_in_again(self) -> None:
+        """A fresh authentication token for every later call (and the next watch stream)."""
+        reply = await self.auth_stub.Authenticate(
+            aetcd.rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout
+        )
+        self.metadata = (("token", reply.token),)
+        if self._watcher is not None:
+            self._watcher._metadata = self.metadata
+
 
 class EtcdDiscovery(Discovery):
     """Discovery backed by an etcd v3 server (first reachable of ``endpoints``)."""
@@ -114,8 +126,19 @@ class EtcdDiscovery(Discovery):
         await self._grant()
         self._keepalive = asyncio.create_task(self._keep_alive(), name="etcd-lease-keepalive")
 
+    async def _authed(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``; when etcd refuses this process's token, log in again and retry once."""
+        try:
+            return await call()
+        except aetcd.exceptions.UnauthenticatedError as exc:
+            if self.credentials.username is None or not isinstance(self._client, _EtcdClient):
+                raise
+            log.warning("etcd refused this process's token (%s); logging in again", exc)
+            await self._client.log_in_again()
+        return await call()
+
     async def _grant(self) -> None:
-        lease = await self.client.lease(max(1, math.ceil(self.ttl)))
+        lease = await self._authed(lambda: self.client.lease(max(1, math.ceil(self.ttl))))
         self._lease = lease.id
         log.debug("etcd lease %x granted (ttl %ss)", self._lease, lease.ttl)
 
@@ -124,27 +147,16 @@ class EtcdDiscovery(Discovery):
         while True:
             await asyncio.sleep(interval)
             try:
-                reply = await asyncio.wait_for(self.client.refresh_lease(self._lease), timeout=interval * 2)
+                reply = await asyncio.wait_for(
+                    self._authed(lambda: self.client.refresh_lease(self._lease)), timeout=interval * 2
+                )
                 if reply is not None and reply.TTL > 0:
                     continue
                 log.warning("etcd lease %x expired; re-creating it", self._lease)
-            except aetcd.exceptions.UnauthenticatedError as exc:
-                log.warning("etcd refused this process's token (%s); logging in again", exc)
-                await self._log_in_again()
-                continue
             except Exception as exc:  # grpc and aetcd surface transport failures as several types
                 log.warning("etcd keep-alive failed (%s); retrying", exc or type(exc).__name__)
                 continue
             await self._recreate_lease()
-
-    async def _log_in_again(self) -> None:
-        """A new authentication token: reconnect (open watches break and re-list)."""
-        with contextlib.suppress(Exception):
-            await self.client.close()
-        try:
-            await self.client.connect()
-        except Exception as exc:
-            log.warning("etcd login failed (%s); retrying", exc)
 
     async def _recreate_lease(self) -> None:
         while True:
@@ -174,13 +186,13 @@ class EtcdDiscovery(Discovery):
 
     async def _put(self, key: str, value: bytes) -> None:
         async with self._lease_lock:
-            await self.client.put(key.encode(), value, lease=self._lease)
+            await self._authed(lambda: self.client.put(key.encode(), value, lease=self._lease))
 
     async def _delete(self, key: str) -> None:
-        await self.client.delete(key.encode())
+        await self._authed(lambda: self.client.delete(key.encode()))
 
     async def _get_with_revision(self, prefix: str) -> tuple[dict[str, bytes], int]:
-        result = await self.client.get_prefix(prefix.encode())
+        result = await self._authed(lambda: self.client.get_prefix(prefix.encode()))
         view = {kv.key.decode(): kv.value for kv in result}
         revision = result.header.revision if getattr(result, "header", None) else 0
         return view, revision

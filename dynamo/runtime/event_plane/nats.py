@@ -1,14 +1,20 @@
 """Event plane over NATS core subjects (production; ``NATS_SERVER``).
 
-Credentials and TLS come from ``NATS_AUTH_*`` / ``NATS_TLS_*`` (``dynamo.runtime.tls``)."""
+Credentials and TLS come from ``NATS_AUTH_*`` / ``NATS_TLS_*`` (``dynamo.runtime.tls``). At
+start-up a server that is down is waited for; one that refuses the credentials or the certificate
+fails start-up with ``ConnectionError`` (retrying would not help)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator
+from typing import Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
@@ -18,6 +24,16 @@ from dynamo.runtime.tls import nats_options
 log = logging.getLogger(__name__)
 
 SUBSCRIBER_QUEUE = 65536  # events buffered per subscriber before the oldest are dropped
+
+
+def _refusal(exc: Exception) -> bool:
+    """The server refused this client's credentials or certificate (not: it is down)."""
+    if isinstance(exc, (nats.errors.AuthorizationError, ssl.SSLError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, nats.errors.Error) and (
+        "authorization violation" in text or "authentication" in text
+    )
 
 
 class NatsEventPlane(EventPlane):
@@ -34,22 +50,49 @@ class NatsEventPlane(EventPlane):
         return self._nc
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        refused: asyncio.Future[Exception] = loop.create_future()  # the first refusal seen
+
         async def on_error(exc: Exception) -> None:
-            log.warning("NATS: %s", exc)
+            # Refused credentials or certificates will not get better by retrying: fail start-up.
+            if _refusal(exc) and not refused.done():
+                refused.set_result(exc)
+            log.warning("NATS: %s", exc or type(exc).__name__)
 
         options = nats_options(self.server)
-        try:
-            self._nc = await nats.connect(
+        nc = NatsClient()
+        connecting = asyncio.ensure_future(
+            nc.connect(
                 self.server,
                 **options,  # type: ignore[arg-type]  # credentials and TLS, typed per key
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds; a float works
                 connect_timeout=5,
                 allow_reconnect=True,
                 error_cb=on_error,
             )
+        )
+        try:
+            first: list[asyncio.Future[Any]] = [connecting, refused]
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            connecting.cancel()
+            raise
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise ConnectionError(
+                f"NATS at {self.server} refused this client: {refused.result()} (check NATS_AUTH_* and NATS_TLS_*)"
+            )
+        refused.cancel()
+        try:
+            connecting.result()
         except Exception as exc:
             raise ConnectionError(f"cannot reach NATS at {self.server} (NATS_SERVER): {exc}") from exc
+        self._nc = nc
 
     async def close(self) -> None:
         if self._nc is not None:
