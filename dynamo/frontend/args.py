@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from typing import TypedDict
 
 from dynamo.runtime import RuntimeConfig, add_runtime_args
 from dynamo.runtime.names import validate_name
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="discover every Dynamo namespace, even when DYN_DISCOVERY_NAMESPACES is set",
     )
+    add_security_args(p)
     add_runtime_args(p, namespace=False)
     p.set_defaults(use_kv_events=True)
     return p
@@ -197,6 +199,65 @@ def discovery_namespaces(args: argparse.Namespace) -> tuple[str, ...] | None:
     return parse_namespaces(env, "DYN_DISCOVERY_NAMESPACES") if env.strip() else None
 
 
+def add_security_args(p: argparse.ArgumentParser) -> None:
+    """Client authentication and HTTPS (docs/security.md); the reference's names where it has them."""
+    sec = p.add_argument_group("security (docs/security.md)")
+    sec.add_argument(
+        "--api-key",
+        action="append",
+        default=None,
+        help="require 'Authorization: Bearer <key>' on /v1/* (401 otherwise); repeat to accept several "
+        "keys. Prefer env DYN_API_KEY: a flag is visible to every local user in the process list",
+    )
+    sec.add_argument(
+        "--tls-cert-path",
+        default=os.environ.get("DYN_TLS_CERT_PATH") or None,
+        help="serve HTTPS with this PEM certificate (chain) (env DYN_TLS_CERT_PATH; with --tls-key-path)",
+    )
+    sec.add_argument(
+        "--tls-key-path",
+        default=os.environ.get("DYN_TLS_KEY_PATH") or None,
+        help="the certificate's PEM private key (env DYN_TLS_KEY_PATH)",
+    )
+    sec.add_argument(
+        "--tls-client-ca-cert-path",
+        default=os.environ.get("DYN_TLS_CLIENT_CA_CERT_PATH") or None,
+        help="mutual TLS: refuse HTTPS clients without a certificate signed by this PEM CA "
+        "(env DYN_TLS_CLIENT_CA_CERT_PATH; needs --tls-cert-path)",
+    )
+
+
+class SecuritySettings(TypedDict):
+    api_keys: tuple[str, ...]
+    tls_cert_path: str | None
+    tls_key_path: str | None
+    tls_client_ca_cert_path: str | None
+
+
+def security_settings(args: argparse.Namespace) -> SecuritySettings:
+    """The ``FrontendConfig`` fields of ``add_security_args``, checked; ``ValueError`` names the flag."""
+    keys = tuple(args.api_key or ())
+    if not keys and os.environ.get("DYN_API_KEY"):
+        keys = (os.environ["DYN_API_KEY"],)
+    if any(not k.strip() for k in keys):
+        raise ValueError("--api-key must not be empty")
+    cert, key, client_ca = args.tls_cert_path, args.tls_key_path, args.tls_client_ca_cert_path
+    if bool(cert) != bool(key):
+        raise ValueError("--tls-cert-path and --tls-key-path must be provided together")
+    if client_ca and not cert:
+        raise ValueError("--tls-client-ca-cert-path requires --tls-cert-path and --tls-key-path")
+    files = {"--tls-cert-path": cert, "--tls-key-path": key, "--tls-client-ca-cert-path": client_ca}
+    for flag, path in files.items():
+        if path and not os.path.isfile(path):
+            raise ValueError(f"{flag} {path!r} is not a readable file")
+    if client_ca and args.http_workers > 1:
+        # The processes fetch each other's /metrics over loopback HTTPS, with no client certificate.
+        raise ValueError("--tls-client-ca-cert-path cannot be combined with --http-workers > 1")
+    return SecuritySettings(
+        api_keys=keys, tls_cert_path=cert, tls_key_path=key, tls_client_ca_cert_path=client_ca
+    )
+
+
 @dataclass(frozen=True)
 class FrontendConfig:
     """Parsed frontend settings."""
@@ -219,6 +280,10 @@ class FrontendConfig:
     disaggregation_strategy: str
     max_local_prefill_length: int
     runtime: RuntimeConfig
+    api_keys: tuple[str, ...] = ()  # empty: no authentication (dynamo.frontend.auth)
+    tls_cert_path: str | None = None  # HTTPS when set
+    tls_key_path: str | None = None
+    tls_client_ca_cert_path: str | None = None  # mutual TLS
     http_workers: int = 1
     request_plane_liveness_timeout: float = 5.0  # seconds; 0: off
     response_ttl: float = 3600.0  # seconds
@@ -271,6 +336,7 @@ class FrontendConfig:
             kv_cache_block_size=args.kv_cache_block_size,
             disaggregation_strategy=args.disaggregation_strategy,
             max_local_prefill_length=args.max_local_prefill_length,
+            **security_settings(args),
             # The frontend serves /health, /live and /metrics on its HTTP port: no status server.
             runtime=RuntimeConfig.from_args(own).with_(system_port=None),
             http_workers=args.http_workers,

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 
 import aiohttp
@@ -28,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dynamo.frontend.app import create_app
+from dynamo.frontend.auth import ApiKeyAuth
 from dynamo.frontend.args import FrontendConfig, build_parser
 from dynamo.frontend.metrics import merge_expositions
 from dynamo.runtime.logging import configure_logging
@@ -70,12 +72,20 @@ class SharedPortMetrics:
     app. Costs nothing per request but one dict lookup and a comparison."""
 
     def __init__(
-        self, app: ASGIApp, private_port: int, all_private_ports: list[int], timeout: float = 5.0
+        self,
+        app: ASGIApp,
+        private_port: int,
+        all_private_ports: list[int],
+        timeout: float = 5.0,
+        https: bool = False,
     ) -> None:
         self.app = app
         self.private_port = private_port
-        self.urls = [f"http://127.0.0.1:{port}/metrics" for port in all_private_ports]
+        scheme = "https" if https else "http"
+        self.urls = [f"{scheme}://127.0.0.1:{port}/metrics" for port in all_private_ports]
         self.timeout = timeout
+        # Our own loopback ports, bound before the fork: no certificate check (it names the public host).
+        self.verify_tls = not https
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -101,7 +111,7 @@ class SharedPortMetrics:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session:
 
             async def one(url: str) -> str:
-                async with session.get(url) as resp:
+                async with session.get(url, ssl=self.verify_tls) as resp:
                     resp.raise_for_status()
                     return await resp.text()
 
@@ -118,9 +128,13 @@ def serve(
     process's own loopback socket when it is one of several sharing ``sock`` (``all_private_ports``:
     every such process's, this one's included)."""
     app: ASGIApp = create_app(config)
+    if config.api_keys:
+        app = ApiKeyAuth(app, config.api_keys)
     sockets = [sock] if sock is not None else None
     if sock is not None and private is not None and all_private_ports:
-        app = SharedPortMetrics(app, private.getsockname()[1], all_private_ports)
+        app = SharedPortMetrics(
+            app, private.getsockname()[1], all_private_ports, https=config.tls_cert_path is not None
+        )
         sockets = [sock, private]
     server = uvicorn.Server(
         uvicorn.Config(
@@ -133,6 +147,11 @@ def serve(
             access_log=False,
             timeout_graceful_shutdown=int(config.runtime.drain_timeout),
             log_config=None,
+            # HTTPS with --tls-cert-path (uvicorn serves plain HTTP when no certificate is given)
+            ssl_certfile=config.tls_cert_path,
+            ssl_keyfile=config.tls_key_path,
+            ssl_ca_certs=config.tls_client_ca_cert_path,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if config.tls_client_ca_cert_path else ssl.CERT_NONE,
         )
     )
     tune_gc()
@@ -142,6 +161,10 @@ def serve(
         log.error("%s", exc)
         return 1
     return 0
+
+
+def url_scheme(config: FrontendConfig) -> str:
+    return "https" if config.tls_cert_path else "http"
 
 
 def supervise(config: FrontendConfig) -> int:
@@ -175,8 +198,9 @@ def supervise(config: FrontendConfig) -> int:
     for s in private:
         s.close()
     log.info(
-        "OpenAI-compatible frontend on http://%s:%d (%d processes sharing the port; their own /metrics "
+        "OpenAI-compatible frontend on %s://%s:%d (%d processes sharing the port; their own /metrics "
         "on 127.0.0.1 ports %s)",
+        url_scheme(config),
         config.http_host,
         config.http_port,
         config.http_workers,
@@ -224,5 +248,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if config.http_workers > 1:
         sys.exit(supervise(config))
-    log.info("OpenAI-compatible frontend on http://%s:%d", config.http_host, config.http_port)
+    log.info(
+        "OpenAI-compatible frontend on %s://%s:%d%s",
+        url_scheme(config),
+        config.http_host,
+        config.http_port,
+        " (API key required on /v1/*)" if config.api_keys else "",
+    )
     sys.exit(serve(config))
