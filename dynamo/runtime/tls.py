@@ -15,13 +15,15 @@ reference's (NVIDIA Dynamo), listed in docs/security.md:
   ``DYN_TCP_TLS_HANDSHAKE_TIMEOUT_SECS`` (both sides, default 3);
 - etcd: ``ETCD_AUTH_USERNAME`` + ``ETCD_AUTH_PASSWORD``, ``ETCD_AUTH_CA`` (TLS on),
   ``ETCD_AUTH_CLIENT_CERT`` + ``ETCD_AUTH_CLIENT_KEY``; an ``https://`` endpoint also turns TLS on;
-- NATS: ``NATS_AUTH_USERNAME`` + ``NATS_AUTH_PASSWORD``, ``NATS_AUTH_TOKEN``,
-  ``NATS_AUTH_CREDENTIALS_FILE``, ``NATS_TLS_CA_CERT_PATH`` (TLS on), ``NATS_TLS_CLIENT_CERT_PATH``
-  + ``NATS_TLS_CLIENT_KEY_PATH``, ``NATS_TLS_INSECURE``; a ``tls://`` server URL also turns TLS on.
+- NATS: ``NATS_AUTH_USERNAME`` + ``NATS_AUTH_PASSWORD``, ``NATS_AUTH_TOKEN``, ``NATS_AUTH_NKEY``
+  (a seed) or ``NATS_AUTH_CREDENTIALS_FILE`` (these two need the ``nkeys`` package);
+  ``NATS_TLS_CA_CERT_PATH`` (TLS on), ``NATS_TLS_CLIENT_CERT_PATH`` + ``NATS_TLS_CLIENT_KEY_PATH``,
+  ``NATS_TLS_INSECURE``; a ``tls://`` server URL also turns TLS on.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import ssl
 from collections.abc import Mapping
@@ -181,20 +183,23 @@ def etcd_credentials(env: Mapping[str, str] | None = None, force_tls: bool = Fal
 
 def nats_options(server: str, env: Mapping[str, str] | None = None) -> dict[str, object]:
     """Keyword arguments for ``nats.connect``: credentials from ``NATS_AUTH_*`` (the first kind
-    set, in the reference's order: user/password, token, credentials file) and an ``ssl.SSLContext``
+    set, in the reference's order: user/password, token, nkey seed, credentials file) and an ``ssl.SSLContext``
     when ``NATS_TLS_*`` is set or the URL is ``tls://``."""
     env = os.environ if env is None else env
     opts: dict[str, object] = {}
     user, password = env.get("NATS_AUTH_USERNAME") or None, env.get("NATS_AUTH_PASSWORD") or None
     if bool(user) != bool(password):
         raise ValueError("NATS_AUTH_USERNAME and NATS_AUTH_PASSWORD must be set together")
-    if env.get("NATS_AUTH_NKEY"):
-        raise ValueError("NATS_AUTH_NKEY is not supported here (the nkeys package is not installed)")
     creds = _path(env, "NATS_AUTH_CREDENTIALS_FILE")
+    for name in ("NATS_AUTH_NKEY", "NATS_AUTH_CREDENTIALS_FILE"):
+        if env.get(name) and importlib.util.find_spec("nkeys") is None:
+            raise ValueError(f"{name} needs the 'nkeys' package (pip install nkeys)")
     if user:
         opts.update(user=user, password=password)
     elif env.get("NATS_AUTH_TOKEN"):
         opts["token"] = env["NATS_AUTH_TOKEN"]
+    elif env.get("NATS_AUTH_NKEY"):
+        opts["nkeys_seed_str"] = env["NATS_AUTH_NKEY"]
     elif creds:
         opts["user_credentials"] = creds
     ca = _path(env, "NATS_TLS_CA_CERT_PATH")
