@@ -213,3 +213,24 @@ def test_bad_security_flags_exit_with_status_2_naming_the_flag(log_dir: Path, ce
     assert proc.proc.wait(timeout=30) == 2
     assert "--tls-cert-path and --tls-key-path must be provided together" in proc.log_text()
     proc.stop()
+
+
+def test_https_with_several_http_workers_answers_metrics_for_all(log_dir: Path, certs: Certs) -> None:
+    env = discovery_env("file")
+    env["DYN_NAMESPACE"] = "sec-workers"
+    frontend = start_frontend(
+        log_dir, {**env, "DYN_API_KEY": KEY}, certs, "sec-frontend-workers", "--http-workers", "2"
+    )
+    try:
+        ctx = ssl.create_default_context(cafile=str(frontend.ca))
+
+        def merged() -> str:
+            with urllib.request.urlopen(frontend.url + "/metrics", timeout=10, context=ctx) as resp:
+                return resp.read().decode()
+
+        wait_until(lambda: 'http_worker="1"' in merged(), 30, "/metrics of both processes over HTTPS")
+        assert 'http_worker="0"' in merged()
+        assert frontend.get("/v1/models")[0] == 401
+        assert frontend.get("/v1/models", key=KEY)[0] == 200
+    finally:
+        frontend.proc.stop()
