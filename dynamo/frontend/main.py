@@ -29,8 +29,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dynamo.frontend.app import create_app
-from dynamo.frontend.auth import ApiKeyAuth
 from dynamo.frontend.args import FrontendConfig, build_parser
+from dynamo.frontend.auth import ApiKeyAuth
 from dynamo.frontend.metrics import merge_expositions
 from dynamo.runtime.logging import configure_logging
 
