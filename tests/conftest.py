@@ -32,10 +32,14 @@ _SCRUBBED = (
     "DYN_TCP_RPC_PORT",
     "DYN_ADVERTISE_HOST",
     "POD_IP",
+    "DYN_API_KEY",
+    "DYN_REQUEST_PLANE_LIVENESS_TIMEOUT",
 )
+# Security settings by prefix (TLS for HTTP, the request plane, etcd and NATS; credentials).
+_SCRUBBED_PREFIXES = ("DYN_TLS_", "DYN_TCP_TLS_", "ETCD_AUTH_", "NATS_AUTH_", "NATS_TLS_")
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="dynamo-tests-"))
-for _name in _SCRUBBED:
+for _name in [*_SCRUBBED, *(n for n in os.environ if n.startswith(_SCRUBBED_PREFIXES))]:
     os.environ.pop(_name, None)
 # Single-machine defaults point at a per-session directory, never the user's cache.
 os.environ["DYN_FILE_DISCOVERY_DIR"] = str(_SESSION_TMP / "discovery")
