@@ -5,6 +5,7 @@
 | Dynamo namespace | ``--namespace`` | ``DYN_NAMESPACE`` | ``dynamo`` |
 | discovery backend | ``--discovery-backend`` | ``DYN_DISCOVERY_BACKEND`` | ``etcd`` if ``ETCD_ENDPOINTS`` is set, else ``file`` |
 | etcd endpoints | | ``ETCD_ENDPOINTS`` (comma separated) | ``http://localhost:2379`` |
+| wait for etcd at start-up (s) | | ``DYN_ETCD_CONNECT_WAIT`` | ``60`` |
 | file discovery dir | | ``DYN_FILE_DISCOVERY_DIR`` | ``~/.cache/dynamo/discovery`` |
 | lease / heartbeat TTL (s) | | ``DYN_DISCOVERY_TTL`` | ``10`` |
 | request plane | ``--request-plane`` | ``DYN_REQUEST_PLANE`` | ``tcp`` |

@@ -3,8 +3,12 @@ key layout of what workers register (``registry``) and typed watches of it (``wa
 
 from __future__ import annotations
 
+import os
+
 from dynamo.runtime.config import RuntimeConfig
 from dynamo.runtime.discovery.base import Discovery, WatchEvent, diff_views
+
+DEFAULT_ETCD_CONNECT_WAIT = 60.0  # seconds a starting process waits for etcd (DYN_ETCD_CONNECT_WAIT)
 
 
 def create_discovery(config: RuntimeConfig) -> Discovery:
@@ -12,7 +16,8 @@ def create_discovery(config: RuntimeConfig) -> Discovery:
     if config.discovery_backend == "etcd":
         from dynamo.runtime.discovery.etcd import EtcdDiscovery
 
-        return EtcdDiscovery(config.etcd_endpoints, ttl=config.discovery_ttl)
+        wait = float(os.environ.get("DYN_ETCD_CONNECT_WAIT") or DEFAULT_ETCD_CONNECT_WAIT)
+        return EtcdDiscovery(config.etcd_endpoints, ttl=config.discovery_ttl, connect_wait=wait)
     if config.discovery_backend == "file":
         from dynamo.runtime.discovery.file import FileDiscovery
 

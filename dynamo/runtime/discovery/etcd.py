@@ -3,7 +3,11 @@
 Every key is put under the lease, so a process that dies disappears when its lease expires. If
 the keep-alive finds the lease gone (etcd restarted with a new member, a partition longer than the
 TTL) it grants a new lease and re-registers every key this process owns. Watches re-list and
-diff after a dropped stream, then resume from the listed revision.
+diff after a dropped stream, then resume from the listed revision; keys a re-list no longer shows
+are held for up to one TTL first (etcd that came back empty: their owners re-register within a
+keep-alive interval, so watchers keep serving on what they knew instead of dropping it all).
+``start`` waits up to ``connect_wait`` seconds for an etcd that is not up yet (a process started
+during an outage joins once it returns).
 
 Credentials and TLS come from ``ETCD_AUTH_*`` (``dynamo.runtime.tls``); with a user, a call
 refused for a token etcd no longer knows (it restarted) logs in again and is retried once.
@@ -32,6 +36,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRY_DELAY = 0.5
+CONNECT_RETRY = 2.0  # seconds between start-up attempts while etcd is not up
+# gRPC backs off reconnecting up to 2 minutes by default: after an etcd outage that delayed lease
+# renewal and watch re-listing by many seconds. Retry at least every second instead.
+_CHANNEL_OPTIONS = {"grpc.initial_reconnect_backoff_ms": 200, "grpc.max_reconnect_backoff_ms": 1000}
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -48,7 +56,12 @@ class _EtcdClient(aetcd.Client):
 
     def __init__(self, host: str, port: int, timeout: int, creds: EtcdCredentials) -> None:
         super().__init__(
-            host=host, port=port, username=creds.username, password=creds.password, timeout=timeout
+            host=host,
+            port=port,
+            username=creds.username,
+            password=creds.password,
+            timeout=timeout,
+            options=_CHANNEL_OPTIONS,
         )
         self._creds = creds
 
@@ -87,8 +100,11 @@ class _EtcdClient(aetcd.Client):
 class EtcdDiscovery(Discovery):
     """Discovery backed by an etcd v3 server (first reachable of ``endpoints``)."""
 
-    def __init__(self, endpoints: tuple[str, ...] | list[str], ttl: float = 10.0) -> None:
+    def __init__(
+        self, endpoints: tuple[str, ...] | list[str], ttl: float = 10.0, connect_wait: float = 0.0
+    ) -> None:
         super().__init__(ttl)
+        self.connect_wait = connect_wait  # seconds start() keeps retrying an etcd that is not up
         self.endpoints = [parse_endpoint(e) for e in endpoints]
         self.credentials = etcd_credentials(force_tls=any(e.startswith("https://") for e in endpoints))
         self._client: aetcd.Client | None = None
@@ -108,21 +124,32 @@ class EtcdDiscovery(Discovery):
 
     async def start(self) -> None:
         last: Exception | None = None
-        for host, port in self.endpoints:
-            client = _EtcdClient(host, port, max(2, math.ceil(self.ttl / 2)), self.credentials)
-            try:
-                await asyncio.wait_for(client.connect(), timeout=5)
-                await asyncio.wait_for(client.status(), timeout=5)
-            except Exception as exc:  # grpc and aetcd raise assorted types here
-                last = exc
-                with contextlib.suppress(Exception):
-                    await client.close()
-                continue
-            self._client = client
-            break
-        if self._client is None:
-            where = ", ".join(f"{h}:{p}" for h, p in self.endpoints)
-            raise ConnectionError(f"cannot reach etcd at {where} (ETCD_ENDPOINTS): {last}")
+        where = ", ".join(f"{h}:{p}" for h, p in self.endpoints)
+        deadline = asyncio.get_running_loop().time() + self.connect_wait
+        while self._client is None:
+            for host, port in self.endpoints:
+                client = _EtcdClient(host, port, max(2, math.ceil(self.ttl / 2)), self.credentials)
+                try:
+                    await asyncio.wait_for(client.connect(), timeout=5)
+                    await asyncio.wait_for(client.status(), timeout=5)
+                except Exception as exc:  # grpc and aetcd raise assorted types here
+                    last = exc
+                    with contextlib.suppress(Exception):
+                        await client.close()
+                    continue
+                self._client = client
+                break
+            if self._client is None:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise ConnectionError(f"cannot reach etcd at {where} (ETCD_ENDPOINTS): {last}")
+                log.warning(
+                    "cannot reach etcd at %s (%s); retrying for up to %.0fs more (DYN_ETCD_CONNECT_WAIT)",
+                    where,
+                    last,
+                    left,
+                )
+                await asyncio.sleep(min(CONNECT_RETRY, left))
         await self._grant()
         self._keepalive = asyncio.create_task(self._keep_alive(), name="etcd-lease-keepalive")
 
@@ -197,6 +224,26 @@ class EtcdDiscovery(Discovery):
         revision = result.header.revision if getattr(result, "header", None) else 0
         return view, revision
 
+    async def _await_reregistration(
+        self, prefix: str, missing: list[str], current: dict[str, bytes], revision: int
+    ) -> tuple[dict[str, bytes], int]:
+        """Re-list ``prefix`` until every ``missing`` key is back or one TTL has passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ttl
+        log.info(
+            "%d keys under %s vanished from etcd; waiting up to %.0fs for re-registration",
+            len(missing),
+            prefix,
+            self.ttl,
+        )
+        while loop.time() < deadline and any(k not in current for k in missing):
+            await asyncio.sleep(RETRY_DELAY)
+            try:
+                current, revision = await self._get_with_revision(prefix)
+            except Exception as exc:
+                log.debug("etcd list %s failed (%s); retrying", prefix, exc)
+        return current, revision
+
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
         view, _ = await self._get_with_revision(prefix)
         return view
@@ -210,6 +257,11 @@ class EtcdDiscovery(Discovery):
                 log.debug("etcd list %s failed (%s); retrying", prefix, exc)
                 await asyncio.sleep(RETRY_DELAY)
                 continue
+            missing = [k for k in view if k not in current]
+            if missing:
+                # After an outage etcd may have come back empty: give the owners of the missing keys
+                # one TTL to re-register before reporting them gone.
+                current, revision = await self._await_reregistration(prefix, missing, current, revision)
             for event in diff_views(view, current):
                 yield event
             view = current
