@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from dynamo.frontend.choices import ChoiceDelta, ChoiceStream
+from dynamo.frontend.disconnect import ClientGone, until_disconnect
 from dynamo.frontend.endpoints import CHAT
 from dynamo.frontend.metrics import RequestMetrics
 from dynamo.frontend.models import ServedModel
@@ -122,9 +123,13 @@ async def create_response(service: FrontendService, request: Request) -> Respons
         migration_limit = model.card.migration_limit
     run = ResponseRun(req, response_id, model, history, choice, store)
     try:
-        routed = await route(
-            service.prefill, service.runtime.request_client, model, pre, migration_limit, mm.migrated
+        routed = await until_disconnect(
+            request.receive,
+            route(service.prefill, service.runtime.request_client, model, pre, migration_limit, mm.migrated),
         )
+    except ClientGone:  # the client left while its request waited for a first output
+        record.finish("499", 0, None)
+        return Response(status_code=499)
     except RequestError as exc:  # no worker, all busy, or the engine refused the request
         record.finish(str(exc.status), 0, None)
         return error_response(to_responses_error(exc))
@@ -141,9 +146,12 @@ async def create_response(service: FrontendService, request: Request) -> Respons
         return SSEResponse(run.events(routed), on_done, headers)
     status = "500"  # unless it ends otherwise
     try:
-        body_out = await run.collect(routed)
+        body_out = await until_disconnect(request.receive, run.collect(routed))
         status = "200"
         return JSONResponse(body_out, headers=headers)
+    except ClientGone:  # the client left; its engine request was closed with the collection
+        status = "499"
+        return Response(status_code=499)
     except RequestError as exc:
         status = str(exc.status)
         return error_response(to_responses_error(exc))
