@@ -62,6 +62,7 @@ def create_app(config: FrontendConfig, runtime: DistributedRuntime | None = None
         rt = runtime or await DistributedRuntime.create(config.runtime)
         service = FrontendService(config, rt)
         await service.models.start()
+        service.loop_lag.start()
         holder["service"] = service
         log.info(
             "frontend ready: router mode %s, namespace %s",
@@ -71,6 +72,7 @@ def create_app(config: FrontendConfig, runtime: DistributedRuntime | None = None
         try:
             yield
         finally:
+            await service.loop_lag.stop()
             await rt.shutdown()
 
     def service() -> FrontendService:

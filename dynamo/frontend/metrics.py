@@ -32,6 +32,7 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
 _PREFILL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
 class DisaggMetrics:
@@ -118,6 +119,12 @@ class FrontendMetrics:
         )
         self.migrations = Counter(
             p + "model_migration", "streams resumed on another worker", ["model", "reason"], registry=registry
+        )
+        self.loop_lag = Histogram(
+            p + "event_loop_lag_seconds",
+            "how late the event loop ran a timer that was due (dynamo.frontend.loop_lag)",
+            buckets=_LAG_BUCKETS,
+            registry=registry,
         )
         self.disagg = DisaggMetrics(registry)
         self._models: dict[str, ModelMetrics] = {}

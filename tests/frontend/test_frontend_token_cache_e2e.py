@@ -55,6 +55,8 @@ def test_shared_system_prompt_is_taken_from_the_cache(log_dir: Path, smollm2_tok
             == 3 * system_tokens
         )
         assert metric_value(text, "dynamo_frontend_tokenizer_cache_bytes", model=MODEL) > 4 * system_tokens
+        # The event-loop lag monitor runs (dynamo.frontend.loop_lag).
+        assert metric_value(text, "dynamo_frontend_event_loop_lag_seconds_count") > 0
     finally:
         frontend.stop()
         worker.stop()
