@@ -8,6 +8,11 @@ One ``Preprocessor`` per served model, built from its deployment card and the ca
 The result is a ``PreprocessedOutput``: the wire request plus what stays in the frontend for the
 way back (stop strings, whether to keep them, prompt length, logprobs asked for).
 
+Long prompts: inside ``inline_encode_limit(chars)`` (the frontend's event loop), ``encode`` raises
+``EncodeTooLong`` rather than tokenize more than ``chars`` characters in all (every prompt and
+message of the request) that the prefix cache does not hold; the caller then runs the preprocessing
+again in a thread (``dynamo.frontend.stages.preprocess``).
+
 Defaults: chat ``max_tokens`` = context length - prompt length; completions ``max_tokens`` = 16
 (the OpenAI and vLLM default). Precedence for the extensions: top-level field, then ``nvext``.
 """
@@ -16,7 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
@@ -36,7 +43,7 @@ from dynamo.llm.protocols import (
     SamplingOptions,
     StopConditions,
 )
-from dynamo.llm.token_cache import DEFAULT_MAX_BYTES, PrefixTokenCache
+from dynamo.llm.token_cache import DEFAULT_MAX_BYTES, EncodeBudget, PrefixTokenCache
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,19 @@ DETOKENIZER_PROMPT_TAIL = 8
 REPLACEMENT_CHAR = "\ufffd"
 TOKEN_TEXT_CONTEXT = 4  # preceding tokens a logprob's partial UTF-8 text is completed with (as vLLM)
 _T = TypeVar("_T")  # prompt tokens handed to the detokenizer as left context
+# What ``encode`` may still tokenize fresh in this context (None: any); see ``inline_encode_limit``.
+_INLINE_BUDGET: ContextVar[EncodeBudget | None] = ContextVar("inline_encode_budget", default=None)
+
+
+@contextmanager
+def inline_encode_limit(chars: int | None) -> Iterator[None]:
+    """Within this block, ``Preprocessor.encode`` raises ``EncodeTooLong`` instead of tokenizing
+    more than ``chars`` characters in all that the prefix cache does not hold (``None``: no limit)."""
+    token = _INLINE_BUDGET.set(None if chars is None else EncodeBudget(chars))
+    try:
+        yield
+    finally:
+        _INLINE_BUDGET.reset(token)
 
 
 @dataclass(slots=True)
@@ -270,10 +290,14 @@ class Preprocessor:
         return ids
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
-        """``text``'s token ids, through the prefix cache where that is exact."""
+        """``text``'s token ids, through the prefix cache where that is exact (``EncodeTooLong``
+        past the ``inline_encode_limit`` in force)."""
         cache = self.token_cache
+        budget = _INLINE_BUDGET.get()
         if cache is not None and not (add_special_tokens and self._adds_specials):
-            return cache.encode(text)
+            return cache.encode(text, budget)
+        if budget is not None:
+            budget.spend(len(text))
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
         return ids
 

@@ -15,6 +15,11 @@ generated conversations.
 Pieces of at least ``min_chars`` characters are kept in an LRU bounded by ``max_bytes`` (token ids
 as 4-byte arrays plus the text); shorter pieces are encoded every time, together with the misses,
 in one batch call. ``stats`` counts hits, misses and bytes for the frontend's metrics.
+
+``encode(text, budget)`` raises ``EncodeTooLong`` instead of encoding when the characters not in
+the cache exceed what is left of ``budget`` (an ``EncodeBudget``, spent across calls): the caller
+(preprocessing on the event loop) then encodes in a thread, where the tokenizer runs without the
+GIL, while a cached prompt costs no thread hop.
 """
 
 from __future__ import annotations
@@ -30,6 +35,29 @@ from tokenizers import Tokenizer
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MIN_CHARS = 256
+
+
+class EncodeTooLong(Exception):
+    """More text to encode than the ``EncodeBudget`` has left: nothing was encoded or counted."""
+
+    def __init__(self, chars: int) -> None:
+        super().__init__(f"{chars} characters to encode")
+        self.chars = chars
+
+
+class EncodeBudget:
+    """Characters that may still be encoded (not found in a cache) by the calls that share it."""
+
+    __slots__ = ("chars",)
+
+    def __init__(self, chars: int) -> None:
+        self.chars = chars
+
+    def spend(self, chars: int) -> None:
+        """Take ``chars`` from the budget, or raise ``EncodeTooLong`` (taking nothing) if that is more."""
+        if chars > self.chars:
+            raise EncodeTooLong(chars)
+        self.chars -= chars
 
 
 @dataclass(slots=True)
@@ -92,8 +120,9 @@ class PrefixTokenCache:
             return None
         return cls(tokenizer, special_ids, max_bytes, min_chars)
 
-    def encode(self, text: str) -> list[int]:
-        """The token ids of ``text`` (no special tokens added around it)."""
+    def encode(self, text: str, budget: EncodeBudget | None = None) -> list[int]:
+        """The token ids of ``text`` (no special tokens added around it); ``EncodeTooLong`` when
+        more of it would be encoded rather than found than ``budget`` (if given) has left."""
         parts = self._split.split(text)
         # parts alternates: text, added token, text, ..., text
         found: list[array[int] | None] = [None] * len(parts)
@@ -113,6 +142,8 @@ class PrefixTokenCache:
                         cached += len(ids)
                         continue
                 to_encode.append(i)
+        if budget is not None and to_encode:
+            budget.spend(sum(len(parts[i]) for i in to_encode))
         if to_encode:
             encoded = self._tokenizer.encode_batch([parts[i] for i in to_encode], add_special_tokens=False)
             misses = []

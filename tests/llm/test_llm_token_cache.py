@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from dynamo.llm.chat_template import ChatTemplate
-from dynamo.llm.token_cache import PrefixTokenCache
+from dynamo.llm.openai import ChatCompletionRequest
+from dynamo.llm.preprocessor import Preprocessor, inline_encode_limit
+from dynamo.llm.token_cache import EncodeBudget, EncodeTooLong, PrefixTokenCache
 
 # Letters, digits, punctuation, whitespace runs and multi-byte characters (accents, CJK, emoji,
 # a combining mark), so pieces start and end inside words, numbers and UTF-8 sequences.
@@ -129,3 +131,43 @@ def test_tokenizers_where_pieces_are_not_exact_get_no_cache(smollm2_files: dict[
     normalized["normalizer"] = {"type": "Lowercase"}
     assert PrefixTokenCache.for_tokenizer(Tokenizer.from_str(json.dumps(normalized))) is None
     assert PrefixTokenCache.for_tokenizer(Tokenizer.from_str(json.dumps(spec)), max_bytes=0) is None
+
+
+def test_a_budget_refuses_more_uncached_text_than_it_has_left(
+    tokenizer: Tokenizer, qualified: PrefixTokenCache
+) -> None:
+    cache = fresh(qualified, min_chars=200)
+    system = "Answer in French, then in German, and keep it short. " * 6  # 318 characters, kept
+    text = f"<|im_start|>system\n{system}<|im_end|><|im_start|>user\nHi<|im_end|>"
+    with pytest.raises(EncodeTooLong):
+        cache.encode(text, EncodeBudget(100))
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.uncached_tokens) == (0, 0, 0)
+    full = tokenizer.encode(text, add_special_tokens=False).ids
+    assert cache.encode(text) == full  # no budget: encoded and kept
+    budget = EncodeBudget(100)
+    assert cache.encode(text, budget) == full  # now only "user\nHi" is left to encode
+    assert budget.chars == 100 - len("user\nHi")
+    # The budget is spent across calls: a request's second long message does not fit what is left.
+    short = "Name three rivers of Spain, with their lengths in kilometres."  # < min_chars: never kept
+    budget = EncodeBudget(100)
+    cache.encode(short, budget)
+    with pytest.raises(EncodeTooLong):
+        cache.encode(short, budget)
+
+
+def test_inline_limit_makes_the_preprocessor_refuse_long_uncached_prompts(preprocessor: Preprocessor) -> None:
+    request = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "Budget test system prompt, answer tersely. " * 20},
+                {"role": "user", "content": "How far is the Moon?"},
+            ],
+        }
+    )
+    with inline_encode_limit(200), pytest.raises(EncodeTooLong):
+        preprocessor.preprocess_chat(request, "r1")  # an 860-character system prompt to encode
+    whole = preprocessor.preprocess_chat(request, "r2")  # no limit outside the block: encoded, kept
+    with inline_encode_limit(200):  # the system prompt is cached now: only the short rest is encoded
+        again = preprocessor.preprocess_chat(request, "r3")
+    assert again.request.token_ids == whole.request.token_ids

@@ -4,20 +4,37 @@ Journey: parse -> **preprocess** -> route. ``admit`` refuses before any work: 40
 worker registered, 503 while it has no live worker, 429 once ``--max-inflight-requests`` of its
 requests are in flight. ``preprocess`` refuses (404) a model its card does not serve on the endpoint
 (an embedding model), then runs the model's ``Preprocessor`` (``dynamo.llm.preprocessor``: chat
-template, tokenizer, sampling and stop mapping; 400 for a prompt it cannot serve), off the event
-loop for large bodies.
+template, tokenizer, sampling and stop mapping; 400 for a prompt it cannot serve).
+
+Long prompts never stall the other streams: the preprocessing runs on the event loop only while it
+tokenizes at most ``INLINE_ENCODE_CHARS`` characters that the prefix cache does not hold (about a
+millisecond of tokenizer time); past that it starts again in a thread, where the tokenizer runs
+without the GIL. A prompt whose long parts are cached (a shared system prompt) stays on the loop,
+without a thread hop. ``offload`` (the caller's: a large body) skips the inline attempt. The
+threads are a pool of ``PREPROCESS_THREADS`` (the process's cores less one): more would take the
+event loop's core, and the loop would lag behind CPU-bound tokenizer threads instead of behind the
+tokenizer itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dynamo.frontend.endpoints import CompletionEndpoint
 from dynamo.frontend.models import ModelManager, ServedModel
 from dynamo.llm.errors import model_not_found, service_unavailable, too_many_requests
-from dynamo.llm.preprocessor import PreprocessedOutput
+from dynamo.llm.preprocessor import PreprocessedOutput, inline_encode_limit
+from dynamo.llm.token_cache import EncodeTooLong
 
+# Characters tokenized on the event loop at most per request (~0.25 us each: about 1 ms); measured
+# in benchmarks/results/profiles/README.md.
+INLINE_ENCODE_CHARS = 4096
+PREPROCESS_THREADS = max(1, len(os.sched_getaffinity(0)) - 1)
+_pool: ThreadPoolExecutor | None = None
 _MODEL_TYPES = {"chat": "chat", "completion": "completions"}  # endpoint kind -> card model type
 
 
@@ -38,6 +55,18 @@ async def preprocess(
 ) -> list[PreprocessedOutput]:
     """The tokenized request(s) for the engines (one per choice) and what stays here for the way back."""
     model.require(_MODEL_TYPES[endpoint.kind])
-    if offload:
-        return await asyncio.to_thread(endpoint.preprocess, model.preprocessor, request, request_id)
-    return endpoint.preprocess(model.preprocessor, request, request_id)
+    if not offload:
+        try:
+            with inline_encode_limit(INLINE_ENCODE_CHARS):
+                return endpoint.preprocess(model.preprocessor, request, request_id)
+        except EncodeTooLong:
+            pass  # too much to tokenize on the loop: all of it again, in a thread
+    work = functools.partial(endpoint.preprocess, model.preprocessor, request, request_id)
+    return await asyncio.get_running_loop().run_in_executor(_threads(), work)
+
+
+def _threads() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(PREPROCESS_THREADS, thread_name_prefix="preprocess")
+    return _pool
