@@ -2,7 +2,7 @@
 
 Tests here are skipped with the reason when the machine cannot make network namespaces (not root,
 no ``ip netns``). Slow variants are marked ``chaos_slow`` and run only when ``DYN_CHAOS_SLOW=1``
-or the marker expression names them (``-m chaos_slow``); ``scripts/test.sh --chaos`` sets the former.
+or the marker expression names them (``-m chaos_slow``, as ``scripts/test.sh --chaos`` passes).
 """
 
 from __future__ import annotations
@@ -14,10 +14,6 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.hosts import Lab, skip_reason
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "chaos_slow: a slow chaos scenario, run only with --chaos")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -15,7 +15,6 @@ import pytest
 from tests.chaos.hosts import Lab
 from tests.chaos.load import client, steady_load, stream_completion
 from tests.chaos.tally import Tally, record
-from tests.support.procs import wait_until
 
 pytestmark = [pytest.mark.timeout(180)]
 MODEL = "chaos-mock"
@@ -45,7 +44,7 @@ async def test_rolling_replacement_under_steady_load_loses_nothing(lab: Lab, smo
             await asyncio.to_thread(fe.wait_for_instances, WORKERS + 1, 60)
             victim.sigterm()
             tally.fault(f"SIGTERM old worker {i + 1} of {WORKERS} after its replacement registered")
-            await asyncio.to_thread(wait_until, lambda v=victim: not v.alive(), 40, f"old worker {i} to exit")
+            await asyncio.to_thread(victim.proc.wait, 40)
             assert victim.proc.returncode == 0, victim.tail()
             await asyncio.to_thread(fe.wait_for_instances, WORKERS, 30)
         tally.notes["roll_s"] = round(time.monotonic() - started, 2)

@@ -1,0 +1,103 @@
+"""NATS restarted under KV routing: while KV events cannot flow, requests keep succeeding (routing
+is approximate); once NATS is back the router's index catches up (late events, or a resync when it
+sees a gap in a worker's event ids) and prefix routing is exact again. (Engine: the mocker, a
+stand-in for a GPU engine; each component on its own simulated host.)"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.hosts import SYSTEM_PORT, FrontendOnHost, Host, Lab
+from tests.chaos.load import client, stream_completion
+from tests.chaos.tally import Tally, record
+from tests.support.graph import metric_value
+
+pytestmark = [pytest.mark.timeout(180)]
+MODEL = "chaos-mock"
+WORDS = "harbor lantern keeper tide gull rope anchor storm beacon shore reef compass brine sail".split()
+
+
+def prompt(seed: int, words: int = 400) -> str:
+    """A long prompt (several KV blocks) that shares nothing with other seeds' prompts."""
+    rng = random.Random(seed)
+    return f"[{seed}] " + " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+def scrape(url: str) -> str:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as resp:
+        return resp.read().decode()
+
+
+def completed(host: Host) -> float:
+    return metric_value(
+        scrape(f"http://{host.ip}:{SYSTEM_PORT}/metrics"), "dynamo_worker_requests_total", outcome="completed"
+    )
+
+
+async def served_by(http, fe: FrontendOnHost, workers: list[Host], text: str, tally: Tally) -> str | None:
+    """Send one request and return the name of the worker that completed it."""
+    before = [await asyncio.to_thread(completed, w) for w in workers]
+    out = await stream_completion(http, fe.url, MODEL, 8, prompt=text, timeout=30)
+    tally.add(out)
+    after = [await asyncio.to_thread(completed, w) for w in workers]
+    grew = [w.name for w, a, b in zip(workers, after, before, strict=True) if a > b]
+    return grew[0] if len(grew) == 1 else None
+
+
+async def test_nats_restart_kv_routing_degrades_then_recovers(lab: Lab, smollm2_tokenizer_dir: Path):
+    lab.etcd(lab.host("etcd"))
+    nats = lab.nats(lab.host("nats"))
+    workers = [lab.host("w1"), lab.host("w2")]
+    for host in workers:
+        lab.mocker(host, smollm2_tokenizer_dir, "--model-name", MODEL, "--speedup-ratio", "10")
+    fe = lab.frontend(lab.host("fe"), "--router-mode", "kv")
+    fe.wait_for_instances(2)
+    tally = Tally()
+    async with client(timeout=30) as http:
+        # Before: a prompt's repeats go where its blocks are.
+        home = await served_by(http, fe, workers, prompt(1), tally)
+        await asyncio.sleep(1)  # its KV events reach the router
+        repeats = [await served_by(http, fe, workers, prompt(1), tally) for _ in range(3)]
+        assert home is not None and repeats == [home] * 3, (home, repeats)
+
+        resyncs_before = metric_value(scrape(f"{fe.url}/metrics"), "dynamo_frontend_router_kv_resyncs_total")
+        assert nats.proc is not None
+        nats.proc.kill9()
+        nats.proc = None
+        tally.fault("NATS killed (KV events cannot flow)")
+        # During: every request still succeeds; a new prompt's blocks are stored unseen by the router.
+        lost_home = await served_by(http, fe, workers, prompt(2), tally)
+        for seed in range(10, 16):
+            await served_by(http, fe, workers, prompt(seed), tally)
+        await asyncio.sleep(3)
+
+        nats.start()
+        back_at = time.monotonic()
+        tally.fault("NATS restarted")
+        # After: fresh traffic makes both workers publish again; the router catches up.
+        recovered_at = None
+        deadline = time.monotonic() + 30
+        seed = 100
+        while time.monotonic() < deadline:
+            for _ in range(4):
+                seed += 1
+                await served_by(http, fe, workers, prompt(seed), tally)
+            await asyncio.sleep(1)
+            repeats = [await served_by(http, fe, workers, prompt(2), tally) for _ in range(4)]
+            if lost_home is not None and repeats == [lost_home] * 4:
+                recovered_at = time.monotonic()
+                break
+        resyncs = metric_value(scrape(f"{fe.url}/metrics"), "dynamo_frontend_router_kv_resyncs_total")
+    tally.recovery_s = None if recovered_at is None else round(recovered_at - back_at, 2)
+    tally.notes.update(router_kv_resyncs_after_restart=resyncs - resyncs_before)
+    record("nats_restart", tally)
+    assert tally.losses == 0 and tally.completed == tally.sent, tally.summary()
+    assert recovered_at is not None, f"prefix routing did not recover: {repeats} (home {lost_home})"
+    assert resyncs - resyncs_before >= 1, "the router never resynced the events NATS lost"
