@@ -7,7 +7,8 @@ from discovery. With replica sync it sends its own load updates through ``publis
 the other replicas' with ``apply_sync_event``.
 
 Per ``select``: the prompt is hashed once (local block hashes + chained sequence hashes, ~0.4 µs
-per block), the index is walked once (O(prompt blocks)), the candidates are scored once
+per block; a prefix hashed before is reused: ``dynamo.router.prefix_hashes``), the index is walked
+once (O(prompt blocks)), the candidates are scored once
 (O(candidates)) and the request is recorded in the load view (O(prompt blocks)). Not thread-safe:
 call it from the event loop that owns it.
 """
@@ -20,10 +21,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from dynamo.llm.kv_events import KvEventBatch, LoadMetrics, compute_block_hashes, compute_sequence_hashes
+from dynamo.llm.kv_events import KvEventBatch, LoadMetrics
 from dynamo.router.approx import DEFAULT_MAX_BLOCKS, DEFAULT_TTL_S, ApproxKvIndexer
 from dynamo.router.indexer import KvIndexer, ResyncRequest
 from dynamo.router.overlap import OverlapScores
+from dynamo.router.prefix_hashes import PrefixHasher
 from dynamo.router.selector import AllWorkersBusy, Selection, SelectorConfig, WorkerSelector, describe
 from dynamo.router.sequences import ActiveSequences
 from dynamo.router.sync_events import RouterSyncEvent
@@ -100,6 +102,7 @@ class KvRouter:
         )
         self.total_blocks: dict[int, int] = {}  # worker key -> KV capacity in blocks, when known
         self.counters = RouterCounters()
+        self.hasher = PrefixHasher(config.block_size)
 
     # ----- workers (discovery) ----------------------------------------------------------------
 
@@ -146,8 +149,7 @@ class KvRouter:
 
     def find_overlap(self, token_ids: Sequence[int], lora_name: str | None = None) -> OverlapScores:
         """Per worker, leading blocks of this prompt it caches (no decision is recorded)."""
-        local = compute_block_hashes(list(token_ids), self.config.block_size, lora_name)
-        return self.index.find_matches_sequence(compute_sequence_hashes(local))
+        return self.index.find_matches_sequence(self.hasher.sequence_hashes(list(token_ids), lora_name))
 
     def select(
         self,
@@ -163,8 +165,7 @@ class KvRouter:
         ``AllWorkersBusy``; nothing is recorded then.
         """
         tokens = token_ids if isinstance(token_ids, list) else list(token_ids)
-        local = compute_block_hashes(tokens, self.config.block_size, lora_name)
-        seq = compute_sequence_hashes(local)
+        seq = self.hasher.sequence_hashes(tokens, lora_name)
         overlaps = self.index.find_matches_sequence(seq).scores
         try:
             selection = self.selector.select(
