@@ -168,6 +168,21 @@ class LoadSpec:
     prompt: str = "Tell me a story about a lighthouse keeper and a storm."
     endpoint: str = "chat"  # chat | completions
     extra: dict[str, Any] = field(default_factory=dict)
+    # A new JSON body per request (e.g. prompts that must differ): replaces ``prompt`` and ``extra``.
+    make_body: Callable[[], bytes] | None = None
+
+    @property
+    def path(self) -> str:
+        return "/v1/chat/completions" if self.endpoint == "chat" else "/v1/completions"
+
+    def head(self, body_len: int) -> bytes:
+        """The request line and headers for a body of ``body_len`` bytes."""
+        parts = urlsplit(self.url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        return (
+            f"POST {self.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Accept: text/event-stream\r\nContent-Length: {body_len}\r\n\r\n"
+        ).encode()
 
     def request_bytes(self) -> tuple[str, int, bytes, bytes]:
         parts = urlsplit(self.url)
@@ -182,17 +197,11 @@ class LoadSpec:
         }
         if self.endpoint == "chat":
             body["messages"] = [{"role": "user", "content": self.prompt}]
-            path = "/v1/chat/completions"
         else:
             body["prompt"] = self.prompt
-            path = "/v1/completions"
         body.update(self.extra)
         data = json.dumps(body).encode()
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Accept: text/event-stream\r\nContent-Length: {len(data)}\r\n\r\n"
-        ).encode()
-        return host, port, head, data
+        return host, port, self.head(len(data)), data
 
 
 @dataclass
@@ -284,8 +293,13 @@ async def run_load(
         while not stop:
             if conn.lost:
                 _, conn = await loop.create_connection(_Connection, host, port)
+            if spec.make_body is not None:
+                data = spec.make_body()
+                req_head, req_body = spec.head(len(data)), data
+            else:
+                req_head, req_body = head, body
             try:
-                res = await conn.request(head, body)
+                res = await conn.request(req_head, req_body)
             except (ConnectionError, httptools.HttpParserError) as exc:
                 res = RequestResult(time.perf_counter(), error=f"{type(exc).__name__}: {exc}")
                 conn.lost = True

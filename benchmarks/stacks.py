@@ -162,7 +162,14 @@ def start_ours(
     return stack
 
 
-def start_reference(model_path: str, model: str, speedup: float, venv: Path = REF_VENV) -> Stack:
+def start_reference(
+    model_path: str,
+    model: str,
+    speedup: float,
+    venv: Path = REF_VENV,
+    frontend_args: tuple[str, ...] = (),
+    mocker_args: tuple[str, ...] = (),
+) -> Stack:
     """NVIDIA Dynamo 1.6.1's frontend + mocker from its own virtual environment.
 
     It runs in a temporary folder so that this checkout's ``dynamo`` package is not on its path.
@@ -175,8 +182,9 @@ def start_reference(model_path: str, model: str, speedup: float, venv: Path = RE
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update({"DYN_FILE_KV": tmp, "DYN_LOG": "warn", "PYTHONUNBUFFERED": "1"})
     fe = [python, "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port), *COMMON]
+    fe += list(frontend_args)
     mk = [python, "-m", "dynamo.mocker", "--model-path", model_path, "--model-name", model]
-    mk += ["--speedup-ratio", str(speedup), *COMMON]
+    mk += ["--speedup-ratio", str(speedup), *COMMON, *mocker_args]
     stack = Stack("reference", f"http://127.0.0.1:{port}", model, tmp=tmp)
     stack.procs["frontend"] = _spawn(fe, env, tmp, Path(tmp) / "frontend.log")
     stack.procs["mocker"] = _spawn(mk, env, tmp, Path(tmp) / "mocker.log")
