@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 
 import httpx
 
+from tests.chaos.hosts import SYSTEM_PORT, Host
 from tests.chaos.tally import Outcome, Tally
+from tests.support.graph import metric_value
 
 PROMPT = "Write a long story about a lighthouse keeper and the sea."
 
@@ -103,3 +106,16 @@ async def steady_load(
                 outcomes.append((time.monotonic(), outcome))
 
     await asyncio.gather(*(loop() for _ in range(concurrency)))
+
+
+def scrape(url: str) -> str:
+    """GET a metrics page (no proxies)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as resp:
+        return resp.read().decode()
+
+
+def worker_completed(host: Host) -> float:
+    """Requests the worker on ``host`` completed, from its status server (``SYSTEM_PORT``)."""
+    text = scrape(f"http://{host.ip}:{SYSTEM_PORT}/metrics")
+    return metric_value(text, "dynamo_worker_requests_total", outcome="completed")

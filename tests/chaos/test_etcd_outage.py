@@ -7,28 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 from functools import partial
 from pathlib import Path
 
 import pytest
 
-from tests.chaos.hosts import SYSTEM_PORT, EtcdOnHost, FrontendOnHost, Host, HostProcess, Lab
-from tests.chaos.load import client, steady_load, stream_completion
+from tests.chaos.hosts import EtcdOnHost, FrontendOnHost, Host, HostProcess, Lab
+from tests.chaos.load import client, steady_load, stream_completion, worker_completed
 from tests.chaos.tally import Outcome, Tally, record
-from tests.support.graph import metric_value
 
 pytestmark = [pytest.mark.timeout(200)]
 MODEL = "chaos-mock"
 TTL = 6.0
 OUTAGE = 30.0
-
-
-def completed_on(host: Host) -> float:
-    """Requests the worker on ``host`` completed, from its status server."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://{host.ip}:{SYSTEM_PORT}/metrics", timeout=5) as resp:
-        return metric_value(resp.read().decode(), "dynamo_worker_requests_total", outcome="completed")
 
 
 async def outage(
@@ -63,7 +54,7 @@ async def outage(
     deadline = time.monotonic() + 20
     while late_served < 1 and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
-        late_served = await asyncio.to_thread(completed_on, late_host)
+        late_served = await asyncio.to_thread(worker_completed, late_host)
     return registered_at, back_at, served_during, late, late_host, late_served
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.hosts import FrontendOnHost, Host, HostProcess, Lab
-from tests.chaos.load import client, stream_completion
+from tests.chaos.load import client, stream_completion, worker_completed
 from tests.chaos.tally import Outcome, Tally, record
 
 pytestmark = [pytest.mark.timeout(150)]
 MODEL = "chaos-mock"
 LIVENESS = 1.5  # seconds: the frontend's --request-plane-liveness-timeout here
+DEFAULT_LIVENESS = 5.0  # the flag's default
 TTL = 10.0  # the discovery lease TTL: detection must come well before it
 STREAMS = 8
 MAX_TOKENS = 120
@@ -29,8 +30,11 @@ MAX_TOKENS = 120
 STALL_BOUND = 1.25 * LIVENESS + 3.0
 
 
-def graph(lab: Lab, model_dir: Path, migration_limit: int) -> tuple[FrontendOnHost, Host, HostProcess]:
-    """etcd, a frontend and two mockers, each on its own host; returns the frontend and the victim."""
+def graph(
+    lab: Lab, model_dir: Path, migration_limit: int, liveness: float | None = LIVENESS
+) -> tuple[FrontendOnHost, Host, HostProcess]:
+    """etcd, a frontend and two mockers, each on its own host; returns the frontend and the victim.
+    ``liveness`` None: the frontend's default timeout."""
     lab.env["DYN_DISCOVERY_TTL"] = str(TTL)
     lab.etcd(lab.host("etcd"))
     victim_host = lab.host("w1")
@@ -42,8 +46,7 @@ def graph(lab: Lab, model_dir: Path, migration_limit: int) -> tuple[FrontendOnHo
         "round-robin",
         "--migration-limit",
         str(migration_limit),
-        "--request-plane-liveness-timeout",
-        str(LIVENESS),
+        *(() if liveness is None else ("--request-plane-liveness-timeout", str(liveness))),
     )
     fe.wait_for_instances(2)
     return fe, victim_host, victim
@@ -93,32 +96,77 @@ async def streams_through_fault(fe: FrontendOnHost, inject) -> tuple[list[Outcom
     return outcomes, tracked, fault_at
 
 
-async def after_fault_requests_avoid_the_victim(fe: FrontendOnHost, tally: Tally, count: int = 4) -> None:
+async def after_fault_requests_avoid_the_victim(
+    fe: FrontendOnHost, tally: Tally, count: int = 4, liveness: float = LIVENESS
+) -> None:
     """New requests right after the detection are served at once by the live worker."""
     async with client(timeout=30) as http:
         for _ in range(count):
-            out = await stream_completion(http, fe.url, MODEL, 8, timeout=LIVENESS)
+            out = await stream_completion(http, fe.url, MODEL, 8, timeout=liveness)
             tally.add(out)
             assert out.ok, out
 
 
-@pytest.mark.parametrize("fault", ["sigstop", "link_cut"])
-async def test_hung_worker_streams_migrate_token_for_token(lab: Lab, smollm2_tokenizer_dir: Path, fault: str):
-    fe, victim_host, victim = graph(lab, smollm2_tokenizer_dir, migration_limit=2)
+async def victim_served_again(
+    fe: FrontendOnHost, victim_host: Host, tally: Tally, timeout: float = 20
+) -> float:
+    """Once the victim answers again, requests reach it again; returns how long that took."""
+    start = time.monotonic()
+    before = await asyncio.to_thread(worker_completed, victim_host)
+    async with client(timeout=30) as http:
+        while time.monotonic() - start < timeout:
+            out = await stream_completion(http, fe.url, MODEL, 8, timeout=10)
+            tally.add(out)
+            if await asyncio.to_thread(worker_completed, victim_host) > before:
+                return time.monotonic() - start
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"the resumed worker got no request within {timeout:.0f}s")
+
+
+async def hung_worker_with_migration(lab: Lab, model_dir: Path, fault: str, liveness: float | None) -> None:
+    bound = 1.25 * (liveness or DEFAULT_LIVENESS) + 3.0
+    fe, victim_host, victim = graph(lab, model_dir, migration_limit=2, liveness=liveness)
     tally = Tally()
-    inject = victim.pause if fault == "sigstop" else victim_host.cut
+    inject, undo = (
+        (victim.pause, victim.resume) if fault == "sigstop" else (victim_host.cut, victim_host.restore)
+    )
     tally.fault(f"{'SIGSTOP' if fault == 'sigstop' else 'link cut of'} 1 of 2 workers mid-stream")
     outcomes, tracked, fault_at = await streams_through_fault(fe, inject)
     for out in outcomes:
         tally.add(out)
     stall = max(t.stall_after(fault_at) for t in tracked)
     tally.recovery_s = round(stall, 2)
-    await after_fault_requests_avoid_the_victim(fe, tally)
-    tally.notes.update(liveness_timeout_s=LIVENESS, lease_ttl_s=TTL, max_tokens=MAX_TOKENS)
-    record(f"hung_worker_{fault}_migration", tally)
+    await after_fault_requests_avoid_the_victim(fe, tally, liveness=liveness or DEFAULT_LIVENESS)
+    undo()  # seen alive again (a PONG to the frontend's probe, or a re-registration): served again
+    back_s = await victim_served_again(fe, victim_host, tally)
+    tally.notes.update(
+        liveness_timeout_s=liveness or DEFAULT_LIVENESS,
+        lease_ttl_s=TTL,
+        max_tokens=MAX_TOKENS,
+        victim_served_again_after_s=round(back_s, 2),
+        recovery_is="the longest wait for a token on any stream after the fault (detection + migration)",
+    )
+    name = f"hung_worker_{fault}_migration" + ("" if liveness else "_default_timeout")
+    record(name, tally)
     assert tally.losses == 0 and tally.completed == tally.sent, (tally.summary(), [o.error for o in outcomes])
-    assert stall <= STALL_BOUND, f"a stream stalled {stall:.1f}s (bound {STALL_BOUND:.1f}s)"
-    assert stall > 0.8 * LIVENESS, f"no stall at all ({stall:.2f}s): did the fault hit a stream?"
+    assert stall <= bound, f"a stream stalled {stall:.1f}s (bound {bound:.1f}s)"
+    assert stall > 0.8 * (liveness or DEFAULT_LIVENESS), (
+        f"no stall at all ({stall:.2f}s): did the fault hit a stream?"
+    )
+
+
+@pytest.mark.parametrize("fault", ["sigstop", "link_cut"])
+async def test_hung_worker_streams_migrate_token_for_token(lab: Lab, smollm2_tokenizer_dir: Path, fault: str):
+    await hung_worker_with_migration(lab, smollm2_tokenizer_dir, fault, LIVENESS)
+
+
+@pytest.mark.chaos_slow
+@pytest.mark.parametrize("fault", ["sigstop", "link_cut"])
+async def test_hung_worker_with_the_default_liveness_timeout(
+    lab: Lab, smollm2_tokenizer_dir: Path, fault: str
+):
+    """The frontend's defaults (5 s liveness, 10 s lease TTL): detected before the lease lapses."""
+    await hung_worker_with_migration(lab, smollm2_tokenizer_dir, fault, None)
 
 
 async def test_hung_worker_without_migration_ends_streams_with_a_clear_error(
@@ -140,7 +188,12 @@ async def test_hung_worker_without_migration_ends_streams_with_a_clear_error(
     tally.recovery_s = round(worst, 2)
     assert worst <= STALL_BOUND, f"a client waited {worst:.1f}s for its error (bound {STALL_BOUND:.1f}s)"
     await after_fault_requests_avoid_the_victim(fe, tally)
-    tally.notes.update(expected_failures=len(ended), liveness_timeout_s=LIVENESS, lease_ttl_s=TTL)
+    tally.notes.update(
+        expected_failures=len(ended),
+        liveness_timeout_s=LIVENESS,
+        lease_ttl_s=TTL,
+        recovery_is="fault -> the last failed client got its error",
+    )
     record("hung_worker_sigstop_no_migration", tally)
     assert all(o.ok for o in outcomes if o.error is None)
     assert tally.completed == tally.sent - len(ended)

@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.chaos.hosts import SYSTEM_PORT, FrontendOnHost, Host, Lab
-from tests.chaos.load import client, stream_completion
+from tests.chaos.hosts import FrontendOnHost, Host, Lab
+from tests.chaos.load import client, scrape, stream_completion, worker_completed
 from tests.chaos.tally import Tally, record
 from tests.support.graph import metric_value
 
@@ -29,24 +28,12 @@ def prompt(seed: int, words: int = 400) -> str:
     return f"[{seed}] " + " ".join(rng.choice(WORDS) for _ in range(words))
 
 
-def scrape(url: str) -> str:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=5) as resp:
-        return resp.read().decode()
-
-
-def completed(host: Host) -> float:
-    return metric_value(
-        scrape(f"http://{host.ip}:{SYSTEM_PORT}/metrics"), "dynamo_worker_requests_total", outcome="completed"
-    )
-
-
 async def served_by(http, fe: FrontendOnHost, workers: list[Host], text: str, tally: Tally) -> str | None:
     """Send one request and return the name of the worker that completed it."""
-    before = [await asyncio.to_thread(completed, w) for w in workers]
+    before = [await asyncio.to_thread(worker_completed, w) for w in workers]
     out = await stream_completion(http, fe.url, MODEL, 8, prompt=text, timeout=30)
     tally.add(out)
-    after = [await asyncio.to_thread(completed, w) for w in workers]
+    after = [await asyncio.to_thread(worker_completed, w) for w in workers]
     grew = [w.name for w, a, b in zip(workers, after, before, strict=True) if a > b]
     return grew[0] if len(grew) == 1 else None
 
