@@ -1,6 +1,7 @@
 """Request-plane connection liveness: a silent peer (stopped, hung, cut off without a FIN) fails its
 streams with ``ConnectionDead`` within the bound, is refused until it answers a probe again, and a
-slow but live worker (a long prefill) is never mistaken for a dead one."""
+slow but live worker (a long prefill) is never mistaken for a dead one; the other way round, a
+worker drops a caller that went silent (cancelling its work) but keeps one whose stream is slow."""
 
 from __future__ import annotations
 
@@ -8,17 +9,22 @@ import asyncio
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
 from dynamo.runtime.request_plane import (
     ConnectionDead,
     InstanceUnreachable,
+    RequestContext,
     RequestPlaneClient,
+    RequestPlaneServer,
     StreamBroken,
 )
+from dynamo.runtime.request_plane.framing import FrameKind, encode_frame
 from tests.support.procs import ManagedProcess, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -146,3 +152,54 @@ async def test_killed_worker_still_reports_a_broken_stream_at_once(client, worke
     assert not isinstance(info.value, ConnectionDead)
     assert time.monotonic() - start < LIVENESS
     wait_until(lambda: not proc.alive(), 5, "the killed worker to exit")
+
+
+class _Endless:
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+
+    async def run(self, request: Any, ctx: RequestContext) -> AsyncGenerator[int, None]:
+        try:
+            for i in range(int(request.get("n", 10**9))):
+                await asyncio.sleep(float(request.get("delay", 0.05)))
+                yield i
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+@pytest.fixture
+async def local_server() -> AsyncIterator[tuple[RequestPlaneServer, _Endless]]:
+    handler = _Endless()
+    server = RequestPlaneServer("127.0.0.1", 0)
+    server.liveness_timeout = LIVENESS
+    server.register("t.w.endless", handler.run)
+    await server.start()
+    yield server, handler
+    await server.stop()
+
+
+async def test_worker_drops_a_silent_caller_and_cancels_its_work(local_server):
+    server, handler = local_server
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    request = msgspec.msgpack.encode(["t.w.endless", {"request_id": "r1"}, {"delay": 0.05}])
+    writer.write(encode_frame(FrameKind.REQUEST, 1, request))
+    await writer.drain()
+    start = time.monotonic()
+    # The caller never answers the worker's PINGs (hung, or its link cut): the handler is cancelled.
+    await asyncio.wait_for(handler.cancelled.wait(), timeout=10 * LIVENESS)
+    assert LIVENESS * 0.9 <= time.monotonic() - start <= 1.25 * LIVENESS + 0.5
+    writer.close()
+
+
+async def test_worker_keeps_a_live_caller_whose_stream_is_slow(local_server):
+    server, handler = local_server
+    c = RequestPlaneClient()
+    c.liveness_timeout = 0  # only the worker's check runs: the client answers its PINGs
+    try:
+        address = f"127.0.0.1:{server.port}"
+        stream = await c.stream(address, "t.w.endless", {"n": 2, "delay": 3 * LIVENESS})
+        assert [item async for item in stream] == [0, 1]
+        assert not handler.cancelled.is_set()
+    finally:
+        await c.close()

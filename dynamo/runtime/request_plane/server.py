@@ -6,7 +6,10 @@ turn: one callback per connection per turn encodes every stream that produced an
 dropped connection cancels the handler's task, so the engine sees ``asyncio.CancelledError`` and
 aborts. Flow control: a stream may run ``STREAM_WINDOW`` items ahead of its reader; then the
 handler waits for ``CREDIT``. A malformed frame closes only that connection. A ``PING`` is answered
-with a ``PONG`` at once, from the event loop (the caller's liveness check, see client.py).
+with a ``PONG`` at once, from the event loop (the caller's liveness check, see client.py). The
+other way round, a connection with streams in flight that stays silent past ``liveness_timeout``
+(``PING`` sent, no frame back: the caller hung or its link was cut) is aborted, which cancels its
+handlers, so the engine does not hold work for a caller that is gone.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
@@ -35,6 +39,18 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
 
 MAX_BATCH_ITEMS = 256  # flush a stream's pending items at this count even without a pause
+# Seconds a caller with streams in flight may stay silent before its connection is dropped
+# (DYN_REQUEST_PLANE_LIVENESS_TIMEOUT also sets it on a worker; generous: a busy frontend's loop lags).
+SERVER_LIVENESS_TIMEOUT = 30.0
+
+
+def _liveness_from_env() -> float:
+    raw = os.environ.get("DYN_REQUEST_PLANE_LIVENESS_TIMEOUT")
+    try:
+        return float(raw) if raw else SERVER_LIVENESS_TIMEOUT
+    except ValueError:
+        log.warning("ignoring DYN_REQUEST_PLANE_LIVENESS_TIMEOUT=%r (not a number)", raw)
+        return SERVER_LIVENESS_TIMEOUT
 
 
 @dataclass(slots=True)
@@ -77,6 +93,8 @@ class _ServerConnection(asyncio.Protocol):
         self._can_write.set()
         self._loop = asyncio.get_running_loop()
         self.peer = "?"
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._last_rx = 0.0  # loop time of the last bytes received
 
     # --- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -88,6 +106,9 @@ class _ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._connections.discard(self)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         for stream in list(self.streams.values()):
             if stream.task is not None:
                 stream.task.cancel()
@@ -99,7 +120,28 @@ class _ServerConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._can_write.set()
 
+    # --- liveness of the caller -------------------------------------------------------------
+    def _check_caller(self) -> None:
+        self._watchdog = None
+        timeout = self.server.liveness_timeout
+        if not self.streams or self.transport is None or self.transport.is_closing():
+            return  # idle: re-armed by the next request
+        silent = self._loop.time() - self._last_rx
+        if silent >= timeout:
+            log.warning(
+                "caller %s silent for %.1fs with %d streams in flight; dropping its connection",
+                self.peer,
+                silent,
+                len(self.streams),
+            )
+            self.transport.abort()  # connection_lost cancels the handlers
+            return
+        if silent >= timeout / 4:
+            self._write(encode_frame(FrameKind.PING, 0))
+        self._watchdog = self._loop.call_later(timeout / 4, self._check_caller)
+
     def data_received(self, data: bytes) -> None:
+        self._last_rx = self._loop.time()
         try:
             for kind, sid, payload in self.parser.feed(data):
                 if kind == FrameKind.REQUEST:
@@ -146,6 +188,8 @@ class _ServerConnection(asyncio.Protocol):
             endpoint=endpoint,
             headers=headers if isinstance(headers, dict) else {},
         )
+        if self._watchdog is None and self.server.liveness_timeout > 0:
+            self._watchdog = self._loop.call_later(self.server.liveness_timeout / 4, self._check_caller)
         stream.task = self._loop.create_task(self._run(stream, handler, body, ctx))
         self.server._inflight.add(stream.task)
         stream.task.add_done_callback(self.server._inflight.discard)
@@ -232,6 +276,7 @@ class RequestPlaneServer:
         self.ssl_context = ssl_context  # TLS (dynamo.runtime.tls); None: plaintext
         self.handshake_timeout = handshake_timeout
         self.handlers: dict[str, Handler] = {}
+        self.liveness_timeout = _liveness_from_env()  # seconds; 0: never drop a silent caller
         self.draining = False
         self._server: asyncio.Server | None = None
         self._connections: set[_ServerConnection] = set()
