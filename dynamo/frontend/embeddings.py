@@ -95,7 +95,8 @@ async def handle_embeddings(service: FrontendService, request: Request) -> Respo
         if served is not None:
             served.require(EMBEDDINGS)
         model = admit(service.models, name, config.max_inflight_requests)
-        inputs = await _maybe_thread(offload, tokenize, model, req)
+        with model.hold_slot():
+            inputs = await _maybe_thread(offload, tokenize, model, req)
     except RequestError as exc:
         # Labelled by model only when it is served: client-chosen names must not add series.
         label = name if name is not None and name in service.models.models else "unknown"

@@ -21,8 +21,10 @@ restarted frontend routes to cached prefixes at once), replays when events went 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -64,12 +66,24 @@ class ServedModel:
     router: InstanceRouter  # aggregated / decode workers
     prefill_router: InstanceRouter  # prefill workers (disaggregation)
     records: dict[int, InstanceRecord] = field(default_factory=dict)
-    inflight: int = 0
+    inflight: int = 0  # admitted and not finished (``--max-inflight-requests`` bounds it)
     created: int = field(default_factory=lambda: int(time.time()))  # when this frontend first served it
 
     @property
     def has_workers(self) -> bool:
         return bool(self.router.instances)
+
+    @contextlib.contextmanager
+    def hold_slot(self) -> Iterator[None]:
+        """Count a request that was just admitted in flight while it is prepared (templated and
+        tokenized, perhaps in a thread): without it a burst of long prompts all pass the admission
+        check during that wait. ``RequestMetrics``, created right after with no wait in between,
+        takes the slot over."""
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
 
     def require(self, model_type: str) -> None:
         """``RequestError`` (404) unless this model is served on ``model_type``'s endpoint."""

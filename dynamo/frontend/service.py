@@ -60,17 +60,18 @@ class FrontendService:
             req = await validate(endpoint, body, offload)
             name = req.model
             model = admit(self.models, name, config.max_inflight_requests)
-            request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-            choices = await preprocess(model, endpoint, req, request_id, offload)
-            builder = ResponseBuilder(
-                endpoint.kind,
-                endpoint.id_prefix + request_id,
-                model.name,
-                choices,
-                model.preprocessor,
-                include_usage=req.include_usage,
-                continuous_usage=bool(req.stream_options and req.stream_options.continuous_usage_stats),
-            )
+            with model.hold_slot():
+                request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+                choices = await preprocess(model, endpoint, req, request_id, offload)
+                builder = ResponseBuilder(
+                    endpoint.kind,
+                    endpoint.id_prefix + request_id,
+                    model.name,
+                    choices,
+                    model.preprocessor,
+                    include_usage=req.include_usage,
+                    continuous_usage=bool(req.stream_options and req.stream_options.continuous_usage_stats),
+                )
         except RequestError as exc:
             # Labelled by model only when it is served: client-chosen names must not add series.
             label = name if name is not None and name in self.models.models else "unknown"

@@ -51,6 +51,8 @@ OVERLOAD_S = 6.0
 RSS_BOUND_MB = 64.0
 FREED_WITHIN_S = 3.0
 PROMPT = "Tell me about the weather on the coast in early spring."
+# ~5000 tokens: its tokenization takes a while, in a thread.
+LONG_PROMPT = " ".join(f"On day {i} the harbour master counted {i * 7 % 31} boats." for i in range(400))
 
 
 @dataclass
@@ -358,3 +360,56 @@ async def test_client_disconnects_free_the_engines_work(graph: Graph, engine_loa
     record("client_disconnects", tally)
     assert answer.outcome.ok, answer.outcome
     assert freed_s < FREED_WITHIN_S, freed_s
+
+
+async def test_a_burst_of_large_requests_is_held_to_the_admission_limit(
+    graph: Graph, engine_load: EngineLoad
+):
+    """Bodies large enough to be parsed and preprocessed in a thread: the admission limit holds
+    while they are (the wait for the thread must not let a burst past it)."""
+    burst = 5 * MAX_INFLIGHT
+    padding = " " * (70 * 1024)  # JSON whitespace: over the frontend's large-body threshold, same prompt
+    engine_load.reset_peaks()
+    tally = Tally()
+    tally.fault(f"{burst} requests with {len(padding) // 1024} KiB bodies at once")
+
+    async def one(http: httpx.AsyncClient) -> Answer:
+        body = {"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": MAX_TOKENS, "logprobs": 0}
+        raw = json.dumps(body)[:-1] + padding + "}"
+        out = Outcome(status=0, expected_tokens=MAX_TOKENS)
+        resp = await http.post(
+            f"{graph.frontend.url}/v1/completions", content=raw, headers={"content-type": "application/json"}
+        )
+        out.status = resp.status_code
+        if resp.status_code == 200:
+            out.tokens = len(resp.json()["choices"][0]["logprobs"]["tokens"])
+        else:
+            out.error = resp.text[:200]
+        return Answer(out, resp.headers.get("retry-after"))
+
+    peaks: dict[str, float] = {}
+    async with client(timeout=60) as http:
+        sampling = True
+
+        async def sampler() -> None:
+            while sampling:
+                await asyncio.to_thread(_sample_queues, graph, peaks)
+                await asyncio.sleep(0.05)
+
+        sampler_task = asyncio.create_task(sampler())
+        answers = await asyncio.gather(*(one(http) for _ in range(burst)))
+        sampling = False
+        await sampler_task
+    for a in answers:
+        tally.add(a.outcome)
+    tally.notes.update(
+        peak_frontend_inflight=peaks["frontend_inflight"],
+        peak_worker_inflight=peaks["worker_inflight"],
+        peak_engine_waiting=engine_load.max_waiting,
+    )
+    record("overload_large_bodies", tally)
+    assert tally.losses == 0, tally.summary()
+    assert tally.refused > 0 and all(a.retry_after for a in answers if a.outcome.refused), tally.summary()
+    assert peaks["worker_inflight"] <= MAX_INFLIGHT, peaks
+    assert peaks["frontend_inflight"] <= MAX_INFLIGHT, peaks
+    assert engine_load.max_waiting <= MAX_INFLIGHT - MAX_NUM_SEQS, engine_load

@@ -96,20 +96,21 @@ async def create_response(service: FrontendService, request: Request) -> Respons
         if served is not None:
             served.require(CHAT_MODEL)
         model = admit(service.models, name, config.max_inflight_requests)
-        history: list[dict[str, Any]] = []
-        if req.previous_response_id is not None:
-            previous = await _load(store, req.previous_response_id)
-            if previous is None:
-                raise previous_response_not_found(req.previous_response_id)
-            history = previous.messages
-        chat = await _maybe_thread(offload, chat_request, req, history)
-        response_id = new_id("resp")
-        request_id = request.headers.get("x-request-id") or response_id
-        try:
-            pre = (await preprocess(model, CHAT, chat, request_id, offload))[0]
-            choice = ChoiceStream(pre, model.preprocessor)
-        except RequestError as exc:
-            raise to_responses_error(exc) from None
+        with model.hold_slot():
+            history: list[dict[str, Any]] = []
+            if req.previous_response_id is not None:
+                previous = await _load(store, req.previous_response_id)
+                if previous is None:
+                    raise previous_response_not_found(req.previous_response_id)
+                history = previous.messages
+            chat = await _maybe_thread(offload, chat_request, req, history)
+            response_id = new_id("resp")
+            request_id = request.headers.get("x-request-id") or response_id
+            try:
+                pre = (await preprocess(model, CHAT, chat, request_id, offload))[0]
+                choice = ChoiceStream(pre, model.preprocessor)
+            except RequestError as exc:
+                raise to_responses_error(exc) from None
     except RequestError as exc:
         # Labelled by model only when it is served: client-chosen names must not add series.
         label = name if name is not None and name in service.models.models else "unknown"
