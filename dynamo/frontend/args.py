@@ -85,6 +85,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="times a broken stream is resumed on another worker (env DYN_MIGRATION_LIMIT; "
         "default: the model card's)",
     )
+    lim = p.add_argument_group("HTTP connection limits")
+    lim.add_argument(
+        "--http-max-header-size",
+        type=int,
+        default=_env_int("DYN_HTTP_MAX_HEADER_SIZE", 32 * 1024),
+        help="largest request head (request line and headers) in bytes; larger gets 431 and the "
+        "connection is closed (env DYN_HTTP_MAX_HEADER_SIZE, default 32 KiB)",
+    )
+    lim.add_argument(
+        "--http-header-timeout",
+        type=float,
+        default=_env_float("DYN_HTTP_HEADER_TIMEOUT", 30.0),
+        help="seconds a client has to send a request's headers, from the connection's opening or the "
+        "previous response; then 408 and the connection is closed (env DYN_HTTP_HEADER_TIMEOUT, default 30)",
+    )
+    lim.add_argument(
+        "--http-body-timeout",
+        type=float,
+        default=_env_float("DYN_HTTP_BODY_TIMEOUT", 60.0),
+        help="seconds a client has to send a request's body after its headers; then 408 and the "
+        "connection is closed (env DYN_HTTP_BODY_TIMEOUT, default 60)",
+    )
     kv = p.add_argument_group("KV router (--router-mode kv)")
     kv.add_argument(
         "--kv-overlap-score-weight",
@@ -288,6 +310,9 @@ class FrontendConfig:
     request_plane_liveness_timeout: float = 5.0  # seconds; 0: off
     response_ttl: float = 3600.0  # seconds
     max_stored_response_bytes: int = 1024 * 1024
+    http_max_header_size: int = 32 * 1024  # bytes
+    http_header_timeout: float = 30.0  # seconds
+    http_body_timeout: float = 60.0  # seconds
 
     @property
     def namespace_filter(self) -> str | None:
@@ -306,6 +331,15 @@ class FrontendConfig:
             raise ValueError(
                 f"--max-stored-response-bytes must not be negative (got {args.max_stored_response_bytes})"
             )
+        if args.http_max_header_size < 1024:
+            raise ValueError(
+                f"--http-max-header-size must be at least 1024 (got {args.http_max_header_size})"
+            )
+        for flag in ("http_header_timeout", "http_body_timeout"):
+            if not 0 < getattr(args, flag) < float("inf"):
+                raise ValueError(
+                    f"--{flag.replace('_', '-')} must be a positive number of seconds (got {getattr(args, flag)})"
+                )
         migration = args.migration_limit
         namespaces = discovery_namespaces(args)
         # The frontend's own namespace (event plane, logs): the first one it was told to serve.
@@ -343,4 +377,7 @@ class FrontendConfig:
             request_plane_liveness_timeout=args.request_plane_liveness_timeout,
             response_ttl=args.response_ttl,
             max_stored_response_bytes=args.max_stored_response_bytes,
+            http_max_header_size=args.http_max_header_size,
+            http_header_timeout=args.http_header_timeout,
+            http_body_timeout=args.http_body_timeout,
         )

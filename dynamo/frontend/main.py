@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dynamo.frontend.app import create_app
 from dynamo.frontend.args import FrontendConfig, build_parser
 from dynamo.frontend.auth import ApiKeyAuth
+from dynamo.frontend.http_limits import limited_protocol
 from dynamo.frontend.metrics import merge_expositions
 from dynamo.runtime.logging import configure_logging
 
@@ -142,7 +143,9 @@ def serve(
             host=config.http_host,
             port=config.http_port,
             loop="uvloop",
-            http="httptools",
+            http=limited_protocol(
+                config.http_max_header_size, config.http_header_timeout, config.http_body_timeout
+            ),
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=int(config.runtime.drain_timeout),
