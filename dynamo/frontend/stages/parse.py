@@ -1,7 +1,9 @@
 """Stage 1, parse: the HTTP request body -> a validated OpenAI request.
 
 Journey: HTTP -> **parse** -> preprocess -> route -> stream | collect. ``read_body`` takes at most
-``--max-body-size`` bytes (413 beyond; a larger Content-Length is refused before reading);
+``--max-body-size`` bytes (413 beyond; a larger Content-Length is refused before reading; a client
+that leaves, or is cut off by ``--http-body-timeout``, before its body is complete is a 499 that nobody
+reads, never an unexpected error);
 ``validate`` applies the endpoint's protocol type (``dynamo.llm.openai``; 400 in the OpenAI error
 shape, naming the field). Bodies above ``LARGE_BODY`` are validated off the event loop, so one huge
 prompt does not stall the other streams.
@@ -12,12 +14,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from dynamo.frontend.endpoints import CompletionEndpoint
-from dynamo.llm.errors import payload_too_large
+from dynamo.llm.errors import RequestError, payload_too_large
 
 LARGE_BODY = 64 * 1024  # bytes; parse and preprocess bodies above this in a thread
+CLIENT_CLOSED = 499  # the client went away before its request was read (nginx's status for it)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -27,11 +30,18 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise payload_too_large(limit)
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise payload_too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise payload_too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise RequestError(
+            CLIENT_CLOSED,
+            "The client closed the connection before sending the whole body.",
+            code="client_closed",
+        ) from None
     return b"".join(chunks)
 
 
