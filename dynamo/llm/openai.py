@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dynamo.llm.errors import RequestError, bad_request
 
+# Every integer a request carries to the engine fits the request plane's 64-bit encoding.
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 MAX_LOGPROBS = 20  # chat top_logprobs (OpenAI's limit)
@@ -50,13 +51,13 @@ _M = TypeVar("_M", bound=BaseModel)
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
-TopK = Annotated[int, Field(ge=-1)]  # -1 and 0 both mean "disabled", as in vLLM
+TopK = Annotated[int, Field(ge=-1, le=_INT64_MAX)]  # -1 and 0 both mean "disabled", as in vLLM
 MinP = Annotated[float, Field(ge=0.0, le=1.0)]
 RepetitionPenalty = Annotated[float, Field(gt=0.0)]
 Seed = Annotated[int, Field(ge=_INT64_MIN, le=_INT64_MAX)]
-MaxTokens = Annotated[int, Field(ge=1)]
-MinTokens = Annotated[int, Field(ge=0)]
-TokenId = Annotated[int, Field(ge=0)]
+MaxTokens = Annotated[int, Field(ge=1, le=_INT64_MAX)]
+MinTokens = Annotated[int, Field(ge=0, le=_INT64_MAX)]
+TokenId = Annotated[int, Field(ge=0, le=_INT64_MAX)]
 
 
 class _Model(BaseModel):
@@ -232,7 +233,7 @@ class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]] = Field(json_schema_extra={"minItems": 1})
     logprobs: Annotated[int, Field(ge=0, le=MAX_COMPLETION_LOGPROBS)] | None = None
     # 0 only with ``echo`` (prompt scoring: the prompt and its logprobs, nothing generated).
-    max_tokens: Annotated[int, Field(ge=0)] | None = 16
+    max_tokens: Annotated[int, Field(ge=0, le=_INT64_MAX)] | None = 16
     echo: bool | None = False
     # Served only with their neutral values (the schema says so).
     best_of: int | None = Field(None, json_schema_extra={"minimum": 1, "maximum": 1})

@@ -35,6 +35,7 @@ from dynamo.llm.openai import (
     MAX_LOGPROBS,
     ChatCompletionRequest,
     ErrorResponse,
+    MaxTokens,
     MinP,
     Penalty,
     RepetitionPenalty,
@@ -196,7 +197,7 @@ class ResponsesRequest(_Model):
     input: str | list[InputItem]
     instructions: str | None = None
     previous_response_id: str | None = None
-    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_output_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
     stream: bool | None = False
