@@ -3,8 +3,9 @@
 Journey: HTTP -> ``app.FrontendApp`` -> **here** for ``/v1/models``, ``/v1/models/{model}/ready``,
 ``/v1/embeddings`` (served by ``embeddings``), ``/v1/responses`` and ``/v1/responses/{id}`` (served
 by ``responses_api``), ``/health``, ``/live``, ``/metrics`` and the API description
-(``/openapi.json``, ``/docs``). Errors keep the OpenAI shape (404 unknown path, 405 wrong method,
-500). Each route declares its response types, from which ``openapi`` writes the document.
+(``/openapi.json``, ``/docs``). Errors keep the OpenAI shape (404 unknown path, 405 wrong method
+with ``Allow`` naming every method the path serves, 500); the probes' 503 carries ``Retry-After``.
+Each route declares its response types, from which ``openapi`` writes the document.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
 from dynamo.frontend.embeddings import add_embeddings_route
-from dynamo.frontend.openapi import build_openapi, error_responses
+from dynamo.frontend.openapi import RETRY_AFTER, build_openapi, error_responses
 from dynamo.frontend.protocol import Health, Live, ModelReadiness
 from dynamo.frontend.responses import error_response
 from dynamo.frontend.responses_api import add_responses_routes
@@ -29,6 +32,7 @@ from dynamo.llm.errors import RequestError, internal_error, model_not_found
 from dynamo.llm.openai import ModelList
 
 log = logging.getLogger(__name__)
+RETRY = {"Retry-After": "1"}  # on 503 of the probes: workers come and go within seconds
 
 
 def build_api(
@@ -40,14 +44,18 @@ def build_api(
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         err = RequestError(exc.status_code, str(exc.detail), code=code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route with this path only.
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
         return Response(
             err.to_body(),
             status_code=exc.status_code,
             media_type="application/json",
-            headers=dict(exc.headers or {}),
+            headers=headers,
         )
 
     @app.exception_handler(Exception)
@@ -76,21 +84,28 @@ def build_api(
         response_model=ModelReadiness,
         operation_id="model_ready",
         summary="Whether a model has a live worker",
-        responses={503: {"model": ModelReadiness, "description": "no live worker"}, **error_responses(404)},
+        responses={
+            503: {"model": ModelReadiness, "description": "no live worker", "headers": RETRY_AFTER},
+            **error_responses(404),
+        },
     )
     async def model_ready(model: str) -> Response:
         served = service().models.get(model)
         if served is None:
             return error_response(model_not_found(model))
         ready = served.has_workers
-        return JSONResponse({"model": model, "ready": ready}, status_code=200 if ready else 503)
+        if ready:
+            return JSONResponse({"model": model, "ready": ready})
+        return JSONResponse({"model": model, "ready": ready}, status_code=503, headers=RETRY)
 
     @app.get(
         "/health",
         response_model=Health,
         operation_id="health",
         summary="Served models and their live instances",
-        responses={503: {"model": Health, "description": "no model has a live worker"}},
+        responses={
+            503: {"model": Health, "description": "no model has a live worker", "headers": RETRY_AFTER}
+        },
     )
     async def health() -> Response:
         models = service().models.models.values()
@@ -109,7 +124,7 @@ def build_api(
                 for iid, r in m.records.items()
             ],
         }
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return JSONResponse(body, status_code=200) if ready else JSONResponse(body, 503, headers=RETRY)
 
     @app.get("/live", response_model=Live, operation_id="live", summary="The process is up")
     async def live() -> dict[str, str]:
@@ -126,3 +141,13 @@ def build_api(
         return Response(generate_latest(service().runtime.metrics), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """The methods of every route whose path matches ``scope``'s (for a 405's ``Allow``)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)

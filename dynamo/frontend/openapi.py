@@ -7,9 +7,12 @@ completion routes, which are served before FastAPI (``app.FrontendApp``), are ad
 a JSON response (``stream: false``) or an event stream (``stream: true``) whose ``data:`` events
 follow ``x-itemSchema`` (a chunk, or an error midway; then ``[DONE]``), and each error status with
 the OpenAI error body. ``x-itemSchema`` is OpenAPI 3.2's ``itemSchema``, as an extension of this
-3.1 document. FastAPI routes that read their JSON body themselves (``/v1/embeddings``,
-``/v1/responses``) name its type with ``request_body``, and the events of a route that may stream
-(``/v1/responses``) with ``event_stream``.
+3.1 document; an event stream's ``schema`` describes one event as a parsed ``text/event-stream``
+event (``event``, ``data``: ``[DONE]`` or JSON text whose ``contentSchema`` is ``x-itemSchema``),
+the convention tools for 3.1 documents follow (schemathesis validates each event with it).
+FastAPI routes that read their JSON body themselves (``/v1/embeddings``, ``/v1/responses``) name
+its type with ``request_body``, and the events of a route that may stream (``/v1/responses``) with
+``event_stream``. Every 429 and 503 documents its ``Retry-After`` header.
 """
 
 from __future__ import annotations
@@ -56,12 +59,42 @@ def event_stream(model: type[BaseModel]) -> dict[str, Any]:
     if model not in _EVENT_TYPES:
         _EVENT_TYPES.append(model)
     schema = {"$ref": REF.format(model=model.__name__)}
-    return {"text/event-stream": {"schema": {"type": "string"}, "x-itemSchema": schema}}
+    return {"text/event-stream": {"schema": sse_event(schema), "x-itemSchema": schema}}
+
+
+def sse_event(data: dict[str, Any]) -> dict[str, Any]:
+    """The schema of one server-sent event whose ``data`` is ``[DONE]`` or JSON matching ``data``."""
+    json_data = {"type": "string", "contentMediaType": "application/json", "contentSchema": data}
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "event": {"type": "string"},
+            "data": {"anyOf": [{"const": "[DONE]"}, json_data]},
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
+    }
+
+
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before retrying",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
+RETRY_STATUSES = (429, 503)  # answered with Retry-After, always
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """FastAPI ``responses=`` entries: the OpenAI error body for each status."""
-    return {status: {"model": ErrorResponse, "description": ERRORS[status]} for status in statuses}
+    """FastAPI ``responses=`` entries: the OpenAI error body for each status (and ``Retry-After``)."""
+    entries: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entries[status] = {"model": ErrorResponse, "description": ERRORS[status]}
+        if status in RETRY_STATUSES:
+            entries[status]["headers"] = RETRY_AFTER
+    return entries
 
 
 def build_openapi(app: FastAPI) -> dict[str, Any]:
@@ -107,6 +140,7 @@ def _completion_operation(
     e: CompletionEndpoint, refs: Mapping[tuple[Any, JsonSchemaMode], Any]
 ) -> dict[str, Any]:
     error_ref = refs[(ErrorResponse, "serialization")]
+    item = {"oneOf": [refs[(e.chunk_type, "serialization")], error_ref]}
     responses: dict[str, Any] = {
         "200": {
             "description": (
@@ -116,8 +150,8 @@ def _completion_operation(
             "content": {
                 "application/json": {"schema": refs[(e.response_type, "serialization")]},
                 "text/event-stream": {
-                    "schema": {"type": "string"},
-                    "x-itemSchema": {"oneOf": [refs[(e.chunk_type, "serialization")], error_ref]},
+                    "schema": sse_event(item),
+                    "x-itemSchema": item,
                 },
             },
         }
@@ -127,6 +161,8 @@ def _completion_operation(
             "description": description,
             "content": {"application/json": {"schema": error_ref}},
         }
+        if status in RETRY_STATUSES:
+            responses[str(status)]["headers"] = RETRY_AFTER
     return {
         "summary": e.summary,
         "operationId": e.operation_id,
