@@ -445,7 +445,9 @@ def stop_py_spy(procs: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: ISL 2000, c=1,8, 3 s rows, 1 repeat")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: ISL 2000, c=1,8, 3 s rows, 1 repeat (unless given)"
+    )
     p.add_argument("--isl", default="2000,6000,32000", help="comma-separated prompt lengths (tokens)")
     p.add_argument("--prefix", default="shared,unique", help="shared, unique or both")
     p.add_argument("--concurrency", default="1,32,128", help="comma-separated levels")
@@ -488,8 +490,12 @@ def main() -> None:
 
     args = build_parser().parse_args()
     signal.signal(signal.SIGTERM, _interrupt)  # so that the stacks are stopped
-    if args.quick:
-        args.isl, args.concurrency, args.duration, args.warmup, args.repeats = "2000", "1,8", 3.0, 1.0, 1
+    if args.quick:  # smaller defaults; flags given explicitly still win
+        defaults = build_parser().parse_args([])
+        quick = {"isl": "2000", "concurrency": "1,8", "duration": 3.0, "warmup": 1.0, "repeats": 1}
+        for name, value in quick.items():
+            if getattr(args, name) == getattr(defaults, name):
+                setattr(args, name, value)
     path = long_context_model(model_dir(), args.context)
     stacks = start_stacks(args, path)
     try:
