@@ -1,5 +1,5 @@
 """vLLM's NixlConnector, keeping each engine's compute on the cores Dynamo bound it to (CPU build),
-and NIXL's agent without its busy-polling progress thread.
+and NIXL's agents with a progress thread that sleeps until UCX has work.
 
 Journey: loaded once inside vLLM's worker process when a prefill or decode engine starts; it moves
 the KV between engines (prefill -> decode) for the rest of the engine's life.
@@ -12,11 +12,13 @@ a 1200-token prefill took ~40 s instead of ~4 s. This subclass puts the thread b
 after vLLM's constructor; everything else is vLLM's pull-mode ``NixlConnector``. The worker selects
 it with ``kv_connector_module_path`` under vLLM's own name ``NixlConnector``, so vLLM's checks for
 that name still apply (``dynamo.vllm.args.default_kv_transfer_config``).
+
+NIXL's agents keep their UCX progress thread, waiting for events instead of spinning
+(``dynamo.vllm.nixl_agent``: why it cannot simply be turned off).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from typing import Any
@@ -24,18 +26,15 @@ from typing import Any
 from vllm.distributed.kv_transfer.kv_connector.v1.nixl import NixlPullConnector
 from vllm.distributed.kv_transfer.kv_connector.v1.nixl import base_worker as _nixl_worker
 
+from dynamo.vllm.nixl_agent import new_nixl_agent
+
 # Under "vllm." so that vLLM's logging setup in its worker process prints it.
 logger = logging.getLogger(f"vllm.{__name__}")
 
 MODULE_PATH = __name__
 
-# NIXL's Python API starts its UCX progress thread with no delay between polls, so an idle engine
-# keeps a core busy and an aggregated one computes on what is left of its cores. Without the
-# thread, UCX progresses when vLLM polls its transfers and notifications on every engine step.
-if getattr(_nixl_worker, "nixl_agent_config", None) is not None:
-    _nixl_worker.nixl_agent_config = functools.partial(
-        _nixl_worker.nixl_agent_config, enable_prog_thread=False
-    )
+if getattr(_nixl_worker, "NixlWrapper", None) is not None:
+    _nixl_worker.NixlWrapper = new_nixl_agent
 
 
 class NixlConnector(NixlPullConnector):
