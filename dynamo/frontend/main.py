@@ -102,7 +102,7 @@ class SharedPortMetrics:
             body = merge_expositions(await self._fetch_all())
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             log.warning("/metrics: a frontend process did not answer: %s", exc)
-            status, headers = 503, [(b"content-type", b"text/plain; charset=utf-8")]
+            status, headers = 503, [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")]
             body = f"a frontend process did not answer its metrics: {exc}\n".encode()
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
