@@ -184,6 +184,7 @@ async def test_prefill_worker_lost_mid_prefill_decode_falls_back(
                 tally.add(out)
             tally.recovery_s = round(done_s, 2)
             tally.notes["fault_to_all_in_flight_done_s"] = round(done_s, 2)
+            tally.notes["recovery_is"] = "fault -> every request in flight done (prefilled locally)"
             tally.notes["max_latency_after_fault_s"] = round(max(o.latency_s for o in after), 2)
             if fault == "cut":
                 # Link back: the prefill worker (it kept running) is used again for remote prefills.
@@ -377,6 +378,7 @@ async def _vllm_fault_mid_transfer(g: VllmGraph, fault: str) -> None:
     tally.recovery_s = round(done_s, 2)
     tally.notes.update(
         fault_to_all_done_s=round(done_s, 2),
+        recovery_is="fault -> every request done (the waiting ones prefilled on the decode worker)",
         decode_transfer_fallbacks=transfer_fallbacks,
         decode_fallbacks=fallbacks(decode_after) - fallbacks(decode_before),
     )
@@ -384,7 +386,10 @@ async def _vllm_fault_mid_transfer(g: VllmGraph, fault: str) -> None:
     assert tally.losses == 0 and tally.completed == VLLM_REQUESTS, (tally.summary(), results)
     # At least one request had to pull KV from the lost worker, and fell back instead of hanging.
     assert transfer_fallbacks >= 1, tally.notes
-    assert done_s < 240, done_s
+    # Bounded, not quick after a cut: a request whose KV read started keeps its slot on the decode
+    # worker until UCX gives up reconnecting to the lost host (UCX_TCP_MAX_CONN_RETRIES, default 25:
+    # ~90 s here; 1 brought it to ~15 s), so the local prefills queued behind it wait that long.
+    assert done_s < 180, done_s
 
 
 @pytest.mark.vllm

@@ -251,7 +251,10 @@ async def _fault_mid_streams(g: Graph, fault: str) -> None:
     )
     tally.recovery_s = round(done_s, 2)
     tally.notes.update(
-        streams_on_victim=on_victim, migrations=migrations, fault_to_all_done_s=round(done_s, 2)
+        streams_on_victim=on_victim,
+        migrations=migrations,
+        fault_to_all_done_s=round(done_s, 2),
+        recovery_is="fault -> every stream done (migrated ones on the other worker)",
     )
     record(f"migration_vllm_{fault}", tally)
     assert on_victim >= 2, streams  # "several streams"

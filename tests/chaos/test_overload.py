@@ -274,6 +274,7 @@ async def test_overload_at_ten_times_capacity_refuses_with_retry_after_and_recov
         peak_engine_waiting=engine_load.max_waiting,
         frontend_rss_mb_before=round(rss_before, 1),
         frontend_rss_mb_peak=round(rss_peak, 1),
+        recovery_is="end of the overload -> the first request served whole",
     )
     record("overload_10x", tally)
 
@@ -356,7 +357,11 @@ async def test_client_disconnects_free_the_engines_work(graph: Graph, engine_loa
         answer = await send(http, graph.frontend.url, stream=False)
     tally.add(answer.outcome)
     tally.recovery_s = round(freed_s, 2)
-    tally.notes.update(hung_up=MAX_INFLIGHT, engine_freed_s=round(freed_s, 2))
+    tally.notes.update(
+        hung_up=MAX_INFLIGHT,
+        engine_freed_s=round(freed_s, 2),
+        recovery_is="clients gone -> the engine's load report shows nothing running or waiting (reports come every 1 s)",
+    )
     record("client_disconnects", tally)
     assert answer.outcome.ok, answer.outcome
     assert freed_s < FREED_WITHIN_S, freed_s
