@@ -145,6 +145,8 @@ def check_schema(schema: dict[str, Any], param: str) -> None:
     """400 naming ``param`` unless ``schema`` is a valid JSON schema (of its declared draft)."""
     try:
         validator_for(schema).check_schema(schema)
+    except RecursionError:  # the checker recurses per level; deep nesting is JSON, not a schema
+        raise bad_request(f"'{param}' is nested too deeply to be a JSON schema served here.", param) from None
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
         raise bad_request(
