@@ -337,6 +337,50 @@ def test_malformed_json_is_400(served: Served, path: str, body: bytes):
     assert_json_error(r, 400)
 
 
+def _deep_schema(depth: int) -> str:
+    return '{"anyOf":[' * depth + '{"type":"string"}' + "]}" * depth
+
+
+def _deep_list(depth: int) -> str:
+    return "[" * depth + '"x"' + "]" * depth
+
+
+MESSAGES = json.dumps(CHAT)
+DEEP_FIELDS = {
+    "response_format": lambda d: (
+        f'"messages":{MESSAGES},"response_format":{{"type":"json_schema",'
+        f'"json_schema":{{"name":"x","schema":{_deep_schema(d)}}}}}'
+    ),
+    "structured_outputs": lambda d: (
+        f'"messages":{MESSAGES},"structured_outputs":{{"json":{_deep_schema(d)}}}'
+    ),
+    "tool-parameters": lambda d: (
+        f'"messages":{MESSAGES},"tools":[{{"type":"function","function":'
+        f'{{"name":"f","parameters":{_deep_schema(d)}}}}}],"tool_choice":"required"'
+    ),
+    "chat_template_kwargs": lambda d: (
+        f'"messages":{MESSAGES},"chat_template_kwargs":{{"a":{_deep_list(2 * d)}}}'
+    ),
+    "message-extra-key": lambda d: f'"messages":[{{"role":"user","content":"hi","x":{_deep_list(2 * d)}}}]',
+}
+
+
+@pytest.mark.parametrize("field", list(DEEP_FIELDS))
+def test_deeply_nested_json_in_object_fields_is_refused_or_served(served: Served, field: str):
+    """Nesting as deep as the JSON parser takes (a schema checker that recursed per level once
+    answered 500 with a RecursionError), and deeper (refused by the parser)."""
+    with httpx.Client(timeout=30) as http:
+        for depth in (40, 80, 90, 95, 99, 150):
+            body = '{"model":"' + MODEL + '","max_tokens":2,' + DEEP_FIELDS[field](depth) + "}"
+            r = http.post(
+                f"{served.url}{CHAT_PATH}", content=body, headers={"content-type": "application/json"}
+            )
+            assert r.status_code in (200, 400), (depth, r.status_code, r.text[:300])
+            if r.status_code == 400:
+                assert set(r.json()["error"]) == ERROR_KEYS
+    served.healthy()
+
+
 # --- absurd numbers ---------------------------------------------------------------------------
 
 ABSURD = [
