@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import secrets
 import shutil
@@ -26,6 +27,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -286,10 +289,6 @@ class FrontendOnHost:
 
     def instances(self) -> list[dict]:
         """The instances the frontend's ``/health`` lists (empty if it does not answer)."""
-        import json
-        import urllib.error
-        import urllib.request
-
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
             with opener.open(f"{self.url}/health", timeout=5) as r:
