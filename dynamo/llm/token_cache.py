@@ -148,7 +148,10 @@ class PrefixTokenCache:
         if budget is not None and to_encode:
             budget.spend(sum(len(parts[i]) for i in to_encode))
         if to_encode:
-            encoded = self._tokenizer.encode_batch([parts[i] for i in to_encode], add_special_tokens=False)
+            # ``_fast``: the same ids without the offsets (a quarter less CPU for a long prompt).
+            encoded = self._tokenizer.encode_batch_fast(
+                [parts[i] for i in to_encode], add_special_tokens=False
+            )
             misses = []
             for i, enc in zip(to_encode, encoded, strict=True):
                 ids = self._shared(enc.ids)
