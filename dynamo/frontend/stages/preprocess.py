@@ -11,9 +11,9 @@ tokenizes at most ``INLINE_ENCODE_CHARS`` characters that the prefix cache does 
 millisecond of tokenizer time); past that it starts again in a thread, where the tokenizer runs
 without the GIL. A prompt whose long parts are cached (a shared system prompt) stays on the loop,
 without a thread hop. ``offload`` (the caller's: a large body) skips the inline attempt. The
-threads are a pool of ``PREPROCESS_THREADS`` (the process's cores less one): more would take the
-event loop's core, and the loop would lag behind CPU-bound tokenizer threads instead of behind the
-tokenizer itself.
+threads are a pool of ``PREPROCESS_THREADS``: ``DYN_PREPROCESS_THREADS``, else the process's cores
+less one (the event loop keeps a core; with ``--http-workers N`` each process has its own pool, so
+set it to about cores / N - 1).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -33,7 +34,6 @@ from dynamo.llm.token_cache import EncodeTooLong
 # Characters tokenized on the event loop at most per request (~0.25 us each: about 1 ms); measured
 # in benchmarks/results/profiles/README.md.
 INLINE_ENCODE_CHARS = 4096
-PREPROCESS_THREADS = max(1, len(os.sched_getaffinity(0)) - 1)
 _pool: ThreadPoolExecutor | None = None
 _MODEL_TYPES = {"chat": "chat", "completion": "completions"}  # endpoint kind -> card model type
 
@@ -63,6 +63,19 @@ async def preprocess(
             pass  # too much to tokenize on the loop: all of it again, in a thread
     work = functools.partial(endpoint.preprocess, model.preprocessor, request, request_id)
     return await asyncio.get_running_loop().run_in_executor(_threads(), work)
+
+
+def preprocess_threads(environ: Mapping[str, str] = os.environ) -> int:
+    """The pool's size: ``DYN_PREPROCESS_THREADS``, else the process's cores less one (at least 1)."""
+    raw = environ.get("DYN_PREPROCESS_THREADS")
+    if not raw:
+        return max(1, len(os.sched_getaffinity(0)) - 1)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"DYN_PREPROCESS_THREADS must be a positive integer, not {raw!r}")
+    return int(raw)
+
+
+PREPROCESS_THREADS = preprocess_threads()
 
 
 def _threads() -> ThreadPoolExecutor:

@@ -1,0 +1,68 @@
+"""The preprocess stage tokenizes a long uncached prompt in its thread pool and a cached one on the
+event loop, with the same token ids either way."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from dynamo.frontend.endpoints import CHAT
+from dynamo.frontend.stages.preprocess import INLINE_ENCODE_CHARS, preprocess, preprocess_threads
+from dynamo.llm.model_card import ModelDeploymentCard
+from dynamo.llm.openai import ChatCompletionRequest
+from dynamo.llm.preprocessor import Preprocessor
+
+
+def test_long_uncached_prompts_go_to_the_pool_and_cached_ones_stay_on_the_loop(
+    smollm2_tokenizer_dir: Path,
+) -> None:
+    card = ModelDeploymentCard.from_local_path(smollm2_tokenizer_dir)
+    pre = Preprocessor.from_card(card, card.read_files())
+    encode = pre.encode
+    where: list[str] = []
+
+    def recorded(text: str, add_special_tokens: bool) -> list[int]:
+        where.append(threading.current_thread().name)
+        return encode(text, add_special_tokens)
+
+    pre.encode = recorded  # type: ignore[method-assign]
+    # The stage reads only these two attributes of the served model.
+    model: Any = SimpleNamespace(preprocessor=pre, require=lambda _model_type: None)
+    system = "You are a terse assistant for a shipping company; answer in one line. " * 80
+    assert len(system) > INLINE_ENCODE_CHARS
+
+    def request(question: str) -> ChatCompletionRequest:
+        return ChatCompletionRequest.model_validate(
+            {
+                "model": "m",
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+            }
+        )
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        loop = threading.current_thread().name
+        first = await preprocess(model, CHAT, request("Where is parcel 1?"), "r1", offload=False)
+        assert where[0] == loop and where[-1].startswith("preprocess")  # tried here, then the pool
+        where.clear()
+        second = await preprocess(model, CHAT, request("Where is parcel 2?"), "r2", offload=False)
+        assert where == [loop]  # the system prompt was cached: no thread hop
+        return first[0].request.token_ids, second[0].request.token_ids
+
+    first, second = asyncio.run(scenario())
+    tokenizer = pre.tokenizer
+    for ids, question in ((first, "Where is parcel 1?"), (second, "Where is parcel 2?")):
+        prompt = pre.render_chat(request(question))
+        assert ids == tokenizer.encode(prompt, add_special_tokens=False).ids
+
+
+def test_the_pool_size_comes_from_the_environment_or_the_cores() -> None:
+    assert preprocess_threads({"DYN_PREPROCESS_THREADS": "3"}) == 3
+    assert preprocess_threads({}) >= 1
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(ValueError, match="DYN_PREPROCESS_THREADS"):
+            preprocess_threads({"DYN_PREPROCESS_THREADS": bad})
