@@ -352,7 +352,8 @@ async def _vllm_fault_mid_transfer(g: VllmGraph, fault: str) -> None:
             g.prefill.kill9()
         else:
             g.prefill_host.cut()
-        tally.fault(f"{fault} the vLLM prefill worker while {waiting():.0f} requests wait to pull its KV")
+        verb = "kill -9" if fault == "kill9" else "cut the link of"
+        tally.fault(f"{verb} the vLLM prefill worker while {waiting():.0f} requests wait to pull its KV")
         try:
             results = await asyncio.gather(*tasks)
         finally:

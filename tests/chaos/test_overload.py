@@ -411,6 +411,7 @@ async def test_a_burst_of_large_requests_is_held_to_the_admission_limit(
         peak_frontend_inflight=peaks["frontend_inflight"],
         peak_worker_inflight=peaks["worker_inflight"],
         peak_engine_waiting=engine_load.max_waiting,
+        recovery_is="nothing to recover from: the point is the bound",
     )
     record("overload_large_bodies", tally)
     assert tally.losses == 0, tally.summary()
