@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a client has to send a request's body after its headers; then 408 and the "
         "connection is closed (env DYN_HTTP_BODY_TIMEOUT, default 60)",
     )
+    lim.add_argument(
+        "--http-write-timeout",
+        type=float,
+        default=_env_float("DYN_HTTP_WRITE_TIMEOUT", 60.0),
+        help="seconds a client that has response data waiting may go without reading any; then the "
+        "connection is dropped and the request cancelled (env DYN_HTTP_WRITE_TIMEOUT, default 60)",
+    )
     kv = p.add_argument_group("KV router (--router-mode kv)")
     kv.add_argument(
         "--kv-overlap-score-weight",
@@ -313,6 +320,7 @@ class FrontendConfig:
     http_max_header_size: int = 32 * 1024  # bytes
     http_header_timeout: float = 30.0  # seconds
     http_body_timeout: float = 60.0  # seconds
+    http_write_timeout: float = 60.0  # seconds
 
     @property
     def namespace_filter(self) -> str | None:
@@ -335,7 +343,7 @@ class FrontendConfig:
             raise ValueError(
                 f"--http-max-header-size must be at least 1024 (got {args.http_max_header_size})"
             )
-        for flag in ("http_header_timeout", "http_body_timeout"):
+        for flag in ("http_header_timeout", "http_body_timeout", "http_write_timeout"):
             if not 0 < getattr(args, flag) < float("inf"):
                 raise ValueError(
                     f"--{flag.replace('_', '-')} must be a positive number of seconds (got {getattr(args, flag)})"
@@ -380,4 +388,5 @@ class FrontendConfig:
             http_max_header_size=args.http_max_header_size,
             http_header_timeout=args.http_header_timeout,
             http_body_timeout=args.http_body_timeout,
+            http_write_timeout=args.http_write_timeout,
         )

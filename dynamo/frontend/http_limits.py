@@ -10,7 +10,10 @@ httptools protocol, plus:
   response ended (a client that trickles its headers, or sends nothing) -> 408 if anything came,
   then the connection is closed;
 - a body not complete ``body_timeout`` seconds after its head -> 408, connection closed; the
-  handler waiting for it sees a client disconnect (``stages.parse.read_body``).
+  handler waiting for it sees a client disconnect (``stages.parse.read_body``);
+- a client that stops reading its response: once the unsent output is over the transport's high
+  water mark, ``write_timeout`` seconds without the client taking any -> the connection is dropped,
+  so the handler sees a disconnect and the engine's work is cancelled (as nginx's ``send_timeout``);
 - malformed HTTP -> 400 with the OpenAI error body (uvicorn's is plain text).
 
 Everything runs in the protocol's callbacks on the event loop: one timer per connection phase,
@@ -21,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+log = logging.getLogger(__name__)
 HEAD_OVERHEAD = 4  # bytes of ": " and CRLF around each header, not in its name or value
 
 
@@ -48,6 +53,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     max_head = 32 * 1024
     head_timeout = 30.0
     body_timeout = 60.0
+    write_timeout = 60.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -57,6 +63,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_body = False  # headers done, message not complete
         self._refused = False  # answered by this class and closing: ignore what still arrives
         self._timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None  # while writing is paused
 
     # --- connection -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -65,7 +72,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._stop_write_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.write_timeout, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stop_write_timer()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -163,6 +180,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._refuse(408, f"Request body not received within {self.body_timeout:g} s.", "request_timeout")
 
+    def _stop_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        if not self.transport.is_closing():
+            log.info("client %s took no response data for %g s; dropping it", self.client, self.write_timeout)
+            self._refused = True
+            self.transport.abort()  # what is buffered cannot be delivered: drop it now
+
     def _refuse(self, status: int, message: str, code: str) -> None:
         """Answer ``status`` with the OpenAI error body and close the connection."""
         self._refused = True
@@ -175,10 +204,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def limited_protocol(max_head: int, head_timeout: float, body_timeout: float) -> type[HttpToolsProtocol]:
+def limited_protocol(
+    max_head: int, head_timeout: float, body_timeout: float, write_timeout: float
+) -> type[HttpToolsProtocol]:
     """The protocol class for ``uvicorn.Config(http=...)`` with these limits."""
     return type(
         "LimitedHttpToolsProtocol",
         (LimitedHttpToolsProtocol,),
-        {"max_head": max_head, "head_timeout": head_timeout, "body_timeout": body_timeout},
+        {
+            "max_head": max_head,
+            "head_timeout": head_timeout,
+            "body_timeout": body_timeout,
+            "write_timeout": write_timeout,
+        },
     )

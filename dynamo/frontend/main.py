@@ -144,7 +144,10 @@ def serve(
             port=config.http_port,
             loop="uvloop",
             http=limited_protocol(
-                config.http_max_header_size, config.http_header_timeout, config.http_body_timeout
+                config.http_max_header_size,
+                config.http_header_timeout,
+                config.http_body_timeout,
+                config.http_write_timeout,
             ),
             log_level="warning",
             access_log=False,

@@ -1,0 +1,84 @@
+"""A client that stops reading its response (real frontend + mocker): once the frontend's unsent
+output is over the transport's high-water mark, ``--http-write-timeout`` seconds without the client
+taking any drops the connection and cancels the request (its engine work with it), while other
+clients are served meanwhile. Without the bound, such a client holds an engine sequence for as
+long as it keeps the socket open.
+
+Its own frontend, with the mocker's full context (8192 tokens), so that one response outgrows the
+kernel's socket buffers (several MiB on loopback): 128 choices of up to 4000 tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fuzz.conftest import CHAT, MODEL, Served
+from tests.fuzz.test_hostile_input import Background, request_head
+from tests.support.graph import Frontend, discovery_env, metric_value, start_mocker
+
+pytestmark = [pytest.mark.timeout(120)]
+WRITE_TIMEOUT = 2.0
+
+
+@pytest.fixture(scope="module")
+def roomy(log_dir: Path, smollm2_tokenizer_dir: Path, tmp_path_factory) -> Iterator[Served]:
+    env = discovery_env("file")
+    env["DYN_FILE_DISCOVERY_DIR"] = str(tmp_path_factory.mktemp("discovery-slow-reader"))
+    worker = start_mocker(
+        log_dir,
+        env,
+        smollm2_tokenizer_dir,
+        "mocker-slow-reader",
+        "--model-name",
+        MODEL,
+        "--speedup-ratio",
+        "100",
+        "--decode-speedup-ratio",
+        "100",
+    )
+    frontend = Frontend(log_dir, env, "--http-write-timeout", str(WRITE_TIMEOUT), name="frontend-slow-reader")
+    try:
+        frontend.wait_for_instances(1)
+        yield Served(frontend, worker)
+    finally:
+        frontend.stop()
+        worker.stop()
+
+
+def inflight(served: Served) -> float:
+    return metric_value(served.frontend.metrics(), "dynamo_frontend_inflight_requests", model=MODEL)
+
+
+def test_a_client_that_stops_reading_is_dropped_and_its_request_cancelled(roomy: Served):
+    body = json.dumps(
+        {"model": MODEL, "messages": CHAT, "max_tokens": 4000, "n": 128, "stream": True, "ignore_eos": True}
+    ).encode()
+    head = request_head(
+        "POST", "/v1/chat/completions", {"Content-Type": "application/json", "Content-Length": str(len(body))}
+    )
+    with Background(roomy):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", roomy.port))
+        try:
+            sock.sendall(head + body)
+            started = time.monotonic()
+            deadline = started + 30
+            while inflight(roomy) < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert inflight(roomy) == 1, "the request never started"
+            # Never read: the request must end (cancelled) within the write timeout once the
+            # buffers are full, not when the client finally closes.
+            while inflight(roomy) > 0 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert inflight(roomy) == 0, "the request of a client that does not read was never cancelled"
+            assert time.monotonic() - started < 20
+        finally:
+            sock.close()
+    roomy.healthy()
