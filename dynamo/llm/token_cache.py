@@ -36,6 +36,7 @@ from tokenizers import Tokenizer
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MIN_CHARS = 256
+SERIAL_CHARS = 2048  # at most this much text to encode: ``encode`` per piece, no batch call
 
 
 class EncodeTooLong(Exception):
@@ -148,10 +149,15 @@ class PrefixTokenCache:
         if budget is not None and to_encode:
             budget.spend(sum(len(parts[i]) for i in to_encode))
         if to_encode:
-            # ``_fast``: the same ids without the offsets (a quarter less CPU for a long prompt).
-            encoded = self._tokenizer.encode_batch_fast(
-                [parts[i] for i in to_encode], add_special_tokens=False
-            )
+            texts = [parts[i] for i in to_encode]
+            tokenizer = self._tokenizer
+            if sum(map(len, texts)) <= SERIAL_CHARS:
+                # Short pieces (a cached prompt's template words and user turn): one by one on this
+                # thread; a batch call hands them to the tokenizer's worker threads and waits.
+                encoded = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+            else:
+                # ``_fast``: the same ids without the offsets (a quarter less CPU for a long prompt).
+                encoded = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
             misses = []
             for i, enc in zip(to_encode, encoded, strict=True):
                 ids = self._shared(enc.ids)
