@@ -77,7 +77,7 @@ async def test_silent_peer_fails_streams_with_connection_dead_within_the_bound(c
         with pytest.raises(ConnectionDead, match="stopped answering"):
             await asyncio.wait_for(stream.__anext__(), timeout=10 * LIVENESS)
     elapsed = time.monotonic() - start
-    assert LIVENESS <= elapsed <= 1.25 * LIVENESS + 0.5, elapsed
+    assert 0.9 * LIVENESS <= elapsed <= 1.25 * LIVENESS + 1.5, elapsed
     assert sum(received) > 0  # the requests (and PINGs) did reach the peer
     assert issubclass(ConnectionDead, StreamBroken)  # callers migrate as after a kill -9
     # Refused at once afterwards: nothing is sent to a peer that stopped answering.
@@ -124,7 +124,7 @@ async def test_stopped_worker_is_detected_refused_then_served_again_after_it_res
         async for _ in stream:
             pass
     elapsed = time.monotonic() - start
-    assert elapsed <= 1.25 * LIVENESS + 0.5, elapsed
+    assert elapsed <= 1.25 * LIVENESS + 1.5, elapsed
     with pytest.raises(InstanceUnreachable):
         await client.stream(address, "t.w.tick", {"n": 1})
 
@@ -150,7 +150,7 @@ async def test_killed_worker_still_reports_a_broken_stream_at_once(client, worke
         async for _ in stream:
             pass
     assert not isinstance(info.value, ConnectionDead)
-    assert time.monotonic() - start < LIVENESS
+    assert time.monotonic() - start < LIVENESS + 1.0  # a FIN, not the liveness check
     wait_until(lambda: not proc.alive(), 5, "the killed worker to exit")
 
 
@@ -188,7 +188,7 @@ async def test_worker_drops_a_silent_caller_and_cancels_its_work(local_server):
     start = time.monotonic()
     # The caller never answers the worker's PINGs (hung, or its link cut): the handler is cancelled.
     await asyncio.wait_for(handler.cancelled.wait(), timeout=10 * LIVENESS)
-    assert LIVENESS * 0.9 <= time.monotonic() - start <= 1.25 * LIVENESS + 0.5
+    assert LIVENESS * 0.9 <= time.monotonic() - start <= 1.25 * LIVENESS + 1.5
     writer.close()
 
 
