@@ -15,10 +15,12 @@ Prompts (``PromptMaker``), built from SmolLM2's tokenizer to ``ISL`` tokens of E
   so no prefix is shared with any earlier request (no cache of any kind can help).
 
 Measured per row: requests/s, TTFT p50/p99 (client side), frontend CPU ms per request (``/proc``,
-children included), and the event-loop lag: ours from ``dynamo_frontend_event_loop_lag_seconds``
+children included; the mocker's too, in the run log, to show it is not the bottleneck), and the
+event-loop lag: ours from ``dynamo_frontend_event_loop_lag_seconds``
 (the highest histogram bucket that filled during the window, so "<= N ms"), and for both stacks an
 HTTP probe (``GET /v1/models`` every 20 ms on its own connection: its max and p99 latency, a lag
-any server shows, Rust or Python). Ratios are ours / reference.
+any server shows, Rust or Python). Ratios are ours / reference. "ours" runs this checkout's
+working tree, uncommitted edits included (``--variant`` runs a clean ``git worktree``).
 
 Run: see ``benchmarks/README.md`` ("Long-prompt benchmark"); ``--quick`` is a small smoke run.
 """
