@@ -119,6 +119,19 @@ class Stack:
             w.stop()
 
 
+def trace_kv_transfer_config() -> str:
+    """The workers' default KV transfer config (``dynamo.vllm.args``), through the tracing connector."""
+    return json.dumps(
+        {
+            "kv_connector": "NixlConnector",
+            "kv_role": "kv_both",
+            "kv_load_failure_policy": "fail",
+            "kv_buffer_device": "cpu",
+            "kv_connector_module_path": "nixl_trace_connector",
+        }
+    )
+
+
 def start_stack(kind: str, model_dir: Path, args: argparse.Namespace, log_dir: Path) -> Stack:
     env = {
         "DYN_DISCOVERY_BACKEND": "file",
@@ -128,6 +141,13 @@ def start_stack(kind: str, model_dir: Path, args: argparse.Namespace, log_dir: P
         "DYN_LOG": "info",
     }
     engine = ["--model", str(model_dir), "--max-model-len", str(args.max_model_len), "--max-num-seqs", "8"]
+    worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
+    if args.trace and kind == "disagg":
+        engine += ["--kv-transfer-config", trace_kv_transfer_config()]
+        worker_env["DYN_NIXL_TRACE_DIR"] = str(args.trace)
+        worker_env["PYTHONPATH"] = os.pathsep.join(
+            [str(ROOT / "benchmarks"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+        ).rstrip(os.pathsep)
     roles = ["agg", "agg"] if kind == "agg" else ["prefill", "decode"]
     workers, decode_url = [], None
     for core, role in enumerate(roles):
@@ -137,7 +157,7 @@ def start_stack(kind: str, model_dir: Path, args: argparse.Namespace, log_dir: P
             Proc(
                 f"{kind}-{role}-{core}",
                 ["-m", "dynamo.vllm", *engine, *flags, "--cpu-core", str(core)],
-                {**env, "DYN_SYSTEM_PORT": str(port)},
+                {**env, **worker_env, "DYN_SYSTEM_PORT": str(port)},
                 log_dir,
             )
         )
@@ -319,6 +339,69 @@ def nixl_ceiling(desc_bytes: int, n_desc: int, warmup: int = 20, reps: int = 100
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def summarize_trace(directory: Path) -> list[str]:
+    """Split each traced KV transfer's time (``benchmarks/nixl_trace_connector.py`` records)."""
+    xfers, notifs = [], {}
+    for path in sorted(directory.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec["event"] == "xfer" and "t_post" in rec:
+                xfers.append(rec)
+            elif rec["event"] == "notif" and not rec["msg"].startswith("HB:"):
+                notifs[rec["msg"]] = rec["t"]
+    if not xfers:
+        return ["trace: no transfers recorded"]
+
+    def ms(values: list[float]) -> str:
+        values = sorted(values)
+        return f"median {values[len(values) // 2] * 1e3:8.1f}  max {values[-1] * 1e3:9.1f}"
+
+    in_progress = [x for x in xfers if x["post_state"] != "DONE"]
+    wait = [x["t_done_seen"] - x["t_post"] - x["post_s"] for x in xfers]
+    notif_delay = [notifs[x["notif"]] - x["t_done_seen"] for x in xfers if x.get("notif") in notifs]
+    total_bytes = sum(x["bytes"] for x in xfers)
+    lines = [
+        f"trace: {len(xfers)} transfers (decode side), {total_bytes / len(xfers) / 1e6:.1f} MB each, "
+        f"descriptors after NIXL's merge: {sorted({x['descs'] for x in xfers})}",
+        f"  descriptor preparation (make_prepped_xfer)   {ms([x['prep_s'] for x in xfers])} ms",
+        f"  post (transfer(): the CMA copy itself)       {ms([x['post_s'] for x in xfers])} ms",
+        f"    of which the thread ran on a CPU           {ms([x['post_cpu_s'] for x in xfers])} ms",
+        f"  after the post until DONE was seen          {ms(wait)} ms "
+        f"({len(in_progress)} of {len(xfers)} posts returned in progress)",
+        f"  vLLM's transfer time (NIXL telemetry)        {ms([x['tel_xfer_s'] for x in xfers])} ms",
+    ]
+    if notif_delay:
+        lines.append(f"  prefill saw the notification after DONE     {ms(notif_delay)} ms")
+    tel = sum(x["tel_xfer_s"] for x in xfers)
+    post = sum(x["post_s"] for x in xfers)
+    cpu = sum(x["post_cpu_s"] for x in xfers)
+    lines.append(
+        f"  GB/s: vLLM's metric {total_bytes / tel / 1e9:.2f}; bytes / post wall {total_bytes / post / 1e9:.2f}; "
+        f"bytes / post CPU {total_bytes / cpu / 1e9:.2f}"
+    )
+    return lines
+
+
+def nixl_probe(desc_bytes: int, n_desc: int, reps: int = 30) -> dict[str, float]:
+    """``benchmarks/nixl_probe.py``: two processes, the agents and READ path of Dynamo's connector."""
+    argv = [
+        str(ROOT / "benchmarks" / "nixl_probe.py"),
+        "--desc-bytes",
+        str(desc_bytes),
+        "--n-desc",
+        str(n_desc),
+    ]
+    out = subprocess.run(
+        [sys.executable, *argv, "--reps", str(reps)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env={**os.environ, "UCX_RCACHE_MAX_UNRELEASED": "1024"},
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 # ----- main -----------------------------------------------------------------------------------
 
 
@@ -330,7 +413,24 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--out", type=Path, default=None, help="also write the report here")
+    p.add_argument("--phases", default="agg,disagg", help="comma-separated: agg, disagg (default both)")
+    p.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the engine workers (e.g. UCX_TLS=...), repeatable",
+    )
+    p.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="disagg workers use benchmarks/nixl_trace_connector.py and write per-transfer timings to DIR; "
+        "the report then splits each transfer's time",
+    )
     args = p.parse_args()
+    kinds = [k for k in ("agg", "disagg") if k in args.phases.split(",")]
 
     prep = subprocess.run(
         [sys.executable, "-m", "dynamo.models", "prepare", "smollm2", "--quiet"],
@@ -346,7 +446,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     phases: dict[str, dict[str, float]] = {}
     transfer: dict[str, float] = {}
-    for kind in ("agg", "disagg"):
+    for kind in kinds:
         t0 = time.monotonic()
         stack = start_stack(kind, model_dir, args, log_dir)
         print(f"{kind}: engines up in {time.monotonic() - t0:.0f} s; running the workload", flush=True)
@@ -360,6 +460,7 @@ def main() -> None:
                     "transfers": metric(m, "vllm:nixl_xfer_time_seconds_count"),
                     "bytes": metric(m, "vllm:nixl_bytes_transferred_sum"),
                     "seconds": metric(m, "vllm:nixl_xfer_time_seconds_sum"),
+                    "post_seconds": metric(m, "vllm:nixl_post_time_seconds_sum"),
                     "descriptors": metric(m, "vllm:nixl_num_descriptors_sum"),
                     "tokens_transferred": metric(
                         m, "vllm:prompt_tokens_by_source_total", source="external_kv_transfer"
@@ -383,9 +484,10 @@ def main() -> None:
         "",
         f"{'metric':<22}{'agg':>12}{'disagg':>12}{'disagg/agg':>12}",
     ]
-    for key in phases["agg"]:
-        a, d = phases["agg"][key], phases["disagg"][key]
-        lines.append(f"{key:<22}{a:>12.3f}{d:>12.3f}{(d / a if a else float('nan')):>12.2f}")
+    nan = float("nan")
+    for key in next(iter(phases.values())):
+        a, d = phases.get("agg", {}).get(key, nan), phases.get("disagg", {}).get(key, nan)
+        lines.append(f"{key:<22}{a:>12.3f}{d:>12.3f}{(d / a if a else nan):>12.2f}")
 
     lines.append("")
     if transfer.get("transfers"):
@@ -395,6 +497,8 @@ def main() -> None:
         desc_bytes = max(1, int(per_xfer / n_desc))
         vllm_gbps = transfer["bytes"] / transfer["seconds"] / 1e9
         ceiling = nixl_ceiling(desc_bytes, n_desc)
+        probe = nixl_probe(desc_bytes, n_desc)
+        post_s = transfer["post_seconds"] / n
         lines += [
             f"KV transfers (decode engine): {n:.0f} transfers, {per_xfer / 1e6:.2f} MB each "
             f"({n_desc} descriptors x {desc_bytes / 1e3:.1f} kB); decode engine prompt tokens: "
@@ -403,11 +507,19 @@ def main() -> None:
             f"  NIXL raw DRAM->DRAM:       {ceiling['mean_gbps']:8.2f} GB/s  (same shape, warm, mean of 100; "
             f"median {ceiling['median_gbps']:.2f}; first cold transfer {ceiling['cold_gbps']:.2f})",
             f"  vLLM / raw:                {vllm_gbps / ceiling['mean_gbps']:8.2f}",
+            f"  NIXL raw, two processes:   {probe['gbps_tel']:8.2f} GB/s  (benchmarks/nixl_probe.py: vLLM's agent "
+            f"config and READ path, same shape, mean of {probe['transfers']}; median {probe['gbps_tel_median']:.2f}; "
+            f"bytes / post CPU time {probe['gbps_post_cpu']:.2f})",
+            f"  vLLM / raw two processes:  {vllm_gbps / probe['gbps_tel']:8.2f}",
+            f"  vLLM post time (copy):     {post_s * 1e3:8.1f} ms of {transfer['seconds'] / n * 1e3:.1f} ms per transfer "
+            f"(vllm:nixl_post_time_seconds / vllm:nixl_xfer_time_seconds)",
             f"  remote prefill stage (frontend): mean {transfer['prefill_stage_s'] / max(1, transfer['remote_prefills']):.3f} s"
             f" over {transfer['remote_prefills']:.0f}; fallbacks {transfer['fallbacks']:.0f}",
         ]
     else:
         lines.append("no NIXL transfers were recorded by the decode engine")
+    if args.trace:
+        lines += ["", *summarize_trace(args.trace)]
     report = "\n".join(lines)
     print(report)
     if args.out:
