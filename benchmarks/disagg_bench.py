@@ -15,7 +15,14 @@ throughput, side by side with their ratios.
 Phase 3, NIXL ceiling: two NIXL agents (UCX backend) in a fresh process move DRAM to DRAM with the
 same transfer shape the decode engine used (descriptor size and count from vLLM's NIXL metrics),
 repeated after a warm-up; printed beside the bandwidth vLLM's transfers reached in phase 2
-(``vllm:nixl_bytes_transferred`` / ``vllm:nixl_xfer_time_seconds`` of the decode engine).
+(``vllm:nixl_bytes_transferred`` / ``vllm:nixl_xfer_time_seconds`` of the decode engine), and the
+same shape between two processes with the agents Dynamo's connector makes (``nixl_probe.py``).
+
+``--phases disagg`` skips the aggregated phase; ``--worker-env KEY=VALUE`` sets the engines'
+environment (UCX, ``DYN_NIXL_PROGRESS_DELAY_MS``, ...); ``--trace DIR`` runs the disaggregated
+engines with ``nixl_trace_connector.py`` and splits each transfer's time (descriptor preparation,
+post = the copy, wait until completion is seen, the prefill's notification) in the report.
+Findings: ``benchmarks/results/disagg_bandwidth.md``.
 """
 
 from __future__ import annotations
