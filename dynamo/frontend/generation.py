@@ -136,6 +136,11 @@ class Generation:
                     request.token_ids, request.request_id, exclude=tried, pinned=self.pinned
                 )
             except NoWorkers:
+                if self.pinned is not None:
+                    raise service_unavailable(
+                        f"instance {self.pinned:x} (nvext.backend_instance_id) is not a live worker of "
+                        f"model '{self.model.name}'"
+                    ) from None
                 if tried:
                     raise service_unavailable(
                         f"no reachable worker serves model '{self.model.name}'"

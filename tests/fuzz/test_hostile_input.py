@@ -472,6 +472,7 @@ def test_absurd_numbers_in_every_numeric_field(served: Served, path: str, base: 
                 assert r.status_code in (200, 400, 503), (field, value, r.status_code, r.text[:300])
                 if r.status_code == 503:  # a pinned instance (nvext.backend_instance_id) that is not there
                     assert "retry-after" in r.headers and field[-1] == "backend_instance_id", r.text
+                    assert "nvext.backend_instance_id" in r.json()["error"]["message"], r.text
                 if r.status_code == 400:
                     error = r.json()["error"]
                     assert set(error) == ERROR_KEYS, error

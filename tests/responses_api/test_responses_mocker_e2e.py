@@ -293,6 +293,12 @@ def test_unstored_responses_say_so_and_cannot_be_continued(graph: Graph):
     assert streamed[-1].response.model_dump()["store"] is False  # type: ignore[union-attr]  # over the bound
 
 
+def test_store_null_is_the_default_and_stores(graph: Graph):
+    made = post(graph.a, {"input": "Remember me.", "store": None, "max_output_tokens": 3}).json()
+    assert made["store"] is True, made
+    assert graph.client(graph.b).responses.retrieve(made["id"]).id == made["id"]
+
+
 def test_a_deleted_response_is_gone(graph: Graph):
     client = graph.client(graph.a)
     made = client.responses.create(model=MODEL, input="Forget me.", max_output_tokens=2)

@@ -244,7 +244,7 @@ class ResponseRun:
         response = self.response("incomplete" if incomplete else "completed", usage=self._usage())
         response["completed_at"] = int(time.time())
         stored = False
-        if self.req.store:
+        if self.req.store is not False:  # null is the default, true (as OpenAI)
             messages = [*self.history, *input_messages(self.req), *self.output.as_messages()]
             stored = await self.store.save(
                 StoredResponse(response={**response, "store": True}, messages=messages)

@@ -269,7 +269,7 @@ def response_object(
         "parallel_tool_calls": req.parallel_tool_calls is not False,
         "previous_response_id": req.previous_response_id,
         "reasoning": req.reasoning.model_dump() if req.reasoning else None,
-        "store": bool(req.store),
+        "store": req.store is not False,
         "temperature": req.temperature,
         "text": text,
         "tool_choice": tool_choice,
