@@ -20,6 +20,7 @@ as ``tokens_hash``; ``stored`` carries the parent's engine hash.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable
 
 import msgspec
@@ -50,7 +51,9 @@ class KvManager:
         # Admission keeps this many blocks free for running sequences to grow into.
         self.admission_limit = (1.0 - watermark) * num_blocks
         self._active: dict[int, int] = {}  # seq hash -> reference count
-        self._inactive: dict[int, None] = {}  # seq hash -> None; insertion order = LRU order
+        # seq hash -> None; insertion order = LRU order. An OrderedDict: evicting from the front of
+        # a plain dict leaves tombstones that every later ``next(iter(...))`` scans past (quadratic).
+        self._inactive: OrderedDict[int, None] = OrderedDict()
         # seq hash -> (local hash, parent seq hash, depth) of every cached full block
         self._meta: dict[int, tuple[int, int | None, int]] = {}
         self._anonymous = 0
@@ -159,8 +162,7 @@ class KvManager:
             self.events.stored(parent, run)
 
     def _evict_one(self) -> int:
-        h = next(iter(self._inactive))
-        del self._inactive[h]
+        h, _ = self._inactive.popitem(last=False)
         del self._meta[h]
         return h
 

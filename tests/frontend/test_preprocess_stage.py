@@ -4,7 +4,9 @@ event loop, with the same token ids either way."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,7 +14,13 @@ from typing import Any
 import pytest
 
 from dynamo.frontend.endpoints import CHAT
-from dynamo.frontend.stages.preprocess import INLINE_ENCODE_CHARS, preprocess, preprocess_threads
+from dynamo.frontend.stages.preprocess import (
+    INLINE_ENCODE_CHARS,
+    _lower_priority,
+    preprocess,
+    preprocess_nice,
+    preprocess_threads,
+)
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.openai import ChatCompletionRequest
 from dynamo.llm.preprocessor import Preprocessor
@@ -62,7 +70,19 @@ def test_long_uncached_prompts_go_to_the_pool_and_cached_ones_stay_on_the_loop(
 
 def test_the_pool_size_comes_from_the_environment_or_the_cores() -> None:
     assert preprocess_threads({"DYN_PREPROCESS_THREADS": "3"}) == 3
-    assert preprocess_threads({}) >= 1
+    assert preprocess_threads({}) == len(os.sched_getaffinity(0))
     for bad in ("0", "-1", "two"):
         with pytest.raises(ValueError, match="DYN_PREPROCESS_THREADS"):
             preprocess_threads({"DYN_PREPROCESS_THREADS": bad})
+
+
+def test_pool_threads_run_below_the_event_loop() -> None:
+    assert preprocess_nice({}) == 10 and preprocess_nice({"DYN_PREPROCESS_NICE": "0"}) == 0
+    for bad in ("20", "-1", "low"):
+        with pytest.raises(ValueError, match="DYN_PREPROCESS_NICE"):
+            preprocess_nice({"DYN_PREPROCESS_NICE": bad})
+    loop_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    with ThreadPoolExecutor(1, initializer=_lower_priority, initargs=(10,)) as pool:
+        thread_nice = pool.submit(os.getpriority, os.PRIO_PROCESS, 0).result()
+    assert thread_nice == min(19, loop_nice + 10)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == loop_nice  # the caller's thread keeps its own

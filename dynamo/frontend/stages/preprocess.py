@@ -12,15 +12,20 @@ millisecond of tokenizer time); past that it starts again in a thread, where the
 without the GIL. A prompt whose long parts are cached (a shared system prompt) stays on the loop,
 without a thread hop. ``offload`` (the caller's: a large body) skips the inline attempt. The
 threads are a pool of ``PREPROCESS_THREADS``: ``DYN_PREPROCESS_THREADS``, else the process's cores
-less one (the event loop keeps a core; with ``--http-workers N`` each process has its own pool, so
-set it to about cores / N - 1).
+(with ``--http-workers N`` each process has its own pool: set it to about cores / N). They run at
+a lower priority (``DYN_PREPROCESS_NICE``, default 10): a Linux thread has its own nice value, so
+the event loop's thread gets a core back the moment it wakes, ahead of a tokenizing thread, and
+the loop does not lag behind the pool; with fewer threads than cores a core sits idle while
+prompts queue for the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
+import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -66,10 +71,10 @@ async def preprocess(
 
 
 def preprocess_threads(environ: Mapping[str, str] = os.environ) -> int:
-    """The pool's size: ``DYN_PREPROCESS_THREADS``, else the process's cores less one (at least 1)."""
+    """The pool's size: ``DYN_PREPROCESS_THREADS``, else the process's cores."""
     raw = environ.get("DYN_PREPROCESS_THREADS")
     if not raw:
-        return max(1, len(os.sched_getaffinity(0)) - 1)
+        return max(1, len(os.sched_getaffinity(0)))
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"DYN_PREPROCESS_THREADS must be a positive integer, not {raw!r}")
     return int(raw)
@@ -78,8 +83,36 @@ def preprocess_threads(environ: Mapping[str, str] = os.environ) -> int:
 PREPROCESS_THREADS = preprocess_threads()
 
 
+def preprocess_nice(environ: Mapping[str, str] = os.environ) -> int:
+    """How much lower the pool's threads run than the event loop: ``DYN_PREPROCESS_NICE`` (0-19)."""
+    raw = environ.get("DYN_PREPROCESS_NICE", "").strip()
+    if not raw:
+        return PREPROCESS_NICE_DEFAULT
+    if not raw.isdigit() or int(raw) > 19:
+        raise ValueError(f"DYN_PREPROCESS_NICE must be an integer from 0 to 19, not {raw!r}")
+    return int(raw)
+
+
+PREPROCESS_NICE_DEFAULT = 10
+
+
+def _lower_priority(nice: int) -> None:
+    """Runs in each pool thread: a Linux thread has its own nice value, so the scheduler gives a
+    core back to the event loop's thread as soon as it wakes, ahead of a tokenizing thread."""
+    if nice:
+        with contextlib.suppress(OSError):
+            os.setpriority(
+                os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice
+            )
+
+
 def _threads() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(PREPROCESS_THREADS, thread_name_prefix="preprocess")
+        _pool = ThreadPoolExecutor(
+            PREPROCESS_THREADS,
+            thread_name_prefix="preprocess",
+            initializer=_lower_priority,
+            initargs=(preprocess_nice(),),
+        )
     return _pool
