@@ -12,11 +12,12 @@ tokenizer has no normalizer and no added token strips the whitespace around it (
 for any other tokenizer (encode whole, as before). A property test checks the equality over
 generated conversations.
 
-Pieces of at least ``min_chars`` characters are kept in an LRU bounded by ``max_bytes`` (the text
-plus 8 bytes a token: ids are tuples of the vocabulary's int objects, made once, so that a hit
-copies one pointer per token into the prompt's list instead of making an int from a 4-byte array:
-half the time of a hit); shorter pieces are encoded every time, together with the misses, in one
-batch call. ``stats`` counts hits, misses and bytes for the frontend's metrics.
+Pieces of at least ``min_chars`` characters are kept in an LRU bounded by ``max_bytes``: a miss
+is kept cold, as a 4-byte array (the text plus 4 bytes a token; a unique prompt pays one C copy),
+and its first hit makes it hot, a tuple of the vocabulary's int objects (8 bytes a token), so that
+every later hit copies one pointer per token into the prompt's list instead of making an int from
+the array (half the time of a hit); shorter pieces are encoded every time, together with the
+misses, in one batch call. ``stats`` counts hits, misses and bytes for the frontend's metrics.
 
 ``encode(text, budget)`` raises ``EncodeTooLong`` instead of encoding when the characters not in
 the cache exceed what is left of ``budget`` (an ``EncodeBudget``, spent across calls): the caller
@@ -29,7 +30,9 @@ from __future__ import annotations
 import json
 import re
 import threading
+from array import array
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
@@ -93,7 +96,7 @@ class PrefixTokenCache:
         self._split = re.compile(f"({alternatives})")
         self._max_bytes = max_bytes
         self._min_chars = min_chars
-        self._entries: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[int, ...] | array[int]] = OrderedDict()
         # One int object per token id, shared by every cached piece (CPython caches only -5..256).
         self._ints = tuple(range(tokenizer.get_vocab_size(with_added_tokens=True)))
         self._lock = threading.Lock()
@@ -129,7 +132,7 @@ class PrefixTokenCache:
         more of it would be encoded rather than found than ``budget`` (if given) has left."""
         parts = self._split.split(text)
         # parts alternates: text, added token, text, ..., text
-        found: list[tuple[int, ...] | None] = [None] * len(parts)
+        found: list[Sequence[int] | None] = [None] * len(parts)
         to_encode: list[int] = []
         hits = cached = uncached = 0
         with self._lock:
@@ -138,12 +141,13 @@ class PrefixTokenCache:
                 if not part:
                     continue
                 if len(part) >= self._min_chars:
-                    ids = self._entries.get(part)
-                    if ids is not None:
+                    entry = self._entries.get(part)
+                    if entry is not None:
                         self._entries.move_to_end(part)
-                        found[i] = ids
+                        hot = self._promote(part, entry) if isinstance(entry, array) else entry
+                        found[i] = hot
                         hits += 1
-                        cached += len(ids)
+                        cached += len(hot)
                         continue
                 to_encode.append(i)
         if budget is not None and to_encode:
@@ -160,11 +164,11 @@ class PrefixTokenCache:
                 encoded = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
             misses = []
             for i, enc in zip(to_encode, encoded, strict=True):
-                ids = self._shared(enc.ids)
-                uncached += len(ids)
-                found[i] = ids
+                fresh: list[int] = enc.ids
+                uncached += len(fresh)
+                found[i] = fresh
                 if len(parts[i]) >= self._min_chars:
-                    misses.append((parts[i], ids))
+                    misses.append((parts[i], array("I", fresh)))
             if misses:
                 self._keep(misses)
         with self._lock:
@@ -177,18 +181,21 @@ class PrefixTokenCache:
             if i % 2:
                 out.append(special[part])
             else:
-                ids = found[i]
-                if ids is not None:
-                    out.extend(ids)
+                piece = found[i]
+                if piece is not None:
+                    out.extend(piece)
         return out
 
-    def _shared(self, ids: list[int]) -> tuple[int, ...]:
+    def _promote(self, text: str, cold: array[int]) -> tuple[int, ...]:
+        """A cold entry's first hit (under the lock): its ids as a tuple of shared ints, kept."""
         ints = self._ints
-        if ids and max(ids) < len(ints):
-            return tuple(map(ints.__getitem__, ids))
-        return tuple(ids)
+        hot = tuple(map(ints.__getitem__, cold)) if cold and max(cold) < len(ints) else tuple(cold)
+        self._entries[text] = hot
+        self.stats.bytes += _size(text, hot) - _size(text, cold)
+        self._trim()
+        return hot
 
-    def _keep(self, pieces: list[tuple[str, tuple[int, ...]]]) -> None:
+    def _keep(self, pieces: list[tuple[str, array[int]]]) -> None:
         with self._lock:
             stats = self.stats
             for text, ids in pieces:
@@ -198,12 +205,19 @@ class PrefixTokenCache:
                     continue
                 self._entries[text] = ids
                 stats.bytes += size
-                while stats.bytes > self._max_bytes:
-                    old_text, old_ids = self._entries.popitem(last=False)
-                    stats.bytes -= _size(old_text, old_ids)
-                    stats.evictions += 1
-            stats.entries = len(self._entries)
+            self._trim()
+
+    def _trim(self) -> None:
+        """Evict least recently used entries until the bytes fit (under the lock)."""
+        stats = self.stats
+        while stats.bytes > self._max_bytes and self._entries:
+            old_text, old_ids = self._entries.popitem(last=False)
+            stats.bytes -= _size(old_text, old_ids)
+            stats.evictions += 1
+        stats.entries = len(self._entries)
 
 
-def _size(text: str, ids: tuple[int, ...]) -> int:
-    return len(text) + 8 * len(ids)  # a pointer a token (the int objects are shared)
+def _size(text: str, ids: tuple[int, ...] | array[int]) -> int:
+    """Bytes an entry counts: the text, plus 4 bytes a token cold (an array) or a pointer a token
+    hot (a tuple; the int objects are the vocabulary's, shared)."""
+    return len(text) + (ids.itemsize if isinstance(ids, array) else 8) * len(ids)

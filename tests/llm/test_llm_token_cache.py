@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from array import array
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +13,7 @@ from tokenizers import Tokenizer
 from dynamo.llm.chat_template import ChatTemplate
 from dynamo.llm.openai import ChatCompletionRequest
 from dynamo.llm.preprocessor import Preprocessor, inline_encode_limit
-from dynamo.llm.token_cache import EncodeBudget, EncodeTooLong, PrefixTokenCache
+from dynamo.llm.token_cache import EncodeBudget, EncodeTooLong, PrefixTokenCache, _size
 
 # Letters, digits, punctuation, whitespace runs and multi-byte characters (accents, CJK, emoji,
 # a combining mark), so pieces start and end inside words, numbers and UTF-8 sequences.
@@ -171,3 +172,23 @@ def test_inline_limit_makes_the_preprocessor_refuse_long_uncached_prompts(prepro
     with inline_encode_limit(200):  # the system prompt is cached now: only the short rest is encoded
         again = preprocessor.preprocess_chat(request, "r3")
     assert again.request.token_ids == whole.request.token_ids
+
+
+def test_misses_are_kept_cold_and_a_hit_makes_them_hot(
+    tokenizer: Tokenizer, qualified: PrefixTokenCache
+) -> None:
+    cache = fresh(qualified, max_bytes=32_000, min_chars=100)  # 4 cold fit (~7.2 kB each), not 2 hot more
+    texts = [f"<|im_start|>{i} " + "token cache ünïcode " * 150 for i in range(4)]
+
+    def counted() -> int:  # what the entries hold, by the cache's own measure
+        return sum(_size(text, ids) for text, ids in cache._entries.items())
+
+    for text in texts:
+        assert cache.encode(text) == tokenizer.encode(text, add_special_tokens=False).ids
+        assert cache.stats.bytes == counted() <= 32_000
+    assert all(isinstance(ids, array) for ids in cache._entries.values())  # misses: 4 bytes a token
+    for text in texts[:2] * 2:  # first hit promotes; second hit reads the tuple
+        assert cache.encode(text) == tokenizer.encode(text, add_special_tokens=False).ids
+        assert cache.stats.bytes == counted() <= 32_000
+    hot = [ids for ids in cache._entries.values() if isinstance(ids, tuple)]
+    assert len(hot) == 2 and cache.stats.evictions > 0  # the hot copies are larger: older ones left
