@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+import math
 import os
 import signal
 import socket
@@ -149,6 +150,10 @@ def serve(
                 config.http_body_timeout,
                 config.http_write_timeout,
             ),
+            # An idle keep-alive connection is closed after --http-header-timeout (30 s), not
+            # uvicorn's 5 s: longer than clients keep idle pooled connections (aiohttp 15 s, httpx
+            # 5 s), so the client closes first and never sends on a connection being closed.
+            timeout_keep_alive=max(1, math.ceil(config.http_header_timeout)),
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=int(config.runtime.drain_timeout),

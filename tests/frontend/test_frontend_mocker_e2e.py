@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import http.client
 import json
 import time
 from collections.abc import Iterator
@@ -150,6 +151,22 @@ def test_models_and_health_list_the_model(graph: Graph):
     health = graph.frontend.health()
     assert health["status"] == "healthy" and health["models"] == [MODEL]
     assert len(health["instances"]) == 2
+
+
+def test_an_idle_keep_alive_connection_outlives_client_pools(graph: Graph):
+    # Clients keep idle pooled connections up to 5 s (httpx) or 15 s (aiohttp); a server that
+    # closes first races their next request (ServerDisconnected). Ours waits --http-header-timeout.
+    host, port = graph.frontend.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/live")
+        assert conn.getresponse().read() == b'{"status":"live"}'
+        first = conn.sock
+        time.sleep(6.5)  # past uvicorn's default keep-alive timeout (5 s)
+        conn.request("GET", "/live")  # on the same socket: RemoteDisconnected if the server closed it
+        assert conn.sock is first and conn.getresponse().status == 200
+    finally:
+        conn.close()
 
 
 def test_round_robin_spreads_requests_evenly(graph: Graph):
