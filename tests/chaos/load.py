@@ -13,7 +13,8 @@ import asyncio
 import json
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 
@@ -22,6 +23,24 @@ from tests.chaos.tally import Outcome, Tally
 from tests.support.graph import metric_value
 
 PROMPT = "Write a long story about a lighthouse keeper and the sea."
+
+
+class SseEvents:
+    """The JSON events of a streamed response, in order; ``done`` once ``data: [DONE]`` came."""
+
+    def __init__(self, resp: httpx.Response) -> None:
+        self._resp = resp
+        self.done = False
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        async for line in self._resp.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                self.done = True
+                return
+            yield json.loads(data)
 
 
 def client(timeout: float = 60.0) -> httpx.AsyncClient:
@@ -57,15 +76,8 @@ async def stream_completion(
                     text = (await resp.aread()).decode(errors="replace")
                     out.error = f"HTTP {resp.status_code}: {text[:300]}"
                     return out
-                done = False
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        done = True
-                        break
-                    chunk = json.loads(data)
+                events = SseEvents(resp)
+                async for chunk in events:
                     if "error" in chunk:
                         out.error = f"stream error: {json.dumps(chunk['error'])[:300]}"
                         continue
@@ -77,7 +89,7 @@ async def stream_completion(
                             out.finish_reason = choice["finish_reason"]
                     if on_token is not None:
                         on_token(out.tokens)
-                if not done and out.error is None:
+                if not events.done and out.error is None:
                     out.error = "stream ended without [DONE]"
     except TimeoutError:
         out.error = f"no answer within {timeout:.0f}s"

@@ -260,10 +260,14 @@ class VllmGraph:
         return _get(f"http://{self.decode_host.ip}:{SYSTEM_PORT}/metrics")
 
 
-def _vllm_worker(host: Host, model_dir: Path, core: int, *args: str) -> HostProcess:
+def _vllm_worker(
+    host: Host, model_dir: Path, core: int, *args: str, env: dict[str, str] | None = None
+) -> HostProcess:
     argv = [sys.executable, "-m", "dynamo.vllm", "--model", str(model_dir), "--cpu-core", str(core)]
     argv += ["--max-model-len", "2048", *args]
-    return host.spawn("vllm", argv, {"DYN_SYSTEM_PORT": str(SYSTEM_PORT), "VLLM_HOST_IP": host.ip})
+    return host.spawn(
+        "vllm", argv, {"DYN_SYSTEM_PORT": str(SYSTEM_PORT), "VLLM_HOST_IP": host.ip, **(env or {})}
+    )
 
 
 def _body(i: int) -> dict[str, object]:
@@ -304,7 +308,14 @@ def vllm_graph(log_dir: Path, smollm2_dir: Path) -> Iterator[VllmGraph]:
     with Lab(log_dir, env) as lab:
         lab.etcd(lab.host("etcd"))
         prefill_host, decode_host = lab.host("prefill"), lab.host("decode")
-        prefill = _vllm_worker(prefill_host, smollm2_dir, 0, "--is-prefill-worker", "--max-num-seqs", "8")
+        # A KV read completes in milliseconds once the prefill side's NIXL progress thread runs: the
+        # decode worker starts every waiting request's read at once, so a fault would miss them.
+        # Without that thread (DYN_NIXL_PROGRESS_DELAY_MS=off) a read stays in flight until the
+        # prefill engine steps again, which holds the reads open for the fault to land mid-transfer.
+        prefill = _vllm_worker(
+            prefill_host, smollm2_dir, 0, "--is-prefill-worker", "--max-num-seqs", "8",
+            env={"DYN_NIXL_PROGRESS_DELAY_MS": "off"},
+        )  # fmt: skip
         # The decode side as the guides start it (no role flag); no prefix cache, so a fallback recomputes.
         decode = _vllm_worker(
             decode_host, smollm2_dir, 1, "--max-num-seqs", str(DECODE_SLOTS), "--no-enable-prefix-caching"

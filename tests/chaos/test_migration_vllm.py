@@ -22,12 +22,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.chaos.hosts import SYSTEM_PORT, FrontendOnHost, Host, HostProcess, Lab
+from tests.chaos.load import SseEvents
 from tests.chaos.tally import Outcome, Tally, record
 from tests.support.graph import metric_value
 from tests.vllm.conftest import smollm2_dir
@@ -107,15 +107,8 @@ async def stream(http: httpx.AsyncClient, url: str, prompt: str, s: Stream | Non
                         f"HTTP {resp.status_code}: {(await resp.aread()).decode(errors='replace')[:300]}"
                     )
                     return s
-                done = False
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        done = True
-                        break
-                    chunk: dict[str, Any] = json.loads(data)
+                events = SseEvents(resp)
+                async for chunk in events:
                     if "error" in chunk:
                         s.error = f"stream error: {json.dumps(chunk['error'])[:300]}"
                         continue
@@ -123,7 +116,7 @@ async def stream(http: httpx.AsyncClient, url: str, prompt: str, s: Stream | Non
                         s.tokens += (choice.get("logprobs") or {}).get("tokens") or []
                         s.text += choice.get("text") or ""
                         s.finish_reason = choice.get("finish_reason") or s.finish_reason
-                if not done and s.error is None:
+                if not events.done and s.error is None:
                     s.error = "stream ended without [DONE]"
     except TimeoutError:
         s.error = "no answer within 240 s"

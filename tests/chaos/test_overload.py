@@ -34,6 +34,7 @@ import pytest
 
 from dynamo.llm.kv_events import decode_load_metrics, load_metrics_subject
 from tests.chaos.hosts import SYSTEM_PORT, FrontendOnHost, HostProcess, Lab
+from tests.chaos.load import SseEvents
 from tests.chaos.tally import Outcome, Tally, record
 from tests.support.graph import metric_value
 from tests.support.procs import wait_until
@@ -172,20 +173,13 @@ async def send(http: httpx.AsyncClient, url: str, *, stream: bool, max_tokens: i
                         f"HTTP {resp.status_code}: {(await resp.aread()).decode(errors='replace')[:200]}"
                     )
                 elif stream:
-                    done = False
-                    async for line in resp.aiter_lines():
-                        if not line.startswith("data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == "[DONE]":
-                            done = True
-                            break
-                        chunk = json.loads(data)
+                    events = SseEvents(resp)
+                    async for chunk in events:
                         if "error" in chunk:
                             out.error = f"stream error: {chunk['error']}"
                         for choice in chunk.get("choices", []):
                             out.tokens += len((choice.get("logprobs") or {}).get("tokens") or [])
-                    if not done and out.error is None:
+                    if not events.done and out.error is None:
                         out.error = "stream ended without [DONE]"
                 else:
                     choice = json.loads(await resp.aread())["choices"][0]
