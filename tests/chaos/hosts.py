@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support.procs import ROOT, ManagedProcess, http_ok, wait_until
-from tests.support.servers import find_binary
+from tests.support.servers import etcd_command, nats_command, require_binary
 
 ETCD_PORT = 2379
 ETCD_PEER_PORT = 2380
@@ -147,14 +147,17 @@ class Host:
             proc.stop(grace=5)
 
 
+def _empty(directory: str) -> None:
+    """Lose a server's data: its directory, empty."""
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+
+
 class EtcdOnHost:
     """An etcd member on a host; ``restart(keep_data=False)`` brings it back empty."""
 
     def __init__(self, host: Host) -> None:
-        binary = find_binary("etcd")
-        if binary is None:
-            raise RuntimeError("etcd is not installed (run .ci/run or: apt-get install etcd-server)")
-        self.binary = binary
+        self.binary = require_binary("etcd", "etcd-server")
         self.host = host
         self.data_dir = tempfile.mkdtemp(prefix="chaos-etcd-")
         self.proc: HostProcess | None = None
@@ -165,27 +168,10 @@ class EtcdOnHost:
         return f"http://{self.host.ip}:{ETCD_PORT}"
 
     def start(self) -> None:
-        peer = f"http://{self.host.ip}:{ETCD_PEER_PORT}"
         self.starts += 1
         self.proc = self.host.spawn(
             f"etcd-{self.starts}",
-            [
-                self.binary,
-                "--name",
-                "chaos",
-                "--data-dir",
-                self.data_dir,
-                "--listen-client-urls",
-                self.endpoint,
-                "--advertise-client-urls",
-                self.endpoint,
-                "--listen-peer-urls",
-                peer,
-                "--initial-advertise-peer-urls",
-                peer,
-                "--initial-cluster",
-                f"chaos={peer}",
-            ],
+            etcd_command(self.binary, "chaos", self.data_dir, self.host.ip, ETCD_PORT, ETCD_PEER_PORT),
             env={"ETCD_UNSUPPORTED_ARCH": "arm64"},
         )
         wait_until(lambda: self._alive() and http_ok(f"{self.endpoint}/health"), 20, "etcd health")
@@ -204,8 +190,7 @@ class EtcdOnHost:
         """Stop, optionally wipe the data dir (etcd comes back knowing nothing), start again."""
         self.stop()
         if not keep_data:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-            os.makedirs(self.data_dir)
+            _empty(self.data_dir)
         self.start()
 
 
@@ -213,10 +198,7 @@ class NatsOnHost:
     """A nats-server with JetStream on a host; ``restart(keep_data=False)`` wipes its store."""
 
     def __init__(self, host: Host) -> None:
-        binary = find_binary("nats-server")
-        if binary is None:
-            raise RuntimeError("nats-server is not installed (run .ci/run or: apt-get install nats-server)")
-        self.binary = binary
+        self.binary = require_binary("nats-server", "nats-server")
         self.host = host
         self.store_dir = tempfile.mkdtemp(prefix="chaos-nats-")
         self.proc: HostProcess | None = None
@@ -230,18 +212,7 @@ class NatsOnHost:
         self.starts += 1
         self.proc = self.host.spawn(
             f"nats-{self.starts}",
-            [
-                self.binary,
-                "-a",
-                self.host.ip,
-                "-p",
-                str(NATS_PORT),
-                "-js",
-                "-sd",
-                self.store_dir,
-                "-m",
-                str(NATS_MONITOR_PORT),
-            ],
+            nats_command(self.binary, self.host.ip, NATS_PORT, self.store_dir, NATS_MONITOR_PORT),
         )
         wait_until(lambda: http_ok(f"http://{self.host.ip}:{NATS_MONITOR_PORT}/healthz"), 20, "nats health")
 
@@ -253,8 +224,7 @@ class NatsOnHost:
     def restart(self, keep_data: bool = True) -> None:
         self.stop()
         if not keep_data:
-            shutil.rmtree(self.store_dir, ignore_errors=True)
-            os.makedirs(self.store_dir)
+            _empty(self.store_dir)
         self.start()
 
 

@@ -8,6 +8,7 @@ still answers, and the frontend logged no unexpected error.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,27 +60,43 @@ class Served:
         assert self.unexpected_errors() == [], self.frontend.proc.tail(80)
 
 
-@pytest.fixture(scope="package")
-def served(log_dir: Path, smollm2_tokenizer_dir: Path, tmp_path_factory) -> Iterator[Served]:
+@contextlib.contextmanager
+def mocker_and_frontend(
+    log_dir: Path,
+    tokenizer_dir: Path,
+    discovery_dir: Path,
+    tag: str,
+    mocker_flags: tuple[str, ...] = (),
+    frontend_flags: tuple[str, ...] = (),
+) -> Iterator[Served]:
+    """A fast mocker serving ``MODEL`` and a frontend over it (file discovery), both stopped after."""
     env = discovery_env("file")
-    env["DYN_FILE_DISCOVERY_DIR"] = str(tmp_path_factory.mktemp("discovery-fuzz"))
+    env["DYN_FILE_DISCOVERY_DIR"] = str(discovery_dir)
     worker = start_mocker(
         log_dir,
         env,
-        smollm2_tokenizer_dir,
-        "mocker-fuzz",
+        tokenizer_dir,
+        f"mocker-{tag}",
         "--model-name",
         MODEL,
         "--speedup-ratio",
         "100",
         "--decode-speedup-ratio",
         "100",
-        "--max-model-len",
-        str(MAX_MODEL_LEN),
+        *mocker_flags,
     )
-    frontend = Frontend(
-        log_dir,
-        env,
+    frontend = Frontend(log_dir, env, *frontend_flags, name=f"frontend-{tag}")
+    try:
+        frontend.wait_for_instances(1)
+        yield Served(frontend, worker)
+    finally:
+        frontend.stop()
+        worker.stop()
+
+
+@pytest.fixture(scope="package")
+def served(log_dir: Path, smollm2_tokenizer_dir: Path, tmp_path_factory) -> Iterator[Served]:
+    limits = (
         "--max-body-size",
         str(MAX_BODY),
         "--http-max-header-size",
@@ -88,11 +105,13 @@ def served(log_dir: Path, smollm2_tokenizer_dir: Path, tmp_path_factory) -> Iter
         str(HEAD_TIMEOUT),
         "--http-body-timeout",
         str(BODY_TIMEOUT),
-        name="frontend-fuzz",
     )
-    try:
-        frontend.wait_for_instances(1)
-        yield Served(frontend, worker)
-    finally:
-        frontend.stop()
-        worker.stop()
+    with mocker_and_frontend(
+        log_dir,
+        smollm2_tokenizer_dir,
+        tmp_path_factory.mktemp("discovery-fuzz"),
+        "fuzz",
+        ("--max-model-len", str(MAX_MODEL_LEN)),
+        limits,
+    ) as served:
+        yield served

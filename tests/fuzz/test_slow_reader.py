@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.conftest import CHAT, MODEL, Served
+from tests.fuzz.conftest import CHAT, MODEL, Served, mocker_and_frontend
 from tests.fuzz.test_hostile_input import Background, request_head
-from tests.support.graph import Frontend, discovery_env, metric_value, start_mocker
+from tests.support.graph import metric_value
 
 pytestmark = [pytest.mark.timeout(120)]
 WRITE_TIMEOUT = 2.0
@@ -28,27 +28,14 @@ WRITE_TIMEOUT = 2.0
 
 @pytest.fixture(scope="module")
 def roomy(log_dir: Path, smollm2_tokenizer_dir: Path, tmp_path_factory) -> Iterator[Served]:
-    env = discovery_env("file")
-    env["DYN_FILE_DISCOVERY_DIR"] = str(tmp_path_factory.mktemp("discovery-slow-reader"))
-    worker = start_mocker(
+    with mocker_and_frontend(
         log_dir,
-        env,
         smollm2_tokenizer_dir,
-        "mocker-slow-reader",
-        "--model-name",
-        MODEL,
-        "--speedup-ratio",
-        "100",
-        "--decode-speedup-ratio",
-        "100",
-    )
-    frontend = Frontend(log_dir, env, "--http-write-timeout", str(WRITE_TIMEOUT), name="frontend-slow-reader")
-    try:
-        frontend.wait_for_instances(1)
-        yield Served(frontend, worker)
-    finally:
-        frontend.stop()
-        worker.stop()
+        tmp_path_factory.mktemp("discovery-slow-reader"),
+        "slow-reader",
+        frontend_flags=("--http-write-timeout", str(WRITE_TIMEOUT)),
+    ) as served:
+        yield served
 
 
 def inflight(served: Served) -> float:

@@ -20,7 +20,7 @@ from dynamo.runtime.discovery.etcd import EtcdDiscovery
 from dynamo.runtime.event_plane.nats import NatsEventPlane
 from tests.security.conftest import Certs
 from tests.support.procs import ManagedProcess, free_port, wait_until
-from tests.support.servers import find_binary
+from tests.support.servers import etcd_command, find_binary
 
 pytestmark = pytest.mark.timeout(90)
 PASSWORD = "etcd-pw-41d2"
@@ -50,18 +50,12 @@ class TlsEtcd:
 
     def start(self) -> None:
         self.starts += 1
-        peer = f"http://127.0.0.1:{self.peer_port}"
         self.proc = ManagedProcess(
             f"etcd-tls-{self.port}-{self.starts}",
             [
-                self.binary,
-                "--name=t",
-                f"--data-dir={self.data_dir}",
-                f"--listen-client-urls={self.endpoint}",
-                f"--advertise-client-urls={self.endpoint}",
-                f"--listen-peer-urls={peer}",
-                f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster=t={peer}",
+                *etcd_command(
+                    self.binary, "t", str(self.data_dir), "127.0.0.1", self.port, self.peer_port, "https"
+                ),
                 f"--cert-file={self.certs.server_cert}",
                 f"--key-file={self.certs.server_key}",
                 f"--trusted-ca-file={self.certs.ca}",
