@@ -62,8 +62,11 @@ def compute_sequence_hashes(local_hashes: list[int]) -> list[int]:
 # ----- events -----------------------------------------------------------------------------------
 
 
-class StoredBlock(msgspec.Struct, array_like=True):
-    """A block now held by a worker: the engine's own (chained) hash and our local token hash."""
+class StoredBlock(msgspec.Struct, array_like=True, gc=False):
+    """A block now held by a worker: the engine's own (chained) hash and our local token hash.
+
+    Not tracked by the garbage collector (it holds two ints, so it can be in no cycle): an
+    event of a long prompt carries thousands of them, and the histories keep ~1,000 events."""
 
     block_hash: int
     tokens_hash: int

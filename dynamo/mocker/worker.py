@@ -18,12 +18,14 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from dynamo.llm.kv_events import LoadMetrics
+from dynamo.llm.kv_events import KvEventBatch, LoadMetrics
 from dynamo.llm.model_card import EngineFeatures, ModelDeploymentCard
 from dynamo.llm.protocols import ERROR_INVALID_REQUEST, FINISH_ERROR, EngineOutput, PreprocessedRequest
 from dynamo.mocker.args import MockerWorkerConfig, parse_args
 from dynamo.mocker.engine import MockEngine
 from dynamo.worker import EngineContext, EngineFacts, EngineStartError, WorkerEngine
+from dynamo.worker.engine import KvBlockSource
+from dynamo.worker.kv_publisher import CachedBlocks
 
 
 class MockerWorkerEngine(WorkerEngine):
@@ -88,6 +90,21 @@ class MockerWorkerEngine(WorkerEngine):
     def load_metrics(self) -> LoadMetrics:
         assert self.engine is not None, "start() first"
         return self.engine.load_metrics()
+
+    def kv_block_source(self) -> KvBlockSource:
+        """The simulated cache already knows its blocks: the KV event relay keeps no copy."""
+        return self._block_snapshot
+
+    def _block_snapshot(self, worker_id: int, dp_rank: int) -> KvEventBatch:
+        """The engine's block set in the relay's snapshot shape (``CachedBlocks.snapshot``)."""
+        cached = CachedBlocks()
+        if self.engine is not None and dp_rank == self.engine.dp_rank:
+            snap = self.engine.kv_block_set()
+            cached.blocks = {
+                s.blocks[0].block_hash: (s.parent_hash, s.blocks[0].tokens_hash) for s in snap.blocks
+            }
+            cached.last_event_id = snap.last_event_id
+        return cached.snapshot(worker_id, dp_rank)
 
     async def stop(self) -> None:
         if self.engine is not None:

@@ -19,6 +19,7 @@ Lifecycle contract (``run_worker`` calls these in order):
    An embedding engine (``model_type = ("embeddings",)``) implements ``embed(request)`` instead:
    one ``EmbedOutput`` per input, a refused request ends with one ``EmbedOutput`` carrying ``error``.
 5. ``load_metrics()``: the router's view of this engine's load, polled once a second.
+   Optional: ``kv_block_source()``, for an engine that keeps its cached block set itself.
 6. ``await stop()``: abort what is in flight and release everything; idempotent and safe after a
    partial or failed ``start``.
 """
@@ -38,6 +39,8 @@ from dynamo.llm.protocols import EngineOutput, PreprocessedRequest
 from dynamo.worker.args import WorkerArgs
 
 KvEventSink = Callable[[KvEventBatch], None]
+# (worker_id, dp_rank) -> every block the engine caches: ``cleared`` then ``stored`` events
+KvBlockSource = Callable[[int, int], KvEventBatch]
 
 
 class EngineStartError(RuntimeError):
@@ -151,6 +154,12 @@ class WorkerEngine(abc.ABC):
     @abc.abstractmethod
     async def stop(self) -> None:
         """Release everything (idempotent, tolerant of a partial start)."""
+
+    def kv_block_source(self) -> KvBlockSource | None:
+        """Where a resyncing router's snapshot of this engine's cached blocks comes from, when the
+        engine keeps that set itself (called on the loop, once its events are handed to the sink);
+        None (the default): the KV event relay rebuilds the set from the engine's events."""
+        return None
 
     @property
     def accepts_kv_transfer(self) -> bool:

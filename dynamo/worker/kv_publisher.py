@@ -4,7 +4,7 @@ Journey: the engine's cache stores / evicts blocks -> its event source (``dynamo
 or an engine's own poller) -> **``KvEventPublisher.sink``** -> event plane -> every router's
 indexer. A router that missed events (a gap in event ids) asks the worker's ``/kv_replay`` for the
 last ``KV_EVENT_HISTORY``; one that started late or lost more asks ``/kv_snapshot`` for the cached
-block set (``CachedBlocks``).
+block set (``CachedBlocks``, or the engine's own when it keeps one: ``use_block_source``).
 """
 
 from __future__ import annotations
@@ -12,12 +12,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from itertools import chain, repeat
+from operator import attrgetter
 
 from dynamo.llm import kv_events
 from dynamo.llm.kv_events import KvEventBatch
 from dynamo.runtime import DistributedRuntime, EndpointId
+from dynamo.worker.engine import KvBlockSource
 
 log = logging.getLogger(__name__)
+
+_block_hash = attrgetter("block_hash")
+_tokens_hash = attrgetter("tokens_hash")
 
 KV_EVENT_HISTORY = 1024
 
@@ -33,15 +39,17 @@ class CachedBlocks:
         self.last_event_id = -1
 
     def apply(self, event: kv_events.KvEvent) -> None:
+        """Apply one event, a whole run of blocks per C-level pass (a 32k-token prompt stores
+        ~2,000 blocks in one event)."""
         data = event.data
         if isinstance(data, kv_events.KvStored):
-            parent = data.parent_hash
-            for block in data.blocks:
-                self.blocks[block.block_hash] = (parent, block.tokens_hash)
-                parent = block.block_hash
+            blocks = data.blocks
+            hashes = list(map(_block_hash, blocks))
+            parents = chain((data.parent_hash,), hashes)  # each block's parent: the one before it
+            entries = zip(parents, map(_tokens_hash, blocks), strict=False)  # parents: one longer
+            self.blocks.update(zip(hashes, entries, strict=True))
         elif isinstance(data, kv_events.KvRemoved):
-            for block_hash in data.block_hashes:
-                self.blocks.pop(block_hash, None)
+            collections.deque(map(self.blocks.pop, data.block_hashes, repeat(None)), 0)
         else:
             self.blocks.clear()
         self.last_event_id = event.event_id
@@ -83,16 +91,26 @@ class KvEventPublisher:
         self._queue: asyncio.Queue[KvEventBatch] = asyncio.Queue()
         self.history: collections.deque[kv_events.KvEvent] = collections.deque(maxlen=KV_EVENT_HISTORY)
         self.cached: dict[int, CachedBlocks] = {}  # dp rank -> its blocks
+        self._block_source: KvBlockSource | None = None
         self._task: asyncio.Task[None] | None = None
+
+    def use_block_source(self, source: KvBlockSource) -> None:
+        """The engine keeps its cached block set itself (the mocker): snapshots come from
+        ``source`` and the publisher keeps no copy (a long prompt's ~2,000 blocks would otherwise
+        be recorded twice in the same process). ``source`` must answer as of the last batch
+        handed to ``sink``."""
+        self._block_source = source
+        self.cached.clear()
 
     def sink(self, batch: KvEventBatch) -> None:
         """Hand a batch over (called from the engine; never blocks)."""
         self.history.extend(batch.events)
-        cached = self.cached.get(batch.dp_rank)
-        if cached is None:
-            cached = self.cached[batch.dp_rank] = CachedBlocks()
-        for event in batch.events:
-            cached.apply(event)
+        if self._block_source is None:
+            cached = self.cached.get(batch.dp_rank)
+            if cached is None:
+                cached = self.cached[batch.dp_rank] = CachedBlocks()
+            for event in batch.events:
+                cached.apply(event)
         self._queue.put_nowait(batch)
 
     def start(self) -> None:
@@ -115,5 +133,7 @@ class KvEventPublisher:
 
     def snapshot(self, worker_id: int, dp_rank: int = 0) -> KvEventBatch:
         """Every cached block of ``dp_rank`` as of the last event handed over (see ``CachedBlocks``)."""
+        if self._block_source is not None:
+            return self._block_source(worker_id, dp_rank)
         cached = self.cached.get(dp_rank)
         return (cached or CachedBlocks()).snapshot(worker_id, dp_rank)

@@ -80,6 +80,8 @@ class WorkerInstance:
                 metrics=runtime.metrics,
             )
         )
+        if self.kv_publisher is not None and (source := self.engine.kv_block_source()) is not None:
+            self.kv_publisher.use_block_source(source)
         self.decode_step: DecodeStep | None = None
         self._prefill_client: EndpointClient | None = None
 
