@@ -1,101 +1,107 @@
-"""The mocker's evictable KV blocks in least-recently-released order, changed a run at a time.
+"""The order in which the mocker evicts its inactive KV blocks, changed a run at a time.
 
 Journey: engine stage, inside ``KvManager``: a finished sequence's blocks are pushed here (its
-tail first), a prefix hit takes its blocks back out, and a new block that finds the cache full
-evicts the oldest. Every operation takes a whole run of block hashes so that a 32k-token prompt
-(~2,000 blocks) costs a few C-level passes, not a Python call per block.
+tail first), a prefix hit takes its blocks back (``reactivate``), and a new block that finds the
+cache full evicts the oldest. Every operation takes a whole run of block hashes, so a 32k-token
+prompt (~2,000 blocks) costs a few C-level passes over lists, not a Python step per block.
 
-Structure: ``_stamp_of`` maps each block to the stamp of its latest push (a plain dict, whose
-insertion order is therefore the LRU order), and two parallel lists hold the pushed (block,
-stamp) pairs in stamp order from ``_head`` on. A block taken out (reactivated) leaves a stale
-pair that eviction skips (its stamp no longer matches). Unlike evicting from the front of a plain
-dict or popping an ``OrderedDict`` one key at a time, eviction never scans deleted slots and
-takes ``k`` blocks with one slice. Stale pairs are dropped when they outnumber the live blocks.
+Structure: the pushed blocks in push order (a list read from ``_head``), and, for blocks taken
+back since, how many of their entries are stale (``_stale``: only blocks a prefix hit reused,
+usually few). Only a block's last entry can be live, and entries are read oldest first, so an
+entry of a block with stale entries left is one of them. No per-block table: which blocks are
+inactive is the block manager's (cached and not in use); this keeps only their order. Stale
+entries are dropped once they outnumber the live ones.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable, Iterator
-from itertools import compress, repeat
-from operator import eq
+from collections.abc import Iterator
+from itertools import repeat
 
-# Drop consumed pairs from the front of the queue lists once this many have been read.
+# Drop read entries from the front of the queue once this many have piled up.
 _TRIM_AT = 4096
+
+_plus_one = (1).__add__
 
 
 class BlockLru:
-    """Block hashes in least-recently-pushed order with bulk push, remove and evict."""
+    """Block hashes in least-recently-pushed order: bulk push, reactivate and evict."""
 
-    __slots__ = ("_hashes", "_head", "_next_stamp", "_stamp_of", "_stamps")
+    __slots__ = ("_head", "_live", "_queue", "_stale")
 
     def __init__(self) -> None:
-        self._stamp_of: dict[int, int] = {}
-        self._hashes: list[int] = []
-        self._stamps: list[int] = []
+        self._queue: list[int] = []
         self._head = 0
-        self._next_stamp = 0
+        self._stale: dict[int, int] = {}  # block -> its stale entries still in the queue
+        self._live = 0
 
     def __len__(self) -> int:
-        return len(self._stamp_of)
-
-    def __contains__(self, block_hash: object) -> bool:
-        return block_hash in self._stamp_of
+        """Inactive blocks (live entries)."""
+        return self._live
 
     def __iter__(self) -> Iterator[int]:
-        """The blocks, least recently pushed first."""
-        return iter(self._stamp_of)
+        """The inactive blocks, least recently pushed first."""
+        stale = dict(self._stale)
+        for h in self._queue[self._head :]:
+            n = stale.get(h)
+            if n:
+                stale[h] = n - 1
+            else:
+                yield h
 
     def push(self, hashes: list[int]) -> None:
-        """Append ``hashes`` in order as the most recently used (none of them may be held)."""
-        n = len(hashes)
-        if not n:
-            return
-        first = self._next_stamp
-        self._next_stamp = first + n
-        stamps = range(first, first + n)
-        self._stamp_of.update(zip(hashes, stamps, strict=True))
-        self._hashes += hashes
-        self._stamps += stamps
-        if len(self._hashes) - self._head > 2 * len(self._stamp_of) + _TRIM_AT:
-            self._rebuild()
+        """Append blocks that just became inactive, in order, as the most recently used."""
+        self._queue += hashes
+        self._live += len(hashes)
+        if len(self._queue) - self._head > 2 * self._live + _TRIM_AT:
+            self._compact()
 
-    def remove(self, hashes: Iterable[int]) -> None:
-        """Take out those of ``hashes`` that are held (others are ignored)."""
-        deque(map(self._stamp_of.pop, hashes, repeat(None)), 0)
+    def reactivate(self, hashes: list[int]) -> None:
+        """These inactive blocks (no repeats) are in use again: their entries go stale."""
+        stale = self._stale
+        stale.update(zip(hashes, map(_plus_one, map(stale.get, hashes, repeat(0))), strict=True))
+        self._live -= len(hashes)
 
     def pop_oldest(self, k: int) -> list[int]:
-        """Remove and return the ``k`` least recently pushed blocks, oldest first."""
-        if k > len(self._stamp_of):
-            raise ValueError(f"cannot evict {k} of {len(self._stamp_of)} blocks")
-        stamp_of = self._stamp_of
-        hashes, stamps = self._hashes, self._stamps
+        """Remove and return the ``k`` least recently pushed inactive blocks, oldest first."""
+        if k > self._live:
+            raise ValueError(f"cannot evict {k} of {self._live} blocks")
+        queue, stale = self._queue, self._stale
         head = self._head
         out: list[int] = []
         while k > 0:
             end = head + k
-            chunk = hashes[head:end]
-            live = list(map(eq, map(stamp_of.get, chunk), stamps[head:end]))
+            chunk = queue[head:end]
             head = end
-            if False in live:
-                chunk = list(compress(chunk, live))
-            deque(map(stamp_of.__delitem__, chunk), 0)
+            if stale and any(map(stale.__contains__, chunk)):
+                live: list[int] = []
+                for h in chunk:
+                    n = stale.get(h)
+                    if n is None:
+                        live.append(h)
+                    elif n == 1:
+                        del stale[h]
+                    else:
+                        stale[h] = n - 1
+                chunk = live
             k -= len(chunk)
             out += chunk
-        if head >= _TRIM_AT and 2 * head >= len(hashes):
-            del hashes[:head], stamps[:head]
+        self._live -= len(out)
+        if head >= _TRIM_AT and 2 * head >= len(queue):
+            del queue[:head]
             head = 0
         self._head = head
         return out
 
     def clear(self) -> None:
-        self._stamp_of.clear()
-        self._hashes.clear()
-        self._stamps.clear()
+        """Forget every entry (the block manager dropped all inactive blocks)."""
+        self._queue = []
         self._head = 0
+        self._stale = {}
+        self._live = 0
 
-    def _rebuild(self) -> None:
-        """Queue = the live blocks only (the dict's order is the stamp order)."""
-        self._hashes = list(self._stamp_of)
-        self._stamps = list(self._stamp_of.values())
+    def _compact(self) -> None:
+        """Queue = the live entries only."""
+        self._queue = list(self)
         self._head = 0
+        self._stale = {}

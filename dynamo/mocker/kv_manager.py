@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable
-from itertools import chain, compress, repeat, takewhile
+from itertools import chain, compress, filterfalse, repeat, takewhile
 from operator import not_
 
 import msgspec
@@ -58,7 +58,9 @@ class KvManager:
         # Admission keeps this many blocks free for running sequences to grow into.
         self.admission_limit = (1.0 - watermark) * num_blocks
         self._active: dict[int, int] = {}  # seq hash -> reference count
-        self._inactive = BlockLru()  # cached blocks nobody uses, least recently released first
+        # The order of the cached blocks nobody uses (inactive: in ``_meta``, not in ``_active``),
+        # least recently released first.
+        self._inactive = BlockLru()
         # seq hash -> (local hash, parent seq hash, depth) of every cached full block (its keys are
         # exactly the active full blocks plus the inactive ones)
         self._meta: dict[int, tuple[int, int | None, int]] = {}
@@ -131,7 +133,8 @@ class KvManager:
         # new (the cached set is closed under parents: a sequence holds its whole chain and
         # releases it tail first), no hash repeats.
         active, inactive = self._active, self._inactive
-        reactivate = len(list(filter(inactive.__contains__, head))) if m else 0
+        reused = list(filterfalse(active.__contains__, head)) if m else []  # inactive: cached, unused
+        reactivate = len(reused)
         new = n - m
         free = self.num_free
         if new + num_anonymous > free + len(inactive) - reactivate:
@@ -152,8 +155,8 @@ class KvManager:
             run = list(map(StoredBlock, tail, local))
         if m:
             # Reactivate before evicting, so that making room cannot evict the prefix.
-            if reactivate:
-                inactive.remove(head)
+            if reused:
+                inactive.reactivate(reused)
             counts = list(map(active.get, head, repeat(0)))
             active.update(zip(head, map(_plus_one, counts), strict=True))
         evict = new + num_anonymous - free
@@ -164,13 +167,13 @@ class KvManager:
 
     def _acquire_blockwise(self, seq_hashes: list[int], local_hashes: list[int], num_anonymous: int) -> bool:
         """``acquire`` one block at a time (any hash list)."""
-        active, inactive = self._active, self._inactive
+        active, inactive, meta = self._active, self._inactive, self._meta
         reactivate = 0
         new = 0
         for h in seq_hashes:
             if h in active:
                 continue
-            if h in inactive:
+            if h in meta:
                 reactivate += 1
             else:
                 new += 1
@@ -178,14 +181,13 @@ class KvManager:
             return False
         # Reactivate cached blocks first so that making room cannot evict them.
         for h in seq_hashes:
-            if h in inactive:
-                inactive.remove((h,))
+            if h not in active and h in meta:
+                inactive.reactivate([h])
                 active[h] = 0
         evicted: list[int] = []
         run: list[StoredBlock] = []
         run_parent: int | None = None
         parent: int | None = None
-        meta = self._meta
         for i, h in enumerate(seq_hashes):
             count = active.get(h)
             if count is None:
@@ -276,8 +278,8 @@ class KvManager:
         if count is not None:
             self._active[seq_hash] = count + 1
             return
-        if seq_hash in self._inactive:
-            self._inactive.remove((seq_hash,))
+        if seq_hash in self._meta:  # cached and not in use: inactive
+            self._inactive.reactivate([seq_hash])
             self._active[seq_hash] = 1
             return
         self._active[seq_hash] = 1

@@ -293,12 +293,16 @@ def test_no_room_changes_nothing_in_bulk() -> None:
 def test_block_lru_skips_stale_entries_and_keeps_push_order() -> None:
     lru = BlockLru()
     lru.push([1, 2, 3, 4])
-    lru.remove([2, 9])  # 2 reactivated (9 was never there)
+    lru.reactivate([2])  # a prefix hit takes 2 back
+    assert list(lru) == [1, 3, 4] and len(lru) == 3
     lru.push([5, 2])  # 2 released again: now newer than 5
-    assert list(lru) == [1, 3, 4, 5, 2] and len(lru) == 5 and 2 in lru and 9 not in lru
+    assert list(lru) == [1, 3, 4, 5, 2] and len(lru) == 5
+    lru.reactivate([2, 4])
+    lru.push([2])  # 2 has two stale entries now
+    assert list(lru) == [1, 3, 5, 2]
     assert lru.pop_oldest(2) == [1, 3]
-    assert lru.pop_oldest(3) == [4, 5, 2]  # the stale first entry of 2 was skipped
-    assert len(lru) == 0
+    assert lru.pop_oldest(2) == [5, 2]  # the stale entries of 2 and 4 were skipped
+    assert len(lru) == 0 and lru._stale == {}
     with pytest.raises(ValueError):
         lru.pop_oldest(1)
 
@@ -307,14 +311,15 @@ def test_block_lru_compacts_without_changing_order() -> None:
     lru = BlockLru()
     keep = list(range(1_000_000, 1_000_010))
     lru.push(keep)
-    for i in range(3000):  # reactivate and release the same blocks: stale entries pile up
-        lru.remove([i % 7])
+    for i in range(3000):  # the same blocks reused and released again: stale entries pile up
         lru.push([i % 7])
-    assert len(lru._hashes) - lru._head <= 2 * len(lru) + 4096 + 1
+        lru.reactivate([i % 7])
+    lru.push(list(range(7)))
+    assert len(lru._queue) - lru._head <= 2 * len(lru) + 4096 + 7
     order = list(lru)
-    assert order[:10] == keep
+    assert order == [*keep, *range(7)]
     assert lru.pop_oldest(len(lru)) == order
     big = list(range(10_000))
     lru.push(big)
-    assert lru.pop_oldest(9_000) == big[:9_000] and lru._head < 9_000  # consumed front trimmed
+    assert lru.pop_oldest(9_000) == big[:9_000] and lru._head < 9_000  # read front trimmed
     assert lru.pop_oldest(1_000) == big[9_000:]
