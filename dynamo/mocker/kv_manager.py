@@ -48,6 +48,16 @@ class KvBlockSnapshot(msgspec.Struct):
     blocks: list[KvStored]
 
 
+class BlockMeta(msgspec.Struct, array_like=True, gc=False):
+    """What the router needs to know of a cached full block besides its hash. Not tracked by the
+    garbage collector (ints only): a long prompt makes thousands at once, and tracked objects
+    (tuples) would set off a collection every ~700 of them."""
+
+    local: int  # the block's local (tokens) hash
+    parent: int | None  # the previous block's sequence hash
+    depth: int  # position in its sequence
+
+
 class KvManager:
     """Reference-counted block pool with an LRU of cached inactive blocks."""
 
@@ -61,9 +71,9 @@ class KvManager:
         # The order of the cached blocks nobody uses (inactive: in ``_meta``, not in ``_active``),
         # least recently released first.
         self._inactive = BlockLru()
-        # seq hash -> (local hash, parent seq hash, depth) of every cached full block (its keys are
-        # exactly the active full blocks plus the inactive ones)
-        self._meta: dict[int, tuple[int, int | None, int]] = {}
+        # seq hash -> BlockMeta of every cached full block (its keys are exactly the active full
+        # blocks plus the inactive ones)
+        self._meta: dict[int, BlockMeta] = {}
         self._anonymous = 0
 
     # ----- accounting ---------------------------------------------------------------------------
@@ -150,7 +160,7 @@ class KvManager:
                 return self._acquire_blockwise(seq_hashes, local_hashes, num_anonymous)
             local = local_hashes[m:n]
             parents = chain((parent,), tail)  # one longer than tail: its last block is no one's parent
-            meta.update(zip(tail, zip(local, parents, range(m, n), strict=False), strict=True))
+            meta.update(zip(tail, map(BlockMeta, local, parents, range(m, n)), strict=True))
             active.update(fresh)
             run = list(map(StoredBlock, tail, local))
         if m:
@@ -194,7 +204,7 @@ class KvManager:
                 if self.num_free <= 0:
                     evicted += self._evict(1)
                 active[h] = 1
-                meta[h] = (local_hashes[i], parent, i)
+                meta[h] = BlockMeta(local_hashes[i], parent, i)
                 if not run:
                     run_parent = parent
                 run.append(StoredBlock(h, local_hashes[i]))
@@ -283,7 +293,7 @@ class KvManager:
             self._active[seq_hash] = 1
             return
         self._active[seq_hash] = 1
-        self._meta[seq_hash] = (local_hash, parent_hash, depth)
+        self._meta[seq_hash] = BlockMeta(local_hash, parent_hash, depth)
         self.events.stored(parent_hash, [StoredBlock(seq_hash, local_hash)])
 
     # ----- whole-cache operations ---------------------------------------------------------------
@@ -309,5 +319,5 @@ class KvManager:
 
     def _stored_events(self, hashes: Iterable[int]) -> list[KvStored]:
         meta = self._meta
-        ordered = sorted(hashes, key=lambda h: meta[h][2])
-        return [KvStored(blocks=[StoredBlock(h, meta[h][0])], parent_hash=meta[h][1]) for h in ordered]
+        ordered = sorted(hashes, key=lambda h: meta[h].depth)
+        return [KvStored(blocks=[StoredBlock(h, meta[h].local)], parent_hash=meta[h].parent) for h in ordered]

@@ -148,7 +148,7 @@ def assert_same(kv: KvManager, model: PerBlockKv, got: list[KvEventBatch], want:
     assert kv.num_inactive == len(model.inactive) and kv.num_free == model.num_free
     assert {h: kv.ref_count(h) for h in model.active} == model.active
     assert list(kv._inactive) == list(model.inactive)  # the LRU order itself
-    assert kv._meta == model.meta
+    assert {h: (b.local, b.parent, b.depth) for h, b in kv._meta.items()} == model.meta
 
 
 def chain_of(tokens: list[int]) -> tuple[list[int], list[int]]:
