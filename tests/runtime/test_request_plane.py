@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from dynamo.runtime.request_plane import (
@@ -15,10 +16,11 @@ from dynamo.runtime.request_plane import (
     RequestPlaneClient,
     RequestPlaneServer,
 )
-from dynamo.runtime.request_plane.framing import STREAM_WINDOW, FrameKind, encode_frame
+from dynamo.runtime.request_plane.framing import HEADER, HEADER_SIZE, STREAM_WINDOW, FrameKind, encode_frame
 from tests.support.procs import free_port
 
 pytestmark = pytest.mark.timeout(60)
+msgpack = msgspec.msgpack
 
 
 class Probe:
@@ -191,10 +193,64 @@ async def test_drain_refuses_new_requests_and_waits_for_inflight(plane):
     await slow.__anext__()
     drain = asyncio.create_task(server.drain(timeout=0.5))
     await asyncio.sleep(0.05)
-    refused = await client.stream(addr, "t.w.count", {"n": 1})
-    with pytest.raises(RemoteError) as info:
+    # The worker's GOAWAY took the connection out of the pool; the new request's connection gets
+    # GOAWAY too (refused before sending) or, if the request left first, a ``draining`` refusal.
+    with pytest.raises((InstanceUnreachable, RemoteError)) as info:
+        refused = await client.stream(addr, "t.w.count", {"n": 1})
         async for _ in refused:
             pass
-    assert info.value.code == "draining"
+    refusal = info.value
+    assert isinstance(refusal, InstanceUnreachable) or (
+        isinstance(refusal, RemoteError) and refusal.code == "draining"
+    )
     assert await drain is False  # the endless stream outlived the timeout
     await slow.aclose()
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
+    header = await asyncio.wait_for(reader.readexactly(HEADER_SIZE), 5)
+    length, kind, sid = HEADER.unpack(header)
+    return kind, sid, await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def test_a_request_sent_before_the_goaway_was_read_is_answered_not_cut_off(plane):
+    # The race of a rolling update: the caller sends a request while the worker shuts down. The
+    # worker must answer it (a retryable ``draining`` refusal) and close only after the caller.
+    server, _, addr, _ = plane
+    host, port = addr.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(encode_frame(FrameKind.REQUEST, 1, msgpack.encode(["t.w.endless", {}, {"delay": 0.01}])))
+    await writer.drain()
+    kind, sid, _ = await _read_frame(reader)
+    assert (kind, sid) == (FrameKind.DATA, 1)
+    stopping = asyncio.create_task(server.stop())  # no drain: the in-flight stream is cancelled
+    while True:  # the rest of stream 1, then the notice
+        kind, sid, _ = await _read_frame(reader)
+        if kind == FrameKind.GOAWAY:
+            break
+        assert (kind, sid) == (FrameKind.DATA, 1)
+    # This caller has not "read" the notice yet and sends one more request: it is answered.
+    writer.write(encode_frame(FrameKind.REQUEST, 3, msgpack.encode(["t.w.count", {}, {"n": 1}])))
+    await writer.drain()
+    kind, sid, payload = await _read_frame(reader)
+    while kind == FrameKind.DATA and sid == 1:
+        kind, sid, payload = await _read_frame(reader)
+    assert (kind, sid) == (FrameKind.ERROR, 3)
+    assert msgpack.decode(payload)["code"] == "draining"
+    assert not stopping.done()  # the worker waits for the caller to close
+    writer.close()
+    await asyncio.wait_for(stopping, 5)
+
+
+async def test_client_closes_after_goaway_once_its_streams_end(plane):
+    server, client, addr, _ = plane
+    stream = await client.stream(addr, "t.w.endless", {"delay": 0.01})
+    await stream.__anext__()  # in flight at the worker
+    drain = asyncio.create_task(server.drain(timeout=5))
+    await asyncio.sleep(0.1)
+    (conn,) = server._connections
+    assert not conn.lost.done()  # a stream is open: the caller keeps the connection
+    await stream.aclose()  # its last stream ends: the caller closes the connection
+    await asyncio.wait_for(conn.lost, 2)
+    assert await drain is True
+    await asyncio.wait_for(server.stop(), 5)

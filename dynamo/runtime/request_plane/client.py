@@ -14,6 +14,10 @@ the connection is declared dead: every stream on it fails with ``ConnectionDead`
 aborted, and the address is refused (``InstanceUnreachable``, nothing sent) until a probe on a new
 connection gets a ``PONG`` or the address is forgotten (its instance left discovery). A long
 prefill is not silence: the worker's event loop answers ``PING`` meanwhile.
+
+Shutdown: a worker's ``GOAWAY`` takes its connection out of the pool (a later request to the
+address opens a new one, which the draining worker refuses as retryable) and the connection is
+closed by this side once its last stream has ended, so the worker never closes under a request.
 """
 
 from __future__ import annotations
@@ -159,6 +163,7 @@ class ResponseStream:
             self._done = True
             self._conn._send(FrameKind.CANCEL, self.sid)
         self._conn.streams.pop(self.sid, None)
+        self._conn._close_if_done()
 
 
 class _ClientConnection(asyncio.Protocol):
@@ -168,6 +173,8 @@ class _ClientConnection(asyncio.Protocol):
         self.address = address
         self.liveness_timeout = liveness_timeout  # 0: no liveness checks
         self._on_dead = on_dead
+        self._on_goaway: Callable[[_ClientConnection], None] | None = None
+        self.goaway = False  # the worker is shutting down: no new stream here
         self._watchdog: asyncio.TimerHandle | None = None
         self.last_rx = 0.0  # loop time of the last bytes received
         self.pong = asyncio.Event()  # set by each PONG (a probe waits on it)
@@ -247,6 +254,7 @@ class _ClientConnection(asyncio.Protocol):
                     if stream is not None:
                         stream._finish()
                         del self.streams[sid]
+                        self._close_if_done()
                 elif kind == FrameKind.ERROR:
                     if stream is not None:
                         info = _decoder.decode(payload)
@@ -254,16 +262,28 @@ class _ClientConnection(asyncio.Protocol):
                             info = {"message": str(info)}
                         stream._finish(RemoteError(str(info.get("message")), str(info.get("code", "error"))))
                         del self.streams[sid]
+                        self._close_if_done()
                 elif kind == FrameKind.PONG:
                     self.pong.set()
                 elif kind == FrameKind.PING:
                     self._send(FrameKind.PONG, 0)
+                elif kind == FrameKind.GOAWAY:
+                    self.goaway = True
+                    if self._on_goaway is not None:
+                        self._on_goaway(self)
+                    self._close_if_done()
                 else:
                     raise ProtocolError(f"unexpected frame kind {kind} from a worker")
         except (ProtocolError, msgspec.DecodeError) as exc:
             log.error("closing request-plane connection to %s: %s", self.address, exc)
             if self.transport is not None:
                 self.transport.abort()
+
+    def _close_if_done(self) -> None:
+        """After ``GOAWAY``: close once no stream is open (what was written is flushed first)."""
+        if self.goaway and not self.streams and self.transport is not None:
+            self._flush()
+            self.transport.close()
 
     def _send(self, kind: FrameKind, sid: int, payload: bytes = b"") -> None:
         if self.closed:
@@ -280,6 +300,8 @@ class _ClientConnection(asyncio.Protocol):
         self._out = []
 
     def open_stream(self, endpoint: str, body: Any, headers: dict[str, Any]) -> ResponseStream:
+        if self.closed or self.goaway:
+            raise InstanceUnreachable(f"connection to {self.address} is closing; nothing sent")
         sid = next(self._ids)
         stream = ResponseStream(self, sid)
         self.streams[sid] = stream
@@ -333,6 +355,12 @@ class RequestPlaneClient:
                 raise err from exc
             proto.liveness_timeout = self.liveness_timeout
             proto._on_dead = self._declare_dead
+            proto._on_goaway = self._retire
+            if proto.goaway or proto.closed:  # the worker said GOAWAY on connect: it is shutting down
+                err = InstanceUnreachable(f"worker at {address} is shutting down")
+                fut.set_exception(err)
+                fut.exception()
+                raise err
             self._conns[address] = proto
             fut.set_result(proto)
             return proto
@@ -353,6 +381,11 @@ class RequestPlaneClient:
             )
         conn = await self._connection(address)
         return conn.open_stream(endpoint, body, headers or {})
+
+    def _retire(self, conn: _ClientConnection) -> None:
+        """A worker sent ``GOAWAY``: its connection takes no new stream (a new request reconnects)."""
+        if self._conns.get(conn.address) is conn:
+            del self._conns[conn.address]
 
     def is_dead(self, address: str) -> bool:
         """True while ``address`` is refused after a liveness failure."""

@@ -6,7 +6,10 @@ by ``END`` or ``ERROR``. ``DATA`` carries a msgpack *array* of response items, s
 costs one frame. ``CREDIT`` returns flow-control credit (items consumed) to the sender.
 ``PING`` / ``PONG`` (stream id 0, no payload) are connection liveness: either side answers a
 ``PING`` with a ``PONG`` from its event loop, so a peer that is stopped, hung or cut off (no FIN)
-is noticed by the silence (see client.py).
+is noticed by the silence (see client.py). ``GOAWAY`` (stream id 0, no payload) is a worker's
+notice that it is shutting down: the caller opens no new stream on the connection and closes it
+once its open streams have ended; every request the worker receives until then is answered (a
+``draining`` error at worst), so no request is lost in the close.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class FrameKind(IntEnum):
     CREDIT = 6
     PING = 7
     PONG = 8
+    GOAWAY = 9
 
 
 _KINDS = frozenset(int(k) for k in FrameKind)

@@ -39,6 +39,7 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
 
 MAX_BATCH_ITEMS = 256  # flush a stream's pending items at this count even without a pause
+GOAWAY_GRACE = 1.0  # seconds a stopping worker waits for callers to close after GOAWAY
 # Seconds a caller with streams in flight may stay silent before its connection is dropped
 # (DYN_REQUEST_PLANE_LIVENESS_TIMEOUT also sets it on a worker; generous: a busy frontend's loop lags).
 SERVER_LIVENESS_TIMEOUT = 30.0
@@ -95,6 +96,8 @@ class _ServerConnection(asyncio.Protocol):
         self.peer = "?"
         self._watchdog: asyncio.TimerHandle | None = None
         self._last_rx = 0.0  # loop time of the last bytes received
+        self._goaway_sent = False
+        self.lost: asyncio.Future[None] = self._loop.create_future()  # done when the connection closes
 
     # --- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -103,9 +106,13 @@ class _ServerConnection(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         transport.set_write_buffer_limits(high=1 << 20, low=1 << 18)  # type: ignore[attr-defined]
         self.server._connections.add(self)
+        if self.server.draining:
+            self.goaway()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._connections.discard(self)
+        if not self.lost.done():
+            self.lost.set_result(None)
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -119,6 +126,12 @@ class _ServerConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._can_write.set()
+
+    def goaway(self) -> None:
+        """Tell the caller this worker is shutting down: no new stream here, close when done."""
+        if not self._goaway_sent:
+            self._goaway_sent = True
+            self._write(encode_frame(FrameKind.GOAWAY, 0))
 
     # --- liveness of the caller -------------------------------------------------------------
     def _check_caller(self) -> None:
@@ -314,8 +327,14 @@ class RequestPlaneServer:
         return len(self._inflight)
 
     async def drain(self, timeout: float) -> bool:
-        """Refuse new requests and wait up to ``timeout`` s for in-flight ones; True if all finished."""
+        """Refuse new requests and wait up to ``timeout`` s for in-flight ones; True if all finished.
+
+        Every caller is sent ``GOAWAY`` first, so it opens no new stream here; a request already on
+        the wire is still read and refused as ``draining`` (retried elsewhere by the caller).
+        """
         self.draining = True
+        for conn in list(self._connections):
+            conn.goaway()
         if self._inflight:
             log.info("draining %d in-flight requests (up to %.0fs)", len(self._inflight), timeout)
             _, pending = await asyncio.wait(set(self._inflight), timeout=timeout)
@@ -323,7 +342,15 @@ class RequestPlaneServer:
         return True
 
     async def stop(self) -> None:
-        """Cancel whatever still runs and close every connection."""
+        """Cancel whatever still runs and close every connection.
+
+        Callers that got ``GOAWAY`` close their connections once their streams have ended; the
+        worker waits up to ``GOAWAY_GRACE`` seconds for that before closing them itself, so a
+        request a caller sent just before it read the ``GOAWAY`` is answered, not cut off.
+        """
+        self.draining = True
+        for conn in list(self._connections):
+            conn.goaway()
         if self._server is not None:
             self._server.close()
         for task in list(self._inflight):
@@ -332,6 +359,9 @@ class RequestPlaneServer:
             await asyncio.wait(set(self._inflight), timeout=5)
         for conn in list(self._connections):
             conn._flush_out()
+        if self._connections:
+            await asyncio.wait([c.lost for c in self._connections], timeout=GOAWAY_GRACE)
+        for conn in list(self._connections):
             if conn.transport is not None:
                 conn.transport.close()
         if self._server is not None:
