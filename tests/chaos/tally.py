@@ -28,6 +28,7 @@ class Tally:
     tokens_duplicated: int = 0
     recovery_s: float | None = None  # fault -> first success after it (the scenario defines it)
     faults: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)  # "<status>: <error>" of each refused request
     notes: dict[str, object] = field(default_factory=dict)
 
     def fault(self, description: str) -> None:
@@ -39,6 +40,7 @@ class Tally:
         self.sent += 1
         if outcome.refused:
             self.refused += 1
+            self.refusals.append(f"{outcome.status}: {outcome.error}")
             return
         lost = max(0, outcome.expected_tokens - outcome.tokens) if outcome.expected_tokens else 0
         dup = max(0, outcome.tokens - outcome.expected_tokens) if outcome.expected_tokens else 0
@@ -57,7 +59,7 @@ class Tally:
         return (
             f"sent={self.sent} completed={self.completed} refused={self.refused} failed={self.failed} "
             f"tokens_lost={self.tokens_lost} tokens_duplicated={self.tokens_duplicated} "
-            f"recovery_s={self.recovery_s} faults={self.faults}"
+            f"recovery_s={self.recovery_s} faults={self.faults} refusals={self.refusals}"
         )
 
 

@@ -19,15 +19,15 @@ from tests.chaos.tally import Tally, record
 pytestmark = [pytest.mark.timeout(180)]
 MODEL = "chaos-mock"
 WORKERS = 2
-CONCURRENCY = 4
-MAX_TOKENS = 80
+CONCURRENCY = 6
+MAX_TOKENS = 160
 
 
 async def test_rolling_replacement_under_steady_load_loses_nothing(lab: Lab, smollm2_tokenizer_dir: Path):
     lab.env["DYN_DISCOVERY_TTL"] = "10"
     lab.env["DYN_DRAIN_TIMEOUT"] = "30"
     lab.etcd(lab.host("etcd"))
-    mocker_args = ("--model-name", MODEL, "--speedup-ratio", "2")
+    mocker_args = ("--model-name", MODEL, "--speedup-ratio", "1")
     old = [lab.mocker(lab.host(f"old{i}"), smollm2_tokenizer_dir, *mocker_args) for i in range(WORKERS)]
     fe = lab.frontend(lab.host("fe"), "--migration-limit", "0")
     fe.wait_for_instances(WORKERS)
@@ -40,7 +40,9 @@ async def test_rolling_replacement_under_steady_load_loses_nothing(lab: Lab, smo
         await asyncio.sleep(2)  # steady state first
         started = time.monotonic()
         for i, victim in enumerate(old):
-            lab.mocker(lab.host(f"new{i}"), smollm2_tokenizer_dir, *mocker_args)
+            # Off the event loop: the load keeps streaming while the replacement starts.
+            host = await asyncio.to_thread(lab.host, f"new{i}")
+            await asyncio.to_thread(lab.mocker, host, smollm2_tokenizer_dir, *mocker_args)
             await asyncio.to_thread(fe.wait_for_instances, WORKERS + 1, 60)
             victim.sigterm()
             tally.fault(f"SIGTERM old worker {i + 1} of {WORKERS} after its replacement registered")
