@@ -22,6 +22,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,8 @@ from dynamo.profiler.engines import Engine, engine
 from dynamo.profiler.generate import generate_graph
 from dynamo.profiler.measure import MeasureError
 from dynamo.profiler.results import publish, write_failure, write_results
-from dynamo.profiler.select import Selection, SelectionError, select
-from dynamo.profiler.sweep import Measurement, SweepError, measure_candidate, sweep_plan
+from dynamo.profiler.select import Selection, SelectionError, replay_spec, select
+from dynamo.profiler.sweep import Measurement, SweepError, measure_candidate, replay_seconds, sweep_plan
 
 log = logging.getLogger("dynamo.profiler")
 
@@ -67,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, default=Path("profiling_results"))
     p.add_argument("--publish-configmap", metavar="NAME", help="also write the results into this ConfigMap")
     p.add_argument("--ready-timeout", type=float, default=900.0, help="seconds for an engine to come up")
+    p.add_argument(
+        "--replay-seconds",
+        type=float,
+        help="replay the stated workload on each candidate for this long (0: size by the tables only; "
+        "default: 60 s, thorough 120 s, a tenth on the mocker)",
+    )
     return p
 
 
@@ -136,13 +143,18 @@ async def profile(
     cluster: bool = False,
     ready_timeout: float = 900.0,
     base_env: dict[str, str] | None = None,
+    replay: float | None = None,
 ) -> tuple[Selection, dict[str, Any]]:
     """Sweep, select, generate and write the results into ``out_dir`` (an absolute path: the local
-    graph's planner reads its profile there); ``ProfilingFailed`` when no graph comes out."""
-    plan = sweep_plan(request)
+    graph's planner reads its profile there); ``ProfilingFailed`` when no graph comes out.
+    ``replay``: seconds of the stated workload replayed on each candidate (default
+    ``sweep.replay_seconds``; 0: none)."""
+    seconds = replay_seconds(request, eng) if replay is None else replay
+    plan = replace(sweep_plan(request), replay_seconds=seconds)
     candidates = eng.candidates(request.search_strategy, batches)
     log.info(
-        "profiling %s (%s, device %s): %s; ISLs %s, contexts %s, %d tokens per decode stream",
+        "profiling %s (%s, device %s): %s; ISLs %s, contexts %s, %d tokens per decode stream; "
+        "the workload replayed for %gs",
         request.model,
         eng.backend,
         eng.device,
@@ -150,17 +162,28 @@ async def profile(
         list(plan.isls),
         list(plan.contexts),
         plan.gen,
+        plan.replay_seconds,
     )
+    spec = replay_spec(request, eng.backend) if plan.replay_seconds > 0 else None
     measurements: list[Measurement] = []
     try:
         for candidate in candidates:
             run_dir = out_dir / "runs" / f"batch-{candidate.batch}"
             measurements.append(
                 await measure_candidate(
-                    request, eng, candidate, plan, run_dir, ready_timeout=ready_timeout, base_env=base_env
+                    request,
+                    eng,
+                    candidate,
+                    plan,
+                    run_dir,
+                    ready_timeout=ready_timeout,
+                    base_env=base_env,
+                    replay=spec,
                 )
             )
         selection = select(request, measurements, eng.backend)
+        for why in selection.rejected:
+            log.warning("rejected %s", why)
     except (SweepError, MeasureError, SelectionError) as exc:
         raise ProfilingFailed(str(exc)) from None
     o = selection.option
@@ -181,6 +204,7 @@ async def profile(
         "reason": selection.reason,
         "request_rate": selection.rate,
         "alternatives": [a.to_json(request.osl) for a in selection.alternatives[:10]],
+        "rejected": selection.rejected,
         "measurements": [m.to_json() for m in measurements],
         "graph": graph["metadata"]["name"],
     }
@@ -222,6 +246,7 @@ async def amain(args: argparse.Namespace) -> int:
             batches=batches,
             cluster=bool(args.publish_configmap),
             ready_timeout=args.ready_timeout,
+            replay=args.replay_seconds,
         )
         sys.stdout.write(
             f"selected: {selection.reason}\nresults: {out_dir} (planner_profile.json, selected_config.json, "

@@ -11,8 +11,13 @@ and ``stream_options.include_usage`` (the token count comes from the engine, not
   tokens and ``gen`` tokens out, so their KV holds ``context`` tokens on average; the ITL is measured
   in the window where every stream is decoding (after the last first token, before the first
   finish), so the streams' own prefills are not counted: the decode table.
+- ``replay``: the stated workload itself, open loop: Poisson arrivals at ``rate`` for ``seconds``,
+  prompts of ``isl`` tokens, ``osl`` tokens out; each request's TTFT and ITL (first to last token
+  over ``tokens - 1``, as the SLA benchmark reads it), or ``None`` for one that failed or did not
+  finish within ``deadline`` seconds. This is what the tables miss: prefills arriving into a
+  running decode batch, and requests waiting for a free batch slot when arrivals bunch.
 
-A request that fails raises ``MeasureError`` with the server's answer. Journey: profiling only.
+A request that fails (outside ``replay``) raises ``MeasureError`` with the server's answer. Journey: profiling only.
 """
 
 from __future__ import annotations
@@ -125,3 +130,26 @@ class Client:
                 f"no stream produced two tokens (context {context}, concurrency {concurrency})"
             )
         return statistics.fmean(itls)
+
+    async def replay(
+        self, rate: float, isl: int, osl: int, seconds: float, deadline: float, seed: int = 0
+    ) -> list[tuple[float, float] | None]:
+        """(TTFT ms, ITL ms) of each request of ``seconds`` of Poisson arrivals at ``rate``."""
+        rng = random.Random(seed)
+        arrivals: list[float] = []
+        t = rng.expovariate(rate)
+        while t < seconds:
+            arrivals.append(t)
+            t += rng.expovariate(rate)
+        t0 = time.perf_counter()
+
+        async def one(at: float) -> tuple[float, float] | None:
+            await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+            try:
+                s = await asyncio.wait_for(self.stream(isl, osl), deadline)
+            except (MeasureError, aiohttp.ClientError, TimeoutError, ValueError):
+                return None
+            itl = (s.chunks[-1] - s.chunks[0]) * 1000 / (s.tokens - 1) if s.tokens > 1 else 0.0
+            return (s.chunks[0] - s.start) * 1000, itl
+
+        return list(await asyncio.gather(*(one(at) for at in arrivals)))

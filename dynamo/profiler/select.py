@@ -12,7 +12,20 @@ fewest GPUs). Predictions come from the measured tables only:
 - **aggregated** (one candidate): the fewest engines n for which, with each engine taking rate/n,
   the prefill share of its time rho = rate/n x TTFT_alone keeps the queueing TTFT within the
   target, and the decode ITL at the resulting concurrency (Little's law, within the batch size),
-  stretched by 1 / (1 - rho) for the steps spent on prefill, is within the ITL target.
+  stretched by 1 / (1 - rho) for the steps spent on prefill, is within the ITL target. That model
+  sees neither prefills arriving into a running decode batch nor requests waiting for a free batch
+  slot when Poisson arrivals bunch, so when the sweep replayed the stated workload on the candidate
+  (``Measurement.replays``: the rate's share for n engines, n from this model's answer up), the
+  replays decide: the fewest engines whose replay passed. A replay passes when at least
+  ``ATTAINMENT_GOAL`` of its requests were within both targets **and** the bursts a minute of
+  Poisson arrivals may not contain would not break it: with the hold time of a batch slot the
+  replay measured (its median TTFT + (OSL - 1) x its p90 ITL: slots run out when the batch is full,
+  which is when steps are slowest), at most ``1 - ATTAINMENT_GOAL`` of the requests may wait for one
+  of the candidate's batch slots past what the TTFT target leaves after the prefill (Erlang C,
+  ``slot_tail``). A candidate none of whose replays passed is rejected with the rate its measured
+  hold time would allow (``Selection.rejected``, and the error's words when nothing is left).
+  Disaggregated options cannot be replayed on one engine: they are sized by the tables only, and
+  the reason says so.
 
 The load is ``requestRate``, or ``concurrency`` turned into a rate with the fastest measured
 request latency (an upper bound: more replicas, never fewer). With neither, the graph is one
@@ -30,12 +43,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynamo.deploy.request import DeploymentRequest
-from dynamo.planner.policy import MAX_UTILIZATION, decode_demand, prefill_demand, queueing_ttft
+from dynamo.planner.policy import (
+    MAX_UTILIZATION,
+    decode_demand,
+    prefill_demand,
+    queueing_ttft,
+    slot_wait_tail,
+)
 from dynamo.planner.profile import PerformanceProfile
 from dynamo.profiler.engines import Candidate
-from dynamo.profiler.sweep import Measurement
+from dynamo.profiler.sweep import Measurement, Replay, ReplaySpec
 
 MAX_ENGINES = 64  # the most replicas sized without a GPU budget
+ATTAINMENT_GOAL = 0.9  # share of replayed requests within both SLA targets for a candidate to pass
 
 
 class SelectionError(RuntimeError):
@@ -51,8 +71,9 @@ class Option:
     decode_replicas: int
     prefill: Candidate | None
     prefill_replicas: int
-    ttft_ms: float  # predicted at the stated load
+    ttft_ms: float  # predicted at the stated load (replayed: the replay's median)
     itl_ms: float
+    replay: Replay | None = None  # the replay that passed (aggregated options of replayed candidates)
 
     @property
     def gpus(self) -> int:
@@ -72,6 +93,8 @@ class Option:
         }
         if self.prefill is not None:
             out["prefill"] = {"batch": self.prefill.batch, "replicas": self.prefill_replicas}
+        if self.replay is not None:
+            out["replay"] = self.replay.to_json()
         return out
 
 
@@ -84,6 +107,7 @@ class Selection:
     rate: float | None
     reason: str
     alternatives: list[Option]
+    rejected: list[str]  # candidates the replays ruled out, and why
 
 
 def _decode_itl(
@@ -102,9 +126,93 @@ def _decode_itl(
     return itl, conc
 
 
+def slot_hold_s(request: DeploymentRequest, r: Replay) -> float:
+    """Seconds a request holds a batch slot, as the replay measured it (at its p90 ITL)."""
+    return (r.ttft_p50_ms + max(0, request.osl - 1) * r.itl_p90_ms) / 1000
+
+
+def slot_tail(request: DeploymentRequest, batch: int, r: Replay, rate: float | None = None) -> float:
+    """Share of requests at ``rate`` (default: the replay's) that wait for one of ``batch`` slots
+    longer than the TTFT target leaves after the replay's median TTFT (Erlang C, M/M/c)."""
+    if math.isnan(r.ttft_p50_ms) or math.isnan(r.itl_p90_ms):
+        return 1.0
+    hold = slot_hold_s(request, r)
+    wait = (request.ttft_ms - r.ttft_p50_ms) / 1000
+    if wait <= 0 or hold <= 0:
+        return 1.0
+    return slot_wait_tail(batch, (r.rate if rate is None else rate) * hold, hold, wait)
+
+
+def replay_passes(request: DeploymentRequest, m: Measurement, r: Replay) -> bool:
+    return r.attainment >= ATTAINMENT_GOAL and slot_tail(request, m.candidate.batch, r) <= 1 - ATTAINMENT_GOAL
+
+
+def slot_rate(request: DeploymentRequest, batch: int, r: Replay) -> float:
+    """The highest rate (req/s, to 1%) at which the replay's hold time keeps the slot-wait tail
+    within ``1 - ATTAINMENT_GOAL`` (0 when even a trickle would not)."""
+    low, high = 0.0, batch / max(slot_hold_s(request, r), 1e-9)
+    if slot_tail(request, batch, r, rate=high * 1e-6) > 1 - ATTAINMENT_GOAL:
+        return 0.0
+    while high - low > 0.01 * high:
+        mid = (low + high) / 2
+        low, high = (
+            (mid, high) if slot_tail(request, batch, r, rate=mid) <= 1 - ATTAINMENT_GOAL else (low, mid)
+        )
+    return low
+
+
 def size_agg(
     m: Measurement, profile: PerformanceProfile, request: DeploymentRequest, rate: float, limit: int
 ) -> Option | None:
+    """The aggregated option of one candidate: by its replays when it has any, else by the tables."""
+    if m.replays:
+        passed = [r for r in m.replays if replay_passes(request, m, r) and r.engines <= limit]
+        if not passed:
+            return None
+        best = min(passed, key=lambda r: r.engines)
+        return Option("agg", m.candidate, best.engines, None, 0, best.ttft_p50_ms, best.itl_p50_ms, best)
+    return model_agg(m, profile, request, rate, limit)
+
+
+def replay_rejection(request: DeploymentRequest, m: Measurement, limit: int) -> str | None:
+    """Why a replayed candidate is ruled out (``None``: it is not, or it was not replayed)."""
+    if not m.replays or any(replay_passes(request, m, r) and r.engines <= limit for r in m.replays):
+        return None
+    b = m.candidate.batch
+    runs = "; ".join(
+        f"{r.describe()}; slots held {slot_hold_s(request, r):.2f} s, "
+        f"{slot_tail(request, b, r):.0%} would wait past the TTFT budget, "
+        f"{slot_rate(request, b, r):.2g} req/s per engine would keep that within {1 - ATTAINMENT_GOAL:.0%}"
+        for r in m.replays
+    )
+    return (
+        f"{m.candidate.label}: the replayed workload does not hold {ATTAINMENT_GOAL:.0%} within the SLA "
+        f"({runs})"
+    )
+
+
+def replay_spec(request: DeploymentRequest, backend: str) -> ReplaySpec | None:
+    """How the sweep replays a candidate: from the engines the tables' model asks for (or the
+    whole budget when it finds none) up; ``None`` without a request rate."""
+    rate = request.request_rate
+    if rate is None:
+        return None
+    limit = gpu_budget(request) or MAX_ENGINES
+
+    def first(m: Measurement) -> int:
+        option = model_agg(m, m.profile(backend), request, rate, limit)
+        return option.decode_replicas if option is not None else limit
+
+    def passes(m: Measurement, r: Replay) -> bool:
+        return replay_passes(request, m, r)
+
+    return ReplaySpec(rate, limit, first, passes)
+
+
+def model_agg(
+    m: Measurement, profile: PerformanceProfile, request: DeploymentRequest, rate: float, limit: int
+) -> Option | None:
+    """The aggregated option by the tables' queueing model alone."""
     assert profile.prefill is not None
     alone = profile.prefill.ttft(request.isl)
     context = request.isl + request.osl / 2
@@ -188,6 +296,11 @@ def select(request: DeploymentRequest, measurements: list[Measurement], backend:
     limit = gpu_budget(request) or MAX_ENGINES
     context = request.isl + request.osl / 2
     options: list[tuple[Option, PerformanceProfile]] = []
+    rejected = [
+        why
+        for m in measurements
+        if rate is not None and (why := replay_rejection(request, m, limit)) is not None
+    ]
     if rate is None:
         for m, p in zip(measurements, profiles, strict=True):
             assert p.prefill is not None and p.decode is not None
@@ -205,7 +318,7 @@ def select(request: DeploymentRequest, measurements: list[Measurement], backend:
                 if dis is not None and dis.gpus <= limit:
                     options.append((dis, _merged(pp, dp, backend)))
     if not options:
-        raise SelectionError(_closest(request, measurements, profiles, rate, limit))
+        raise SelectionError("; ".join([_closest(request, measurements, profiles, rate, limit), *rejected]))
 
     def key(item: tuple[Option, PerformanceProfile]) -> tuple[float, ...]:
         o = item[0]
@@ -223,7 +336,11 @@ def select(request: DeploymentRequest, measurements: list[Measurement], backend:
         f"of {len(options)} feasible option(s) for TTFT <= {request.ttft_ms:g} ms and ITL <= {request.itl_ms:g} ms "
         f"at ISL {request.isl} / OSL {request.osl}, {load}"
     )
-    return Selection(best, profile, rate, reason, [o for o, _ in options[1:]])
+    if best.replay is not None:
+        reason += f"; replayed: {best.replay.describe()}"
+    elif best.mode == "disagg" and any(m.replays for m in measurements):
+        reason += " (disaggregated: sized from the tables, not replayed)"
+    return Selection(best, profile, rate, reason, [o for o, _ in options[1:]], rejected)
 
 
 def _closest(

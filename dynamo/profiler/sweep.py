@@ -4,9 +4,13 @@ worker, started by the local runner as their graph's pods would be) and measured
 Contract: ``measure_candidate`` starts the candidate's graph under ``run_dir``, waits until the
 frontend lists the model (``ready_timeout``), warms the engine with one request, measures the
 ``SweepPlan``'s prefill points (lone TTFT by ISL) and decode points (ITL by context and
-concurrency, concurrency up to the candidate's batch size), stops the graph, and returns the
-``Measurement``. A graph that exits or never becomes ready raises ``SweepError`` with the tail of
-the runner's report (which names the failing process and its log).
+concurrency, concurrency up to the candidate's batch size), then, given a ``ReplaySpec``,
+replays the stated workload (``Client.replay``: Poisson arrivals, the request's ISL/OSL) for
+``replay_seconds`` at the share of the rate one of n engines would get, n from the spec's first
+guess up by one while the SLA attainment stays below the goal (at most ``MAX_REPLAYS`` times,
+never past the GPU budget), stops the graph, and returns the ``Measurement``. A graph that exits
+or never becomes ready raises ``SweepError`` with the tail of the runner's report (which names
+the failing process and its log).
 
 Journey: profiling only: **sweep** -> select -> generate.
 """
@@ -17,7 +21,9 @@ import asyncio
 import contextlib
 import io
 import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,8 @@ from dynamo.profiler.measure import Client, MeasureError
 
 log = logging.getLogger(__name__)
 
+MAX_REPLAYS = 3  # replays of the workload per candidate (n, n+1, n+2 engines' share of the rate)
+
 
 class SweepError(RuntimeError):
     """A candidate could not be measured; the message says which and why."""
@@ -49,6 +57,7 @@ class SweepPlan:
     gen: int  # tokens each decode stream generates
     repeats: int  # lone requests per prefill point (the median is kept)
     thorough: bool = False
+    replay_seconds: float = 0.0  # the stated workload replayed for this long (0: not replayed)
 
     def concurrencies(self, candidate: Candidate) -> list[int]:
         """Powers of two up to the batch size, and the batch size (``rapid``: 1, half, full)."""
@@ -74,6 +83,104 @@ def sweep_plan(request: DeploymentRequest) -> SweepPlan:
     return SweepPlan(isls, contexts, gen, 3 if thorough else 2, thorough)
 
 
+def replay_seconds(request: DeploymentRequest, eng: Engine) -> float:
+    """How long the stated workload is replayed: 60 s (``thorough``: 120 s) on a real engine, a
+    tenth of that on the mocker (simulated time runs fast); none without a request rate."""
+    if request.request_rate is None:
+        return 0.0
+    seconds = 120.0 if request.search_strategy == "thorough" else 60.0
+    return seconds / 10 if eng.backend == "mocker" else seconds
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The stated workload's share for one of ``engines`` engines, replayed on one engine."""
+
+    engines: int
+    rate: float  # requests per second this engine got
+    seconds: float
+    requests: int
+    within: int  # finished within TTFT and ITL targets
+    failed: int  # failed or not finished within the deadline
+    ttft_p50_ms: float
+    ttft_p90_ms: float
+    itl_p50_ms: float
+    itl_p90_ms: float
+
+    @property
+    def attainment(self) -> float:
+        return self.within / self.requests if self.requests else 0.0
+
+    @classmethod
+    def score(
+        cls,
+        engines: int,
+        rate: float,
+        seconds: float,
+        results: list[tuple[float, float] | None],
+        ttft_ms: float,
+        itl_ms: float,
+    ) -> Replay:
+        done = [r for r in results if r is not None]
+        ttfts, itls = [t for t, _ in done], [i for _, i in done]
+        return cls(
+            engines,
+            rate,
+            seconds,
+            len(results),
+            sum(1 for t, i in done if t <= ttft_ms and i <= itl_ms),
+            len(results) - len(done),
+            _pct(ttfts, 0.5),
+            _pct(ttfts, 0.9),
+            _pct(itls, 0.5),
+            _pct(itls, 0.9),
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.rate:.3g} req/s ({self.engines} engine(s)' share) for {self.seconds:g} s: "
+            f"{self.within}/{self.requests} within the SLA ({self.attainment:.0%}), {self.failed} failed, "
+            f"TTFT p50/p90 {self.ttft_p50_ms:.0f}/{self.ttft_p90_ms:.0f} ms, "
+            f"ITL p50/p90 {self.itl_p50_ms:.0f}/{self.itl_p90_ms:.0f} ms"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        def ms(value: float, digits: int) -> float | None:
+            return None if math.isnan(value) else round(value, digits)
+
+        return {
+            "engines": self.engines,
+            "rate": round(self.rate, 4),
+            "seconds": self.seconds,
+            "requests": self.requests,
+            "within_sla": self.within,
+            "failed": self.failed,
+            "attainment": round(self.attainment, 4),
+            "ttft_p50_ms": ms(self.ttft_p50_ms, 1),
+            "ttft_p90_ms": ms(self.ttft_p90_ms, 1),
+            "itl_p50_ms": ms(self.itl_p50_ms, 2),
+            "itl_p90_ms": ms(self.itl_p90_ms, 2),
+        }
+
+
+@dataclass(frozen=True)
+class ReplaySpec:
+    """Whether and how a candidate's workload is replayed: the stated rate, the most engines the
+    rate may be split over, the first split to try (from the tables), and whether a replay passed."""
+
+    rate: float
+    limit: int
+    first_engines: Callable[[Measurement], int]
+    passes: Callable[[Measurement, Replay], bool]
+
+
 @dataclass
 class Measurement:
     """What one candidate measured."""
@@ -81,6 +188,7 @@ class Measurement:
     candidate: Candidate
     prefill: list[tuple[int, float]] = field(default_factory=list)  # (isl, ttft_ms)
     decode: list[tuple[int, int, float]] = field(default_factory=list)  # (context, concurrency, itl_ms)
+    replays: list[Replay] = field(default_factory=list)
     seconds: float = 0.0
 
     def profile(self, backend: str, engine_num_gpu: int = 1) -> PerformanceProfile:
@@ -105,6 +213,7 @@ class Measurement:
             "candidate": {"batch": self.candidate.batch, "label": self.candidate.label},
             "prefill": [{"isl": i, "ttft_ms": round(t, 3)} for i, t in self.prefill],
             "decode": [{"context": x, "concurrency": c, "itl_ms": round(i, 3)} for x, c, i in self.decode],
+            "replays": [r.to_json() for r in self.replays],
             "seconds": round(self.seconds, 1),
         }
 
@@ -125,6 +234,23 @@ async def _wait_listed(url: str, model: str, runner_task: asyncio.Task[int], tim
     raise SweepError(f"the model {model} was not served within {timeout:g}s")
 
 
+async def _replay(
+    client: Client, request: DeploymentRequest, m: Measurement, seconds: float, spec: ReplaySpec
+) -> None:
+    n = max(1, min(spec.first_engines(m), spec.limit))
+    # A request slower than 3x the SLA's whole-request budget is a miss: stop waiting for it.
+    deadline = max(30.0, 3 * (request.ttft_ms + request.osl * request.itl_ms) / 1000)
+    for attempt in range(MAX_REPLAYS):
+        rate = spec.rate / n
+        results = await client.replay(rate, request.isl, request.osl, seconds, deadline, seed=attempt)
+        r = Replay.score(n, rate, seconds, results, request.ttft_ms, request.itl_ms)
+        m.replays.append(r)
+        log.info("%s: replayed the workload at %s", m.candidate.label, r.describe())
+        if spec.passes(m, r) or n >= spec.limit:
+            return
+        n += 1
+
+
 async def measure_candidate(
     request: DeploymentRequest,
     eng: Engine,
@@ -134,6 +260,7 @@ async def measure_candidate(
     *,
     ready_timeout: float = 600.0,
     base_env: dict[str, str] | None = None,
+    replay: ReplaySpec | None = None,
 ) -> Measurement:
     """Start ``candidate``'s graph, measure it, stop it."""
     name = f"profile-{eng.backend}-b{candidate.batch}"
@@ -163,6 +290,8 @@ async def measure_candidate(
                     log.info(
                         "%s: context %d x %d streams -> ITL %.2f ms", candidate.label, context, conc, itl
                     )
+            if replay is not None and plan.replay_seconds > 0:
+                await _replay(client, request, measurement, plan.replay_seconds, replay)
     except (SweepError, MeasureError) as exc:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)

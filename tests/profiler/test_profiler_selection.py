@@ -5,6 +5,7 @@ and the generated graph."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -15,8 +16,16 @@ from dynamo.deploy.spec import SpecError, parse_graph
 from dynamo.operator.render import RenderContext, render_graph
 from dynamo.profiler.engines import Candidate, engine
 from dynamo.profiler.generate import generate_graph
-from dynamo.profiler.select import SelectionError, load_rate, select
-from dynamo.profiler.sweep import Measurement, SweepPlan, sweep_plan
+from dynamo.profiler.select import (
+    SelectionError,
+    load_rate,
+    replay_spec,
+    select,
+    slot_hold_s,
+    slot_rate,
+    slot_tail,
+)
+from dynamo.profiler.sweep import Measurement, Replay, SweepPlan, sweep_plan
 
 
 def dgdr(spec: dict[str, Any], version: str = "v1beta1") -> dict[str, Any]:
@@ -235,3 +244,88 @@ def test_generated_graph_refuses_contradictions() -> None:
     )
     doc = generate_graph(req, engine(req, "gpu"), mode="agg", prefill=None, decode=(Candidate(8), 1))
     assert doc["metadata"]["name"] == "mine" and doc["spec"]["services"]["Frontend"]["replicas"] == 2
+
+
+# -- the replayed workload decides ----------------------------------------------------------------
+
+
+def replayed(m: Measurement, *runs: tuple[int, int, int]) -> Measurement:
+    """``m`` with replays of (engines, requests, within) at 5 req/s split over ``engines``; medians
+    TTFT 100 ms, ITL 12 ms (p90 15 ms): a slot is held 0.1 + 99 x 0.015 = 1.585 s, so one engine's
+    16 slots carry 7.9 and few requests wait for one."""
+    m.replays = [Replay(n, 5 / n, 60, requests, within, 0, 100, 250, 12, 15) for n, requests, within in runs]
+    return m
+
+
+def test_replay_scores_each_request_against_both_targets() -> None:
+    # TTFT <= 200 and ITL <= 20: only the first is within; the third misses on ITL, the second on
+    # TTFT; the fourth failed. Medians of the three that finished: TTFT (100, 100, 300) -> 100.
+    r = Replay.score(1, 2.0, 30, [(100, 10), (300, 10), (100, 50), None], 200, 20)
+    assert (r.requests, r.within, r.failed) == (4, 1, 1) and r.attainment == pytest.approx(0.25)
+    assert (r.ttft_p50_ms, r.ttft_p90_ms, r.itl_p50_ms, r.itl_p90_ms) == (100, 300, 10, 50)
+    assert "1/4 within the SLA (25%), 1 failed" in r.describe()
+
+
+def test_a_candidate_whose_replay_misses_is_rejected_and_said_so() -> None:
+    # The tables say one engine holds 5 req/s (the first hand-worked case above); the replay of the
+    # workload on it kept 84 of 100 within the SLA: below 90%, so with a budget of one engine
+    # nothing is left, and the error says what the replay measured.
+    req = request(ttft_ms=300, itl_ms=20, total_gpus=1)
+    with pytest.raises(
+        SelectionError, match=r"batch 16: the replayed workload does not hold 90%.*84/100 within"
+    ):
+        select(req, [replayed(flat(16), (1, 100, 84))], "mocker")
+    # Without the replay the same tables pass: the replay is what rejects.
+    assert select(req, [flat(16)], "mocker").option.gpus == 1
+
+
+def test_the_fewest_engines_whose_replay_passes_win() -> None:
+    # One engine's share missed (85%), two engines' share (2.5 req/s each) passed (95%): two engines,
+    # and the option carries that replay's medians; a budget of 1 leaves nothing.
+    sel = select(request(ttft_ms=300, itl_ms=20), [replayed(flat(16), (1, 100, 85), (2, 50, 48))], "mocker")
+    o = sel.option
+    assert (o.mode, o.decode_replicas, o.gpus) == ("agg", 2, 2) and o.replay is not None
+    assert (o.ttft_ms, o.itl_ms) == (100, 12) and "replayed: 2.5 req/s (2 engine(s)' share)" in sel.reason
+    assert sel.rejected == []
+    # Another candidate that passes on one engine beats it; the one that failed everywhere is named.
+    sel = select(
+        request(ttft_ms=300, itl_ms=20),
+        [replayed(flat(8), (1, 100, 70), (2, 50, 40), (3, 33, 29)), replayed(flat(16), (1, 100, 91))],
+        "mocker",
+    )
+    assert (sel.option.decode.batch, sel.option.gpus) == (16, 1)
+    assert len(sel.rejected) == 1 and sel.rejected[0].startswith(
+        "batch 8: the replayed workload does not hold"
+    )
+
+
+def test_replays_start_where_the_tables_say_and_stay_in_the_budget() -> None:
+    # At ITL 15 ms the tables need two engines (second hand-worked case): the replay starts at 2.
+    spec = replay_spec(request(ttft_ms=300, itl_ms=15), "mocker")
+    assert spec is not None and (spec.rate, spec.limit) == (5, 64)
+    assert spec.first_engines(flat(16)) == 2
+    # A budget of one engine, which the tables say is too few: the one engine allowed is replayed.
+    spec = replay_spec(request(ttft_ms=300, itl_ms=15, total_gpus=1), "mocker")
+    assert spec is not None and spec.first_engines(flat(16)) == 1
+    assert replay_spec(request(request_rate=None), "mocker") is None
+
+
+def test_a_replay_without_bursts_is_not_taken_for_one_that_holds_them() -> None:
+    # One slot (batch 1): Erlang C is the utilization A, and the share waiting past w seconds is
+    # A exp(-(1 - A) w / S). The replay held a slot S = 0.1 + (11 - 1) x 0.09 = 1.0 s; at 0.5 req/s
+    # A = 0.5. TTFT target 2100 ms leaves w = 2.0 s after the 100 ms median TTFT: 0.5 e^-1 = 18%
+    # would wait past it, over the 10% allowed, so the replay's 30/30 does not pass; 4100 ms leaves
+    # w = 4 s: 0.5 e^-2 = 6.8%, and it does.
+    req = request(isl=100, osl=11, request_rate=0.5, ttft_ms=2100, itl_ms=100, total_gpus=1)
+    r = Replay(1, 0.5, 60, 30, 30, 0, 100, 150, 80, 90)
+    m = Measurement(Candidate(1), prefill=[(50, 100), (200, 100)], decode=[(105, 1, 80)], replays=[r])
+    assert slot_hold_s(req, r) == pytest.approx(1.0)
+    assert slot_tail(req, 1, r) == pytest.approx(0.5 * math.exp(-1))
+    # The rate this hold time allows: A e^(-2 (1 - A)) = 10% at A = 0.36 (0.35 -> 9.5%, 0.36 -> 10.0%).
+    assert slot_rate(req, 1, r) == pytest.approx(0.36, abs=0.01)
+    with pytest.raises(SelectionError, match=r"18% would wait past the TTFT budget, 0.36 req/s per engine"):
+        select(req, [m], "mocker")
+    longer = replace(req, ttft_ms=4100)
+    assert slot_tail(longer, 1, r) == pytest.approx(0.5 * math.exp(-2))
+    sel = select(longer, [m], "mocker")
+    assert sel.option.gpus == 1 and sel.option.replay is r
