@@ -153,15 +153,18 @@ class KvManager:
         run: list[StoredBlock] = []
         if new:
             tail = seq_hashes[m:] if m else seq_hashes
-            fresh = dict.fromkeys(tail, 1)
-            # A block after the first miss is cached, or a hash repeats: the per-block path.
-            # (One lookup per new block; the insert right after it finds its slot in cache.)
-            if len(fresh) < new or not meta.keys().isdisjoint(fresh):
+            # A block after the first miss already cached: the per-block path. (One lookup per new
+            # block; the insert right after it finds its slot in cache.)
+            if not meta.keys().isdisjoint(tail):
                 return self._acquire_blockwise(seq_hashes, local_hashes, num_anonymous)
             local = local_hashes[m:n]
             parents = chain((parent,), tail)  # one longer than tail: its last block is no one's parent
+            size = len(meta)
             meta.update(zip(tail, map(BlockMeta, local, parents, range(m, n)), strict=True))
-            active.update(fresh)
+            if len(meta) - size < new:  # a hash repeats in the tail: undo (all were new), per block
+                deque(map(meta.pop, tail, repeat(None)), 0)
+                return self._acquire_blockwise(seq_hashes, local_hashes, num_anonymous)
+            active.update(zip(tail, repeat(1)))
             run = list(map(StoredBlock, tail, local))
         if m:
             # Reactivate before evicting, so that making room cannot evict the prefix.
