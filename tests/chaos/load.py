@@ -127,6 +127,11 @@ def scrape(url: str) -> str:
         return resp.read().decode()
 
 
+def worker_inflight(host: Host) -> float:
+    """Requests the worker on ``host`` is serving now, from its status server (``SYSTEM_PORT``)."""
+    return metric_value(scrape(f"http://{host.ip}:{SYSTEM_PORT}/metrics"), "dynamo_worker_inflight_requests")
+
+
 def worker_completed(host: Host) -> float:
     """Requests the worker on ``host`` completed, from its status server (``SYSTEM_PORT``)."""
     text = scrape(f"http://{host.ip}:{SYSTEM_PORT}/metrics")

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.hosts import SYSTEM_PORT, Lab
-from tests.chaos.load import client, scrape, stream_completion
-from tests.support.graph import metric_value
+from tests.chaos.hosts import Lab
+from tests.chaos.load import client, stream_completion, worker_inflight
 
 pytestmark = [pytest.mark.timeout(120)]
 MODEL = "chaos-mock"
@@ -36,23 +35,18 @@ async def test_worker_frees_the_work_of_a_partitioned_frontend(lab: Lab, smollm2
     fe = lab.frontend(fe_host)
     fe.wait_for_instances(1)
 
-    def inflight() -> float:
-        return metric_value(
-            scrape(f"http://{worker_host.ip}:{SYSTEM_PORT}/metrics"), "dynamo_worker_inflight_requests"
-        )
-
     async with client(timeout=60) as http:
         streams = [
             asyncio.create_task(stream_completion(http, fe.url, MODEL, 2000, timeout=WORKER_LIVENESS * 6))
             for _ in range(4)
         ]
         deadline = time.monotonic() + 30
-        while await asyncio.to_thread(inflight) < 4:
+        while await asyncio.to_thread(worker_inflight, worker_host) < 4:
             assert time.monotonic() < deadline, "the streams did not start"
             await asyncio.sleep(0.1)
         fe_host.cut()
         cut_at = time.monotonic()
-        while await asyncio.to_thread(inflight) > 0:
+        while await asyncio.to_thread(worker_inflight, worker_host) > 0:
             assert time.monotonic() - cut_at < 1.25 * WORKER_LIVENESS + 3, (
                 "the worker kept serving a lost caller"
             )

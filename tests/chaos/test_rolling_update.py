@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.hosts import Lab
-from tests.chaos.load import client, steady_load, stream_completion
+from tests.chaos.load import client, steady_load, stream_completion, worker_inflight
 from tests.chaos.tally import Tally, record
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -28,7 +28,8 @@ async def test_rolling_replacement_under_steady_load_loses_nothing(lab: Lab, smo
     lab.env["DYN_DRAIN_TIMEOUT"] = "30"
     lab.etcd(lab.host("etcd"))
     mocker_args = ("--model-name", MODEL, "--speedup-ratio", "1")
-    old = [lab.mocker(lab.host(f"old{i}"), smollm2_tokenizer_dir, *mocker_args) for i in range(WORKERS)]
+    old_hosts = [lab.host(f"old{i}") for i in range(WORKERS)]
+    old = [lab.mocker(h, smollm2_tokenizer_dir, *mocker_args) for h in old_hosts]
     fe = lab.frontend(lab.host("fe"), "--migration-limit", "0")
     fe.wait_for_instances(WORKERS)
 
@@ -44,6 +45,10 @@ async def test_rolling_replacement_under_steady_load_loses_nothing(lab: Lab, smo
             host = await asyncio.to_thread(lab.host, f"new{i}")
             await asyncio.to_thread(lab.mocker, host, smollm2_tokenizer_dir, *mocker_args)
             await asyncio.to_thread(fe.wait_for_instances, WORKERS + 1, 60)
+            deadline = time.monotonic() + 10
+            while await asyncio.to_thread(worker_inflight, old_hosts[i]) < 1:  # the drain has work
+                assert time.monotonic() < deadline, "the old worker got no request"
+                await asyncio.sleep(0.05)
             victim.sigterm()
             tally.fault(f"SIGTERM old worker {i + 1} of {WORKERS} after its replacement registered")
             await asyncio.to_thread(victim.proc.wait, 40)
@@ -53,10 +58,10 @@ async def test_rolling_replacement_under_steady_load_loses_nothing(lab: Lab, smo
         await asyncio.sleep(2)  # steady state after
         stop.set()
         await asyncio.wait_for(load, 90)
-    # The drain had work to carry: at least one old worker still served streams at its SIGTERM.
+    # The drain had work to carry: every old worker still served streams at its SIGTERM.
     drained = sum("in-flight requests" in v.log_text() for v in old)
     tally.notes["old_workers_draining_streams"] = drained
     record("rolling_replacement", tally)
-    assert drained >= 1, [v.tail() for v in old]
+    assert drained == WORKERS, [v.tail() for v in old]
     assert tally.sent >= 20, tally.summary()
     assert tally.losses == 0 and tally.completed == tally.sent, tally.summary()
