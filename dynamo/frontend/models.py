@@ -40,6 +40,7 @@ from dynamo.router.feed import KvFeed
 from dynamo.router.metrics import KvLoadCollector, RoutingMetrics
 from dynamo.router.sync_events import router_sync_subject
 from dynamo.runtime import DistributedRuntime, EndpointId, InstanceRecord
+from dynamo.runtime.discovery.registry import scope_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class ModelManager:
         self._cards: dict[tuple[EndpointId, int], ModelDeploymentCard] = {}
         self._records: dict[tuple[EndpointId, int], InstanceRecord] = {}
         self._owner: dict[int, ServedModel] = {}  # instance id -> model
-        self._loading: dict[str, asyncio.Future[ServedModel | None]] = {}
+        self._loading: set[str] = set()  # models whose first instance is being loaded (tokenizer, template)
         self._lock = asyncio.Lock()
         self.changed = asyncio.Event()
         self.routing_metrics = RoutingMetrics(runtime.metrics, "dynamo_frontend_router_")
@@ -126,6 +127,7 @@ class ModelManager:
             runtime.metrics.register(KvLoadCollector(self._named_kv_routers, "dynamo_frontend_router_"))
 
     async def start(self) -> None:
+        await self._note_models_to_load()
         self.runtime.spawn(self._follow_cards(), "watch-model-cards")
         self.runtime.spawn(self._follow_instances(), "watch-instances")
         if self.kv_feed is not None:
@@ -133,6 +135,21 @@ class ModelManager:
 
     def get(self, name: str) -> ServedModel | None:
         return self.models.get(name)
+
+    async def _note_models_to_load(self) -> None:
+        """The models discovery lists now count as loading until their first reconcile, so a
+        request in the instant before the watch delivers them gets 503 + Retry-After, not 404."""
+        try:
+            for prefix in scope_prefixes("cards", self.config.discovery_namespaces):
+                for raw in (await self.runtime.discovery.get_prefix(prefix)).values():
+                    with contextlib.suppress(ValueError):
+                        self._loading.add(ModelDeploymentCard.from_json(raw).display_name)
+        except Exception as exc:  # discovery unreachable right now: the watch will catch up
+            log.debug("no initial listing of model cards: %s", exc)
+
+    def loading(self, name: str) -> bool:
+        """True while model ``name`` was discovered and is being loaded here (not servable yet)."""
+        return name in self._loading
 
     async def _follow_cards(self) -> None:
         async for event in watch_model_cards(self.runtime, namespaces=self.config.discovery_namespaces):
@@ -149,7 +166,9 @@ class ModelManager:
         try:
             async with self._lock:
                 if value is None:
-                    table.pop(key, None)
+                    gone = table.pop(key, None)
+                    if isinstance(gone, ModelDeploymentCard):
+                        self._loading.discard(gone.display_name)
                 else:
                     table[key] = value
                 await self._reconcile(key)
@@ -161,6 +180,17 @@ class ModelManager:
         endpoint, iid = key
         card = self._cards.get(key)
         record = self._records.get(key)
+        if card is not None and record is not None and card.display_name not in self.models:
+            self._loading.add(card.display_name)
+        try:
+            await self._reconcile_instance(endpoint, iid, card, record)
+        finally:
+            if card is not None and record is not None:  # a card alone waits for its instance
+                self._loading.discard(card.display_name)
+
+    async def _reconcile_instance(
+        self, endpoint: EndpointId, iid: int, card: ModelDeploymentCard | None, record: InstanceRecord | None
+    ) -> None:
         if card is None or record is None:
             self._remove_instance(iid)
             return

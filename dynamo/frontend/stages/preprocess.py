@@ -47,6 +47,8 @@ def admit(models: ModelManager, name: str, max_inflight: int) -> ServedModel:
     """The served model ``name``, if it can take one more request now."""
     model = models.get(name)
     if model is None:
+        if models.loading(name):  # discovered, tokenizer still loading (a frontend just started)
+            raise service_unavailable(f"model '{name}' is still loading on this frontend; retry shortly")
         raise model_not_found(name)
     if not model.has_workers:
         raise service_unavailable(f"no worker serves model '{name}' right now")
