@@ -46,7 +46,7 @@ async def test_frontend_restart_serves_at_once_and_drops_the_stale_worker(
         restarted_at = time.monotonic()
         fe = await asyncio.to_thread(lab.frontend, fe_host, name="frontend-2")
         # Traffic comes once /health lists a worker (what a readiness probe gates on); before it, a
-        # model is not known yet and a request would get 404.
+        # request is refused with 503 + Retry-After while the model loads (counted refused, not lost).
         await asyncio.to_thread(wait_until, lambda: len(fe.instances()) >= 1, 30, "the frontend's readiness")
         first_ok: float | None = None
         saw_stale = False
