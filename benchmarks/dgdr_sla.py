@@ -9,6 +9,9 @@ and runs it with its planner; once the graph is ready, this client sends the req
 ``osl`` output tokens with ``ignore_eos``, streamed ``/v1/completions``) for ``--seconds`` and counts
 the requests within ``spec.sla`` (TTFT <= ``ttft`` ms and mean ITL <= ``itl`` ms), as the reference's
 SLA is read: attainment, TTFT and ITL percentiles, failed requests, and the profiler's selection.
+The machine's load is recorded, and so are the processes of other sessions (``python -m dynamo.*``
+pytest and benchmarks outside this script's process tree) seen while the workload ran: a run beside them is not
+a quiet-machine run, and the file says so.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import random
 import re
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +58,50 @@ async def send(
     return results
 
 
+def others() -> set[str]:
+    """Command lines of dynamo and pytest processes that are not this script's descendants."""
+    procs: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        procs[int(entry.name)] = (ppid, cmd)
+    me, found = os.getpid(), set()
+    for pid, (_, cmd) in procs.items():
+        ancestor, hops = pid, 0
+        while ancestor not in (0, 1, me) and ancestor in procs and hops < 64:
+            ancestor, hops = procs[ancestor][0], hops + 1
+        if ancestor != me and re.search(r"-m (dynamo\.\w+|pytest)\b|benchmarks/\w+\.py", cmd):
+            found.add(" ".join(cmd.split()[:8])[:160])
+    return found
+
+
+class Watch:
+    """Samples the load average and other sessions' processes every ``every`` seconds."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.every = every
+        self.loads: list[float] = []
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.loads.append(os.getloadavg()[0])
+            self.seen |= others()
+            self._stop.wait(self.every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dgdr", type=Path)
@@ -75,10 +124,14 @@ def main(argv: list[str] | None = None) -> None:
             (line for _, line in runner.lines if re.search(r"^selected: ", line)), "(no selection line)"
         )
         print(f"ready after {ready_after:.0f} s; {selected}", flush=True)
-        results = asyncio.run(
-            send(args.port, model, float(work["requestRate"]), int(work["isl"]), int(work["osl"]), args.seconds,
-                 args.seed)
-        )  # fmt: skip
+        watch = Watch()
+        try:
+            results = asyncio.run(
+                send(args.port, model, float(work["requestRate"]), int(work["isl"]), int(work["osl"]),
+                     args.seconds, args.seed)
+            )  # fmt: skip
+        finally:
+            watch.stop()
         generated = (
             (run_dir / "profile" / "dgd.yaml").read_text()
             if (run_dir / "profile" / "dgd.yaml").exists()
@@ -106,7 +159,15 @@ def main(argv: list[str] | None = None) -> None:
         f"Command: `{cmd}`  ",
         f"Started: {started}  ",
         f"Machine before: {load_before}  ",
-        f"Machine after: {machine()}",
+        f"Machine after: {machine()}  ",
+        f"Load average (1 min) while the workload ran: {min(watch.loads):.2f} to {max(watch.loads):.2f}  ",
+        "Other sessions' processes while it ran: "
+        + (
+            f"{len(watch.seen)}, so the machine was **shared**: "
+            + "; ".join(f"`{c}`" for c in sorted(watch.seen)[:8])
+            if watch.seen
+            else "none (a quiet machine)"
+        ),
         "",
         f"Request: model `{model}`, backend `{spec.get('backend')}`, workload ISL {work['isl']} / OSL "
         f"{work['osl']} at {work['requestRate']} req/s; SLA TTFT <= {sla['ttft']} ms, ITL <= {sla['itl']} ms.",
@@ -121,6 +182,16 @@ def main(argv: list[str] | None = None) -> None:
         f"Goal: attainment >= 90% and 0 failed: **{'met' if attainment >= 0.9 and not failed else 'MISSED'}**.",
         "",
         "Failures (first 5): " + ("; ".join(r.error for r in failed[:5]) or "none"),
+        "",
+        "Requests outside the SLA (sent at s: TTFT ms / ITL ms): "
+        + (
+            ", ".join(
+                f"{r.sent_at:.1f}: {r.ttft * 1000:.0f} / {r.itl * 1000:.0f}"
+                for r in ok
+                if not (r.ttft * 1000 <= sla["ttft"] and r.itl * 1000 <= sla["itl"])
+            )
+            or "none"
+        ),
         "",
         "The planner's decisions (last 5):",
         "",
