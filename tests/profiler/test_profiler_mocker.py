@@ -70,6 +70,9 @@ def test_mocker_profile_is_measured_and_sizes_a_graph(tmp_path: Path, tokenizer_
     assert profile.backend == "mocker" and profile.prefill is not None and profile.decode is not None
     sel = selected["selection"]
     assert sel["predicted_ttft_ms"] <= 300 and sel["predicted_itl_ms"] <= 30
+    # The stated workload (8 req/s) was replayed on every candidate; the selected one held it.
+    assert all(m["replays"] for m in measured.values())
+    assert sel["replay"]["attainment"] >= 0.9 and sel["replay"]["requests"] > 0
     graph = load_graph_file(out / "dgd.yaml")
     workers = graph.workers()
     assert sum(w.replicas for w in workers) == sel["gpus"]
