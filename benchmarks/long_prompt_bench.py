@@ -19,7 +19,11 @@ children included; the mocker's too, in the run log, to show it is not the bottl
 event-loop lag: ours from ``dynamo_frontend_event_loop_lag_seconds``
 (the highest histogram bucket that filled during the window, so "<= N ms"), and for both stacks an
 HTTP probe (``GET /v1/models`` every 20 ms on its own connection: its max and p99 latency, a lag
-any server shows, Rust or Python). Ratios are ours / reference. "ours" runs this checkout's
+any server shows, Rust or Python), with the frontend main threads' run-queue wait (ms per second
+the event loop was runnable but had no core: ``/proc/<pid>/task/<pid>/schedstat``), which tells
+lag the loop's own work caused from lag a saturated machine caused; ``--also-nice -10`` adds a
+target whose frontend outranks the load generator and the mocker for a core (its lag is then the
+loop's own). Ratios are ours / reference. "ours" runs this checkout's
 working tree, uncommitted edits included (``--variant`` runs a clean ``git worktree``).
 
 Run: see ``benchmarks/README.md`` ("Long-prompt benchmark"); ``--quick`` is a small smoke run.
@@ -233,6 +237,7 @@ class Row:
     probe_p99_ms: float
     probe_max_ms: float
     other_cores: float
+    frontend_runq_ms_s: float = float("nan")  # the frontend's loop waiting for a core, ms per second
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -254,7 +259,7 @@ async def measure(
     def on_window(edge: str) -> None:
         nonlocal probe_task
         fe_cpu = sum(stack_cpu(s) for s in stacks)
-        marks[edge] = (stack.cpu(), scrape_lag(stack.url), machine_busy(), fe_cpu)
+        marks[edge] = (stack.cpu(), scrape_lag(stack.url), machine_busy(), fe_cpu, stack.runq_wait())
         if edge == "start":
             probe_task = asyncio.ensure_future(probe(stack.url, stop_probe))
         else:
@@ -264,7 +269,8 @@ async def measure(
     latencies = await probe_task if probe_task is not None else []
     s = res.summary()
     n = max(1, int(s["requests"]))
-    (cpu0, lag0, busy0, all0), (cpu1, lag1, busy1, all1) = marks["start"], marks["end"]
+    (cpu0, lag0, busy0, all0, rq0), (cpu1, lag1, busy1, all1, rq1) = marks["start"], marks["end"]
+    runq = 1e3 * (rq1.get("frontend", 0.0) - rq0.get("frontend", 0.0)) / args.duration
     bound = max_lag_bound(lag0, lag1)
     latencies.sort()
     other = ((busy1 - busy0) - (all1 - all0) - res.loadgen_cpu) / args.duration
@@ -283,6 +289,7 @@ async def measure(
         1e3 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
         1e3 * latencies[-1] if latencies else float("nan"),
         other,
+        runq,
     )
 
 
@@ -297,7 +304,7 @@ def fmt_row(r: Row) -> str:
         f"{r.target:<10} isl={r.isl:<6} {r.prefix:<6} c={r.concurrency:<4} rep={r.rep} {s['req_s']:7.1f} req/s "
         f"ttft p50 {s['ttft_p50_ms']:8.1f} p99 {s['ttft_p99_ms']:8.1f} ms  fe cpu {r.frontend_cpu_ms:6.2f} mocker {r.mocker_cpu_ms:6.2f} ms/req "
         f"loop lag {lag} ms  probe p99/max {r.probe_p99_ms:.1f}/{r.probe_max_ms:.1f} ms  "
-        f"err {int(s['errors'])}  other {r.other_cores:.2f} cores"
+        f"err {int(s['errors'])}  other {r.other_cores:.2f} cores  fe runq {r.frontend_runq_ms_s:.0f} ms/s"
     )
 
 
@@ -309,8 +316,9 @@ def _med(rows: list[Row], get: Any) -> float:
 def summarize(rows: list[Row], targets: list[str], base: str) -> list[str]:
     out = [
         "| ISL | prefix | conc | target | req/s | TTFT p50 / p99 ms | frontend CPU ms/req | loop lag (ours) ms "
-        "| probe p99 / max ms | req/s ratio | TTFT p50 ratio | TTFT p99 ratio | CPU/req ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| frontend run-queue wait ms/s | probe p99 / max ms | req/s ratio | TTFT p50 ratio | TTFT p99 ratio "
+        "| CPU/req ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = sorted({(r.isl, r.prefix, r.concurrency) for r in rows})
     for isl, prefix, conc in keys:
@@ -336,6 +344,7 @@ def summarize(rows: list[Row], targets: list[str], base: str) -> list[str]:
                 ]
             out.append(
                 f"| {isl} | {prefix} | {conc} | {t} | {req:.1f} | {p50:.1f} / {p99:.1f} | {cpu:.2f} | {lag} "
+                f"| {_med(rs, lambda r: r.frontend_runq_ms_s):.0f} "
                 f"| {_med(rs, lambda r: r.probe_p99_ms):.1f} / {max(r.probe_max_ms for r in rs):.1f} "
                 f"| {' | '.join(ratios)} |"
             )
@@ -360,6 +369,19 @@ def start_stacks(args: argparse.Namespace, path: str) -> list[Stack]:
             stacks.append(
                 start_ours(
                     path, args.model, args.speedup_ratio, n, frontend, name=f"ours-w{n}", mocker_args=mocker
+                )
+            )
+        for nice in args.also_nice:
+            stacks.append(
+                start_ours(
+                    path,
+                    args.model,
+                    args.speedup_ratio,
+                    args.http_workers,
+                    frontend,
+                    name=f"ours-nice{nice}",
+                    mocker_args=mocker,
+                    frontend_nice=nice,
                 )
             )
         for spec in args.variant:
@@ -465,6 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2")
     p.add_argument("--http-workers", type=int, default=1, help="our frontend's --http-workers")
     p.add_argument("--also-http-workers", type=int, action="append", default=[], help="also ours-wN")
+    p.add_argument(
+        "--also-nice",
+        type=int,
+        action="append",
+        default=[],
+        help="also ours-niceN: our frontend under nice -n N (e.g. -10: its loop never waits for a core)",
+    )
     p.add_argument("--frontend-arg", action="append", default=[], help="extra flag for our frontend")
     p.add_argument("--reference", action="store_true", help="also run NVIDIA Dynamo 1.6.1 (DYN_REF_VENV)")
     p.add_argument("--no-ours", action="store_true")
@@ -527,7 +556,9 @@ def main() -> None:
             *table,
             "",
             f"Ratios are target / {base}. Loop lag: the highest bucket of "
-            f"`{LAG_METRIC}` that filled during the window (ours only). Probe: `GET /v1/models` every 20 ms.",
+            f"`{LAG_METRIC}` that filled during the window (ours only). Run-queue wait: ms per second the "
+            "frontend's event-loop thread waited for a core (ours and the reference's frontend process; "
+            "summed over processes with --http-workers). Probe: `GET /v1/models` every 20 ms.",
             "",
             "<details><summary>every run</summary>",
             "",

@@ -7,6 +7,7 @@ time is read from ``/proc`` for every process of a stack, children included (``-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -38,6 +39,16 @@ def proc_cpu(pid: int) -> float:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def main_thread_runq_wait(pid: int) -> float:
+    """Seconds the process's main thread (its event loop) spent runnable but waiting for a core
+    (``/proc/<pid>/task/<pid>/schedstat``; 0 if it is gone): lag the machine, not the code, caused."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
     except (OSError, IndexError, ValueError):
         return 0.0
 
@@ -86,6 +97,13 @@ class Stack:
     def cpu(self) -> dict[str, float]:
         """CPU seconds per role (frontend, mocker), children included."""
         return {role: sum(proc_cpu(p) for p in descendants(proc.pid)) for role, proc in self.procs.items()}
+
+    def runq_wait(self) -> dict[str, float]:
+        """Run-queue wait seconds of the main threads per role (frontend, mocker), children included."""
+        return {
+            role: sum(main_thread_runq_wait(p) for p in descendants(proc.pid))
+            for role, proc in self.procs.items()
+        }
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -143,9 +161,12 @@ def start_ours(
     root: Path = ROOT,
     name: str = "ours",
     mocker_args: tuple[str, ...] = (),
+    frontend_nice: int = 0,
 ) -> Stack:
     """Our ``dynamo.frontend`` + ``dynamo.mocker`` from this checkout (or another one, ``root``:
-    e.g. a ``git worktree`` of an older commit, to measure a change side by side)."""
+    e.g. a ``git worktree`` of an older commit, to measure a change side by side). ``frontend_nice``:
+    run the frontend under ``nice -n`` (negative: ahead of the load generator and the mocker for a
+    core, to tell the frontend's own loop stalls from waiting for a core on a saturated machine)."""
     tmp = tempfile.mkdtemp(prefix=f"bench-{name}-")
     port = free_port()
     env = {**os.environ, "DYN_FILE_DISCOVERY_DIR": tmp, "DYN_LOG": "warning", "PYTHONUNBUFFERED": "1"}
@@ -154,10 +175,17 @@ def start_ours(
     if http_workers > 1:
         fe += ["--http-workers", str(http_workers)]
     fe += list(frontend_args)
+    if frontend_nice:
+        fe = ["nice", "-n", str(frontend_nice), *fe]
     mk = [python, "-m", "dynamo.mocker", "--model-path", model_path, "--model-name", model]
     mk += ["--speedup-ratio", str(speedup), *COMMON, *mocker_args]
     stack = Stack(name, f"http://127.0.0.1:{port}", model, tmp=tmp)
     stack.procs["frontend"] = _spawn(fe, env, str(root), Path(tmp) / "frontend.log")
+    if frontend_nice:
+        # Its own session is its own scheduler autogroup (sched_autogroup_enabled): a nice value
+        # counts only inside the group, so the group gets it too (root may lower it).
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{stack.procs['frontend'].pid}/autogroup").write_text(str(frontend_nice))
     stack.procs["mocker"] = _spawn(mk, env, str(root), Path(tmp) / "mocker.log")
     return stack
 
