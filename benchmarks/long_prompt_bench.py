@@ -358,46 +358,31 @@ def start_stacks(args: argparse.Namespace, path: str) -> list[Stack]:
     mocker = tuple(args.mocker_flags.split())
     frontend = ("--router-mode", args.router_mode, *args.frontend_arg)
     stacks: list[Stack] = []
+
+    def ours(name: str, http_workers: int = args.http_workers, **kw: Any) -> None:
+        stacks.append(
+            start_ours(
+                path,
+                args.model,
+                args.speedup_ratio,
+                http_workers,
+                frontend,
+                name=name,
+                mocker_args=mocker,
+                **kw,
+            )
+        )
+
     try:
         if not args.no_ours:
-            stacks.append(
-                start_ours(
-                    path, args.model, args.speedup_ratio, args.http_workers, frontend, mocker_args=mocker
-                )
-            )
+            ours("ours")
         for n in args.also_http_workers:
-            stacks.append(
-                start_ours(
-                    path, args.model, args.speedup_ratio, n, frontend, name=f"ours-w{n}", mocker_args=mocker
-                )
-            )
+            ours(f"ours-w{n}", http_workers=n)
         for nice in args.also_nice:
-            stacks.append(
-                start_ours(
-                    path,
-                    args.model,
-                    args.speedup_ratio,
-                    args.http_workers,
-                    frontend,
-                    name=f"ours-nice{nice}",
-                    mocker_args=mocker,
-                    frontend_nice=nice,
-                )
-            )
+            ours(f"ours-nice{nice}", frontend_nice=nice)
         for spec in args.variant:
             name, _, root = spec.partition("=")
-            stacks.append(
-                start_ours(
-                    path,
-                    args.model,
-                    args.speedup_ratio,
-                    args.http_workers,
-                    frontend,
-                    root=Path(root).resolve(),
-                    name=name,
-                    mocker_args=mocker,
-                )
-            )
+            ours(name, root=Path(root).resolve())
         if args.reference:
             ref_frontend = ("--router-mode", args.router_mode)
             stacks.append(
