@@ -254,3 +254,15 @@ async def test_client_closes_after_goaway_once_its_streams_end(plane):
     await asyncio.wait_for(conn.lost, 2)
     assert await drain is True
     await asyncio.wait_for(server.stop(), 5)
+
+
+async def test_forgetting_an_address_closes_its_connection_once_its_streams_end(plane):
+    server, client, addr, _ = plane
+    stream = await client.stream(addr, "t.w.endless", {"delay": 0.01})
+    await stream.__anext__()
+    (conn,) = server._connections
+    client.forget(addr)  # its instance left discovery while a stream still runs on it
+    await stream.__anext__()  # the stream is not cut
+    assert not conn.lost.done()
+    await stream.aclose()
+    await asyncio.wait_for(conn.lost, 2)  # then the connection is closed, not left open

@@ -433,8 +433,9 @@ class RequestPlaneClient:
         if probe is not None:
             probe.cancel()
         conn = self._conns.pop(address, None)
-        if conn is not None and conn.transport is not None and not conn.streams:
-            conn.transport.close()
+        if conn is not None:
+            conn.goaway = True  # no new stream; closed once the streams still on it have ended
+            conn._close_if_done()
 
     async def close(self) -> None:
         for probe in list(self._probes.values()):
