@@ -71,7 +71,13 @@ def others() -> set[str]:
             continue
         procs[int(entry.name)] = (ppid, cmd)
     me, found = os.getpid(), set()
+    mine, up = {me}, me  # this script and the wrappers that started it (timeout, flock)
+    while up in procs and up not in (0, 1):
+        up = procs[up][0]
+        mine.add(up)
     for pid, (_, cmd) in procs.items():
+        if pid in mine:
+            continue
         ancestor, hops = pid, 0
         while ancestor not in (0, 1, me) and ancestor in procs and hops < 64:
             ancestor, hops = procs[ancestor][0], hops + 1
@@ -138,6 +144,14 @@ def main(argv: list[str] | None = None) -> None:
             else ""
         )
         profile = (run_dir / "profile" / "planner_profile.json").read_text() if generated else ""
+        bindings = sorted(
+            {
+                line.split("dynamo.vllm.cpu: ", 1)[1]
+                for log in run_dir.rglob("output.log")
+                for line in log.read_text(errors="replace").splitlines()
+                if "dynamo.vllm.cpu: CPU binding" in line
+            }
+        )
         planner_log = run_dir / "planner-0" / "output.log"
         decisions = (
             [ln for ln in planner_log.read_text().splitlines() if "planner decision" in ln]
@@ -182,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Goal: attainment >= 90% and 0 failed: **{'met' if attainment >= 0.9 and not failed else 'MISSED'}**.",
         "",
         "Failures (first 5): " + ("; ".join(r.error for r in failed[:5]) or "none"),
+        "",
+        "vLLM-CPU core binding (profiling and serving engines): " + ("; ".join(bindings) or "none logged"),
         "",
         "Requests outside the SLA (sent at s: TTFT ms / ITL ms): "
         + (
