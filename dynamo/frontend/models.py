@@ -44,6 +44,8 @@ from dynamo.runtime.discovery.registry import scope_prefixes
 
 log = logging.getLogger(__name__)
 
+LISTING_TIMEOUT = 5.0  # seconds the start-up listing of model cards may take
+
 PREFILL_COMPONENT = "prefill"
 BACKEND_COMPONENT = "backend"
 EMBEDDINGS = "embeddings"  # the card model type of embedding workers
@@ -140,10 +142,11 @@ class ModelManager:
         """The models discovery lists now count as loading until their first reconcile, so a
         request in the instant before the watch delivers them gets 503 + Retry-After, not 404."""
         try:
-            for prefix in scope_prefixes("cards", self.config.discovery_namespaces):
-                for raw in (await self.runtime.discovery.get_prefix(prefix)).values():
-                    with contextlib.suppress(ValueError):
-                        self._loading.add(ModelDeploymentCard.from_json(raw).display_name)
+            async with asyncio.timeout(LISTING_TIMEOUT):  # never hold up the frontend's start
+                for prefix in scope_prefixes("cards", self.config.discovery_namespaces):
+                    for raw in (await self.runtime.discovery.get_prefix(prefix)).values():
+                        with contextlib.suppress(ValueError):
+                            self._loading.add(ModelDeploymentCard.from_json(raw).display_name)
         except Exception as exc:  # discovery unreachable right now: the watch will catch up
             log.debug("no initial listing of model cards: %s", exc)
 
