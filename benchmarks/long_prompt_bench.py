@@ -43,6 +43,7 @@ import statistics
 import sys
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,6 +242,41 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+STALL_LINE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\S+) in (?P<func>\S+)')
+
+
+def stalls_in(log_text: str) -> Counter[str]:
+    """``DYN_LOOP_STALL_DUMP_MS`` dumps in a frontend's log -> where its event-loop thread was, per
+    dump: the innermost frame of the main thread (uvloop's own C code shows as the loop's entry,
+    ``Runner.run``), counted."""
+    where: Counter[str] = Counter()
+    for dump in log_text.split("Timeout (")[1:]:
+        for thread in dump.split("\nThread ")[1:]:
+            frames = [m for line in thread.splitlines() if (m := STALL_LINE.search(line))]
+            # Not a started thread (those begin in threading.py): the main one, whose stack
+            # faulthandler may cut at 100 frames, so its bottom (runpy) may be missing.
+            if frames and not any(m["file"].endswith("threading.py") for m in frames):
+                top = frames[0]
+                short = top["file"].split("site-packages/")[-1].split("/work/main/")[-1]
+                where[f"{top['func']} ({short.rsplit('/', 2)[-2:][-1]}:{top['line']})"] += 1
+                break
+    return where
+
+
+def log_size(stack: Stack) -> int:
+    path = Path(stack.tmp) / "frontend.log" if stack.tmp else None
+    return path.stat().st_size if path is not None and path.exists() else 0
+
+
+def log_since(stack: Stack, offset: int) -> str:
+    path = Path(stack.tmp) / "frontend.log" if stack.tmp else None
+    if path is None or not path.exists():
+        return ""
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
 async def measure(
     stack: Stack,
     stacks: list[Stack],
@@ -260,6 +296,7 @@ async def measure(
         nonlocal probe_task
         fe_cpu = sum(stack_cpu(s) for s in stacks)
         marks[edge] = (stack.cpu(), scrape_lag(stack.url), machine_busy(), fe_cpu, stack.runq_wait())
+        marks[edge + "-log"] = log_size(stack)
         if edge == "start":
             probe_task = asyncio.ensure_future(probe(stack.url, stop_probe))
         else:
@@ -276,6 +313,10 @@ async def measure(
     other = ((busy1 - busy0) - (all1 - all0) - res.loadgen_cpu) / args.duration
     if res.error_sample:
         print(f"  {stack.name}: {res.errors} errors, first: {res.error_sample}", file=sys.stderr)
+    extra: dict[str, Any] = {}
+    if args.stall_dump and stack.name != "reference":
+        window = log_since(stack, marks["start-log"])[: marks["end-log"] - marks["start-log"]]
+        extra["stalls"] = stalls_in(window)
     return Row(
         stack.name,
         isl,
@@ -290,6 +331,7 @@ async def measure(
         1e3 * latencies[-1] if latencies else float("nan"),
         other,
         runq,
+        extra,
     )
 
 
@@ -305,7 +347,28 @@ def fmt_row(r: Row) -> str:
         f"ttft p50 {s['ttft_p50_ms']:8.1f} p99 {s['ttft_p99_ms']:8.1f} ms  fe cpu {r.frontend_cpu_ms:6.2f} mocker {r.mocker_cpu_ms:6.2f} ms/req "
         f"loop lag {lag} ms  probe p99/max {r.probe_p99_ms:.1f}/{r.probe_max_ms:.1f} ms  "
         f"err {int(s['errors'])}  other {r.other_cores:.2f} cores  fe runq {r.frontend_runq_ms_s:.0f} ms/s"
+        + (f"  stalls {sum(r.extra['stalls'].values())}" if "stalls" in r.extra else "")
     )
+
+
+def stall_lines(rows: list[Row], ms: float) -> list[str]:
+    """``--stall-dump``: per row, how many times the loop was held ``ms`` or more, and where."""
+    out = [
+        f"Loop stalls of {ms:g} ms or more (`--stall-dump {ms:g}`: `DYN_LOOP_STALL_DUMP_MS`), and where the "
+        "event-loop thread was when each was caught (its innermost Python frame; `run (runners.py)` "
+        "is uvloop's own C code: sockets, epoll, or waiting for the GIL):",
+        "",
+    ]
+    for r in rows:
+        if "stalls" not in r.extra:
+            continue
+        where: Counter[str] = r.extra["stalls"]
+        top = ", ".join(f"{frame} x{n}" for frame, n in where.most_common(6)) or "-"
+        out.append(
+            f"- ISL {r.isl} {r.prefix} c={r.concurrency} {r.target} rep {r.rep}: "
+            f"{sum(where.values())} in {r.s.get('requests', 0):.0f} requests; {top}"
+        )
+    return out
 
 
 def _med(rows: list[Row], get: Any) -> float:
@@ -492,6 +555,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet-below", type=float, default=None, help="wait until other load < this (cores)")
     p.add_argument("--quiet-max-wait", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=12)
+    p.add_argument(
+        "--stall-dump",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="our frontends dump their stacks when the loop is held MS ms (DYN_LOOP_STALL_DUMP_MS); "
+        "each row counts the dumps and where the loop was",
+    )
     p.add_argument("--py-spy", default=None, metavar="DIR", help="record our frontend with py-spy per row")
     p.add_argument("--out", default=None, help="also write the report as markdown here")
     return p
@@ -513,6 +584,8 @@ def main() -> None:
             if getattr(args, name) == getattr(defaults, name):
                 setattr(args, name, value)
     path = long_context_model(model_dir(), args.context)
+    if args.stall_dump:
+        os.environ["DYN_LOOP_STALL_DUMP_MS"] = f"{args.stall_dump:g}"  # read by our frontends only
     stacks = start_stacks(args, path)
     try:
         facts = machine_facts()
@@ -526,8 +599,11 @@ def main() -> None:
     names = [s.name for s in stacks]
     base = args.base or ("reference" if "reference" in names else names[0])
     table = summarize(rows, names, base)
+    stalls = stall_lines(rows, args.stall_dump) if args.stall_dump else []
     print()
     print("\n".join(table))
+    if stalls:
+        print("\n".join(["", *stalls]))
     if args.out:
         lines = [
             "# long_prompt_bench",
@@ -545,6 +621,7 @@ def main() -> None:
             "frontend's event-loop thread waited for a core (ours and the reference's frontend process; "
             "summed over processes with --http-workers). Probe: `GET /v1/models` every 20 ms.",
             "",
+            *([*stalls, ""] if stalls else []),
             "<details><summary>every run</summary>",
             "",
             "```",

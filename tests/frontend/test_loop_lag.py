@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from dynamo.frontend.loop_lag import LoopLagMonitor
+from dynamo.frontend.loop_lag import LoopLagMonitor, stall_dump_from_env
 
 
 def _count(registry: CollectorRegistry, bucket: str) -> float:
@@ -36,3 +37,38 @@ def test_a_held_loop_is_observed_as_lag_and_stop_ends_the_task() -> None:
     total = registry.get_sample_value("lag_seconds_count")
     assert total is not None and total >= 5
     assert _count(registry, "1.0") - _count(registry, "0.1") == 1  # the one held wake-up
+
+
+def _blocking_call_on_the_loop() -> None:
+    time.sleep(0.3)
+
+
+def test_a_stall_dumps_the_stack_that_holds_the_loop(tmp_path) -> None:
+    """With a stall threshold, the stack is written while the loop is still held: it names the
+    blocking call, and a loop that is not held writes nothing."""
+    histogram = Histogram("lag_seconds", "test", registry=CollectorRegistry())
+    out_path = tmp_path / "stacks.txt"
+
+    async def scenario() -> None:
+        with out_path.open("w") as out:
+            monitor = LoopLagMonitor(histogram, interval=0.005, stall_dump=0.1, stall_file=out)
+            monitor.start()
+            await asyncio.sleep(0.1)
+            assert out_path.read_text() == ""  # on time: nothing dumped
+            _blocking_call_on_the_loop()
+            await asyncio.sleep(0.05)
+            await monitor.stop()
+            time.sleep(0.2)  # stopped: the watchdog is disarmed, nothing more is written
+        assert out_path.read_text().count("Timeout (") == 1
+
+    asyncio.run(scenario())
+    assert "_blocking_call_on_the_loop" in out_path.read_text()
+
+
+def test_the_stall_threshold_comes_from_the_environment() -> None:
+    assert stall_dump_from_env({}) is None
+    assert stall_dump_from_env({"DYN_LOOP_STALL_DUMP_MS": "0"}) is None
+    assert stall_dump_from_env({"DYN_LOOP_STALL_DUMP_MS": "25"}) == 0.025
+    for bad in ("soon", "-5"):
+        with pytest.raises(ValueError, match="DYN_LOOP_STALL_DUMP_MS"):
+            stall_dump_from_env({"DYN_LOOP_STALL_DUMP_MS": bad})
