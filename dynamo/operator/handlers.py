@@ -8,10 +8,16 @@
 - a docker-config secret appeared -> reconcile the graphs of its namespace (pull secret discovery);
 - request (DGDR) created / changed, or its profiling Job or generated graph changed -> its next
   step (``dynamo.operator.dgdr.advance``: Job, results, graph, status).
+
+kopf runs the handlers of different objects at once, so a graph's reconcile and its children's
+events may overlap: every handler that writes a graph's (or a request's) status holds that object's
+lock (``ObjectLocks``) from its reads to its write, so a verdict computed from older children can
+never land after, and over, one computed from newer ones.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -54,6 +60,16 @@ def login(config: OperatorConfig, settings: kopf.OperatorSettings, logger: Any) 
     return info
 
 
+class ObjectLocks:
+    """One ``asyncio.Lock`` per object (kind, namespace, name) whose status handlers write."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+
+    def of(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
+        return self._locks.setdefault((kind, namespace, name), asyncio.Lock())
+
+
 def _is_docker_config(body: kopf.Body, **_: Any) -> bool:
     return body.get("type") in DOCKER_CONFIG_TYPES
 
@@ -83,6 +99,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         memo["client"] = KubeClient(
             login(config, settings, logger), relogin=lambda: login(config, settings, logger)
         )
+        memo["locks"] = ObjectLocks()
         scope = f"namespace {config.namespace}" if config.namespace_restricted else "all namespaces"
         logger.info("dynamo operator watching %s", scope)
 
@@ -95,17 +112,26 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     @kopf.on.resume(GROUP, VERSION, DGD_PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, DGD_PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, DGD_PLURAL, registry=registry)
-    async def graph_changed(
-        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
-    ) -> None:
+    async def graph_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
         """Reconcile a graph whose spec changed (or that we have not seen since start-up)."""
-        status = await reconcile_graph(body, memo["client"], config, logger)
-        patch.status.update(status_patch(dict(body.get("status") or {}), status))
+        meta = body["metadata"]
+        async with memo["locks"].of("graph", meta["namespace"], meta["name"]):
+            status = await reconcile_graph(body, memo["client"], config, logger)
+            await _write_status(memo["client"], meta["namespace"], meta["name"], status)
 
-    async def _write_status(client: KubeClient, graph: dict[str, Any], status: dict[str, Any]) -> None:
-        meta = graph["metadata"]
+    async def _write_status(client: KubeClient, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Write a graph's status (under its lock), replacing what is stored now."""
+        graph = await client.get(graph_path(namespace, name))
+        if graph is None or (graph.get("metadata") or {}).get("deletionTimestamp"):
+            return
         patch = status_patch(dict(graph.get("status") or {}), status)
-        await client.merge_patch(graph_path(meta["namespace"], meta["name"], "status"), {"status": patch})
+        await client.merge_patch(graph_path(namespace, name, "status"), {"status": patch})
+
+    async def _reconcile(client: KubeClient, graph: dict[str, Any], memo: kopf.Memo, logger: Any) -> None:
+        """Reconcile a graph read from the cluster and write its status, under its lock."""
+        namespace, name = graph["metadata"]["namespace"], graph["metadata"]["name"]
+        async with memo["locks"].of("graph", namespace, name):
+            await _write_status(client, namespace, name, await reconcile_graph(graph, client, config, logger))
 
     @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
     @kopf.on.event(
@@ -123,9 +149,10 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             graph = await client.get(graph_path(namespace, graph_name))
             if graph is not None and not graph["metadata"].get("deletionTimestamp"):
                 logger.info("a workload of graph %s was deleted; reconciling", graph_name)
-                await _write_status(client, graph, await reconcile_graph(graph, client, config, logger))
+                await _reconcile(client, graph, memo, logger)
                 return
-        await refresh_status(client, namespace, graph_name, logger)
+        async with memo["locks"].of("graph", namespace, graph_name):
+            await refresh_status(client, namespace, graph_name, logger)
 
     @kopf.on.event("", "v1", "services", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
     async def child_service_event(
@@ -139,7 +166,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         graph = await client.get(graph_path(namespace, graph_name))
         if graph is not None and not graph["metadata"].get("deletionTimestamp"):
             logger.info("a Service of graph %s was deleted; reconciling", graph_name)
-            await _write_status(client, graph, await reconcile_graph(graph, client, config, logger))
+            await _reconcile(client, graph, memo, logger)
 
     @kopf.on.event("", "v1", "secrets", when=_is_docker_config, registry=registry)
     async def pull_secret_event(
@@ -154,19 +181,23 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
                 continue
             graph.setdefault("apiVersion", f"{GROUP}/{VERSION}")
             graph.setdefault("kind", "DynamoGraphDeployment")
-            await _write_status(client, graph, await reconcile_graph(graph, client, config, logger))
+            await _reconcile(client, graph, memo, logger)
 
-    async def advance_request(client: KubeClient, namespace: str, name: str, logger: Any) -> None:
-        """Read the request afresh, take its next step, write its status if it changed."""
+    async def advance_request(
+        client: KubeClient, namespace: str, name: str, memo: kopf.Memo, logger: Any
+    ) -> None:
+        """Read the request afresh, take its next step, write its status if it changed (under the
+        request's lock: its own handler and its Job's and graph's events may overlap)."""
         path = resource_path(DGDR_API_VERSION, DGDR_PLURAL, namespace, name)
-        obj = await client.get(path)
-        if obj is None or obj["metadata"].get("deletionTimestamp"):
-            return
-        obj.setdefault("apiVersion", DGDR_API_VERSION)
-        previous = dict(obj.get("status") or {})
-        status = await advance(obj, client, config, logger)
-        if status != previous:
-            await client.merge_patch(path + "/status", {"status": status_patch(previous, status)})
+        async with memo["locks"].of("request", namespace, name):
+            obj = await client.get(path)
+            if obj is None or obj["metadata"].get("deletionTimestamp"):
+                return
+            obj.setdefault("apiVersion", DGDR_API_VERSION)
+            previous = dict(obj.get("status") or {})
+            status = await advance(obj, client, config, logger)
+            if status != previous:
+                await client.merge_patch(path + "/status", {"status": status_patch(previous, status)})
 
     # Requests are watched in the storage version: an API server serves those written as v1alpha1
     # there too (the two versions' schemas hold the same fields, so none is pruned on the way).
@@ -178,7 +209,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     ) -> None:
         """A DynamoGraphDeploymentRequest was created or changed: profile it (again)."""
         if name and namespace:
-            await advance_request(memo["client"], namespace, name, logger)
+            await advance_request(memo["client"], namespace, name, memo, logger)
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_REQUEST: kopf.PRESENT}, registry=registry)
     @kopf.on.event(GROUP, VERSION, DGD_PLURAL, labels={LABEL_REQUEST: kopf.PRESENT}, registry=registry)
@@ -188,6 +219,6 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         """A request's profiling Job or generated graph changed: take the request's next step."""
         request = (body.get("metadata", {}).get("labels") or {}).get(LABEL_REQUEST)
         if request and namespace:
-            await advance_request(memo["client"], namespace, request, logger)
+            await advance_request(memo["client"], namespace, request, memo, logger)
 
     return registry

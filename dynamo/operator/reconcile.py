@@ -142,46 +142,56 @@ async def prune(
         await client.delete(path)
 
 
+REFRESH_ATTEMPTS = 5  # reads of a graph whose status write lost a race (409) before giving up
+
+
 async def refresh_status(
     client: KubeClient, namespace: str, graph_name: str, logger: logging.Logger
 ) -> dict[str, Any] | None:
-    """Recompute a graph's status from its live workloads and patch it if it changed."""
-    body = await client.get(graph_path(namespace, graph_name))
-    if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-        return None
-    try:
-        graph = parse_graph(body)
-        names = {svc: child_name(graph, service) for svc, service in graph.services.items()}
-    except SpecError:
-        return None  # the reconcile handler reports this in the graph's condition
-    uid = str(body["metadata"].get("uid") or "")
-    children = await list_children(client, namespace, graph_name, uid)
-    by_name = {c["metadata"]["name"]: c for c in children if c["kind"] in WORKLOAD_KINDS}
-    workloads = {svc: by_name.get(name) for svc, name in names.items()}
-    previous = body.get("status") or {}
-    reasons = {c.get("reason") for c in previous.get("conditions") or [] if c.get("type") == "Ready"}
-    if reasons & BLOCKING_REASONS:
-        return None  # the last reconcile could not deploy the spec: keep saying why until it changes
-    status = rollup(graph, workloads, previous, body["metadata"].get("generation"))
-    if _same_status(previous, status):
+    """Recompute a graph's status from its live workloads and patch it if it changed. The patch is
+    conditional on the graph as read (a reconcile may have written a newer verdict meanwhile); when
+    it loses that race, the graph is read and the status computed again: the workload event that
+    called this may be the last one, so dropping it would leave the status stale."""
+    for _ in range(REFRESH_ATTEMPTS):
+        body = await client.get(graph_path(namespace, graph_name))
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        try:
+            graph = parse_graph(body)
+            names = {svc: child_name(graph, service) for svc, service in graph.services.items()}
+        except SpecError:
+            return None  # the reconcile handler reports this in the graph's condition
+        uid = str(body["metadata"].get("uid") or "")
+        children = await list_children(client, namespace, graph_name, uid)
+        by_name = {c["metadata"]["name"]: c for c in children if c["kind"] in WORKLOAD_KINDS}
+        workloads = {svc: by_name.get(name) for svc, name in names.items()}
+        previous = body.get("status") or {}
+        reasons = {c.get("reason") for c in previous.get("conditions") or [] if c.get("type") == "Ready"}
+        if reasons & BLOCKING_REASONS:
+            return None  # the last reconcile could not deploy the spec: keep saying why until it changes
+        status = rollup(graph, workloads, previous, body["metadata"].get("generation"))
+        if _same_status(previous, status):
+            return status
+        patch: dict[str, Any] = {"status": status_patch(previous, status)}
+        if body["metadata"].get("resourceVersion"):
+            patch["metadata"] = {"resourceVersion": body["metadata"]["resourceVersion"]}
+        try:
+            await client.merge_patch(graph_path(namespace, graph_name, "status"), patch)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            logger.debug("graph %s/%s changed while computing its status; again", namespace, graph_name)
+            continue
+        logger.debug("graph %s/%s status: %s", namespace, graph_name, status["state"])
         return status
-    patch: dict[str, Any] = {"status": status_patch(previous, status)}
-    # Only if the graph is as we read it: a reconcile may have written a newer verdict meanwhile.
-    if body["metadata"].get("resourceVersion"):
-        patch["metadata"] = {"resourceVersion": body["metadata"]["resourceVersion"]}
-    try:
-        await client.merge_patch(graph_path(namespace, graph_name, "status"), patch)
-    except ApiError as exc:
-        if exc.status != 409:
-            raise
-        logger.debug(
-            "graph %s/%s changed while computing its status; the next event recomputes it",
-            namespace,
-            graph_name,
-        )
-        return None
-    logger.debug("graph %s/%s status: %s", namespace, graph_name, status["state"])
-    return status
+    logger.warning(
+        "graph %s/%s kept changing while its status was computed (%d times); the next workload event "
+        "recomputes it",
+        namespace,
+        graph_name,
+        REFRESH_ATTEMPTS,
+    )
+    return None
 
 
 def _same_status(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

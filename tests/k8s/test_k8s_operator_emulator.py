@@ -394,3 +394,41 @@ async def test_emulator_multinode_without_leaderworkerset_says_what_to_install(a
     assert await refresh_status(api, "ns1", "vllm-agg", logging.getLogger("test")) is None
     after = (await api.get(dgd_path("ns1", "vllm-agg")))["status"]
     assert after["conditions"][0]["message"] == message
+
+
+async def test_emulator_status_refresh_that_loses_a_write_race_reads_again(api, config) -> None:
+    """A real API server refuses a status write conditional on an older resourceVersion (409);
+    kmock keeps no versions, so the client here answers the first such write with that 409 as the
+    server would. The refresh reads the graph again and writes the status, instead of dropping
+    the child's event that may be the last one."""
+    import logging
+
+    from dynamo.operator.kube import ApiError
+
+    body = graph_body()
+    await api.create(dgd_path("ns1"), body)
+    await reconcile_graph(body, api, config, logging.getLogger("test"))
+    counts = {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
+    for name in ("vllm-agg-frontend", "vllm-agg-vllmdecodeworker"):
+        await api.merge_patch(deploy_path("ns1", name) + "/status", {"status": counts})
+    real_patch, refused = api.merge_patch, []
+
+    async def patch_as_a_server_would(path: str, patch: dict[str, Any]) -> Any:
+        if path.endswith("/status") and "resourceVersion" in patch.get("metadata", {}) and not refused:
+            refused.append(path)
+            raise ApiError(409, "PATCH", path, "the object has been modified")
+        return await real_patch(path, patch)
+
+    real_get = api.get
+
+    async def get_with_version(path: str) -> Any:
+        obj = await real_get(path)
+        if obj is not None and path == dgd_path("ns1", "vllm-agg"):
+            obj["metadata"]["resourceVersion"] = "7"  # as a real server's read would carry
+        return obj
+
+    api.merge_patch, api.get = patch_as_a_server_would, get_with_version  # type: ignore[method-assign]
+    status = await refresh_status(api, "ns1", "vllm-agg", logging.getLogger("test"))
+    assert refused and status is not None and status["state"] == "successful"
+    stored = (await real_get(dgd_path("ns1", "vllm-agg")))["status"]
+    assert stored["state"] == "successful"
