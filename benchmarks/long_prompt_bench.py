@@ -242,24 +242,24 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-STALL_LINE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\S+) in (?P<func>\S+)')
+STALL_LINE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
+STALL_HEADER = "its thread is at (most recent call last):"
 
 
 def stalls_in(log_text: str) -> Counter[str]:
-    """``DYN_LOOP_STALL_DUMP_MS`` dumps in a frontend's log -> where its event-loop thread was, per
-    dump: the innermost frame of the main thread (uvloop's own C code shows as the loop's entry,
-    ``Runner.run``), counted."""
+    """``DYN_LOOP_STALL_DUMP_MS`` stall warnings in a frontend's log -> where its event-loop thread
+    was at each (its innermost frame: the last of the logged stack), counted."""
     where: Counter[str] = Counter()
-    for dump in log_text.split("Timeout (")[1:]:
-        for thread in dump.split("\nThread ")[1:]:
-            frames = [m for line in thread.splitlines() if (m := STALL_LINE.search(line))]
-            # Not a started thread (those begin in threading.py): the main one, whose stack
-            # faulthandler may cut at 100 frames, so its bottom (runpy) may be missing.
-            if frames and not any(m["file"].endswith("threading.py") for m in frames):
-                top = frames[0]
-                short = top["file"].split("site-packages/")[-1].split("/work/main/")[-1]
-                where[f"{top['func']} ({short.rsplit('/', 2)[-2:][-1]}:{top['line']})"] += 1
+    for block in log_text.split(STALL_HEADER)[1:]:
+        frames = []
+        for line in block.splitlines()[1:]:
+            if not line.startswith(" "):
                 break
+            if m := STALL_LINE.search(line):
+                frames.append(m)
+        if frames:
+            top = frames[-1]
+            where[f"{top['func']} ({top['file'].rsplit('/', 1)[-1]}:{top['line']})"] += 1
     return where
 
 
@@ -356,7 +356,7 @@ def stall_lines(rows: list[Row], ms: float) -> list[str]:
     out = [
         f"Loop stalls of {ms:g} ms or more (`--stall-dump {ms:g}`: `DYN_LOOP_STALL_DUMP_MS`), and where the "
         "event-loop thread was when each was caught (its innermost Python frame; `run (runners.py)` "
-        "is uvloop's own C code: sockets, epoll, or waiting for the GIL):",
+        "is uvloop's own C code: callbacks, sockets, epoll):",
         "",
     ]
     for r in rows:

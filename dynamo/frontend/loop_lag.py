@@ -7,61 +7,33 @@ task, owned by the frontend's lifespan, that sleeps ``interval`` seconds again a
 observes how much later than due it woke, in ``dynamo_frontend_event_loop_lag_seconds`` (a
 histogram; ``max_seconds`` keeps the largest since start). Cost: one timer wake-up per interval.
 
-``stall_dump`` (``DYN_LOOP_STALL_DUMP_MS``, off by default) is a diagnostic: at each wake-up the
-monitor arms ``faulthandler``'s watchdog for its next one, so when a wake-up is ``stall_dump``
-seconds late, every thread's Python stack is written to stderr *while the loop is still held*
-(the watchdog is a C thread: it needs no GIL and no loop), showing what held it: one blocking
-call, or ordinary request work in one long loop iteration.
+With ``stall_watch`` (``dynamo.frontend.loop_stall``, ``DYN_LOOP_STALL_DUMP_MS``) each wake-up
+is also a beat of that watch, which logs the loop thread's stack when the loop is held.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import faulthandler
-import logging
-import os
-import sys
 import time
-from typing import TextIO
 
 from prometheus_client import Histogram
 
-log = logging.getLogger(__name__)
+from dynamo.frontend.loop_stall import StallWatch
 
 DEFAULT_INTERVAL = 0.02  # seconds between wake-ups
-STALL_DUMP_ENV = "DYN_LOOP_STALL_DUMP_MS"
-
-
-def stall_dump_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> float | None:
-    """``DYN_LOOP_STALL_DUMP_MS`` in seconds; ``None`` when unset or 0 (a clear error otherwise)."""
-    raw = environ.get(STALL_DUMP_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        ms = float(raw)
-    except ValueError:
-        raise ValueError(f"{STALL_DUMP_ENV} must be a number of milliseconds, not {raw!r}") from None
-    if ms < 0:
-        raise ValueError(f"{STALL_DUMP_ENV} must not be negative, not {raw!r}")
-    return ms / 1000 if ms else None
 
 
 class LoopLagMonitor:
     """Observes the running loop's lag into ``histogram`` from ``start()`` until ``stop()``; with
-    ``stall_dump`` seconds, also dumps every thread's stack when a wake-up is that late."""
+    ``stall_threshold`` seconds, also logs the loop thread's stack when it is held that long."""
 
     def __init__(
-        self,
-        histogram: Histogram,
-        interval: float = DEFAULT_INTERVAL,
-        stall_dump: float | None = None,
-        stall_file: TextIO | None = None,
+        self, histogram: Histogram, interval: float = DEFAULT_INTERVAL, stall_threshold: float | None = None
     ) -> None:
         self.histogram = histogram
         self.interval = interval
-        self.stall_dump = stall_dump
-        self.stall_file = stall_file  # where the stacks go (None: stderr); needs a file descriptor
+        self.stall_watch = StallWatch(stall_threshold, interval) if stall_threshold else None
         self.max_seconds = 0.0
         self._task: asyncio.Task[None] | None = None
 
@@ -69,31 +41,30 @@ class LoopLagMonitor:
         """Start sampling on the running loop (once)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="event-loop-lag")
+            if self.stall_watch is not None:
+                self.stall_watch.start()
 
     async def stop(self) -> None:
-        """Stop sampling and wait for the task to end."""
+        """Stop sampling and wait for the task (and the stall watch, first: no beat follows) to end."""
+        if self.stall_watch is not None:
+            await asyncio.to_thread(self.stall_watch.stop)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.stall_dump is not None:
-            faulthandler.cancel_dump_traceback_later()
 
     async def _run(self) -> None:
         interval = self.interval
         observe = self.histogram.observe
         clock = time.monotonic  # uvloop's loop.time() has a 1 ms resolution and is cached per iteration
-        stall = self.stall_dump
-        out = self.stall_file or sys.stderr
+        beat = self.stall_watch.beat if self.stall_watch is not None else None
         while True:
             due = clock() + interval
-            if stall is not None:
-                faulthandler.dump_traceback_later(interval + stall, file=out)
+            if beat is not None:
+                beat()
             await asyncio.sleep(interval)
             lag = max(0.0, clock() - due)
             observe(lag)
-            if stall is not None and lag >= stall:
-                log.warning("event loop held %.0f ms; every thread's stack was dumped to stderr", lag * 1000)
             if lag > self.max_seconds:
                 self.max_seconds = lag

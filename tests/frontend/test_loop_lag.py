@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from dynamo.frontend.loop_lag import LoopLagMonitor, stall_dump_from_env
+from dynamo.frontend.loop_lag import LoopLagMonitor
+from dynamo.frontend.loop_stall import stall_threshold_from_env
 
 
 def _count(registry: CollectorRegistry, bucket: str) -> float:
@@ -43,32 +45,32 @@ def _blocking_call_on_the_loop() -> None:
     time.sleep(0.3)
 
 
-def test_a_stall_dumps_the_stack_that_holds_the_loop(tmp_path) -> None:
-    """With a stall threshold, the stack is written while the loop is still held: it names the
-    blocking call, and a loop that is not held writes nothing."""
+def test_a_stall_logs_the_stack_that_holds_the_loop(caplog: pytest.LogCaptureFixture) -> None:
+    """With a stall threshold, the loop thread's stack is logged while the loop is still held: it
+    names the blocking call, once per stall; a loop that is not held logs nothing."""
     histogram = Histogram("lag_seconds", "test", registry=CollectorRegistry())
-    out_path = tmp_path / "stacks.txt"
+    caplog.set_level(logging.WARNING, logger="dynamo.frontend.loop_stall")
 
     async def scenario() -> None:
-        with out_path.open("w") as out:
-            monitor = LoopLagMonitor(histogram, interval=0.005, stall_dump=0.1, stall_file=out)
-            monitor.start()
-            await asyncio.sleep(0.1)
-            assert out_path.read_text() == ""  # on time: nothing dumped
-            _blocking_call_on_the_loop()
-            await asyncio.sleep(0.05)
-            await monitor.stop()
-            time.sleep(0.2)  # stopped: the watchdog is disarmed, nothing more is written
-        assert out_path.read_text().count("Timeout (") == 1
+        monitor = LoopLagMonitor(histogram, interval=0.005, stall_threshold=0.1)
+        monitor.start()
+        await asyncio.sleep(0.2)
+        assert not caplog.records  # on time: nothing logged
+        _blocking_call_on_the_loop()
+        await asyncio.sleep(0.05)
+        await monitor.stop()
+        assert monitor.stall_watch is not None and monitor.stall_watch.stalls == 1
 
     asyncio.run(scenario())
-    assert "_blocking_call_on_the_loop" in out_path.read_text()
+    [record] = caplog.records
+    assert "event loop held" in record.getMessage()
+    assert "_blocking_call_on_the_loop" in record.getMessage()
 
 
 def test_the_stall_threshold_comes_from_the_environment() -> None:
-    assert stall_dump_from_env({}) is None
-    assert stall_dump_from_env({"DYN_LOOP_STALL_DUMP_MS": "0"}) is None
-    assert stall_dump_from_env({"DYN_LOOP_STALL_DUMP_MS": "25"}) == 0.025
+    assert stall_threshold_from_env({}) is None
+    assert stall_threshold_from_env({"DYN_LOOP_STALL_DUMP_MS": "0"}) is None
+    assert stall_threshold_from_env({"DYN_LOOP_STALL_DUMP_MS": "25"}) == 0.025
     for bad in ("soon", "-5"):
         with pytest.raises(ValueError, match="DYN_LOOP_STALL_DUMP_MS"):
-            stall_dump_from_env({"DYN_LOOP_STALL_DUMP_MS": bad})
+            stall_threshold_from_env({"DYN_LOOP_STALL_DUMP_MS": bad})
