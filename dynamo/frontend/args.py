@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import TypedDict
 
+from dynamo.frontend.loop_stall import stall_threshold_from_env
 from dynamo.runtime import RuntimeConfig, add_runtime_args
 from dynamo.runtime.names import validate_name
 
@@ -321,6 +322,7 @@ class FrontendConfig:
     http_header_timeout: float = 30.0  # seconds
     http_body_timeout: float = 60.0  # seconds
     http_write_timeout: float = 60.0  # seconds
+    loop_stall_threshold: float | None = None  # seconds (DYN_LOOP_STALL_DUMP_MS); None: off
 
     @property
     def namespace_filter(self) -> str | None:
@@ -389,4 +391,5 @@ class FrontendConfig:
             http_header_timeout=args.http_header_timeout,
             http_body_timeout=args.http_body_timeout,
             http_write_timeout=args.http_write_timeout,
+            loop_stall_threshold=stall_threshold_from_env(),
         )

@@ -24,7 +24,6 @@ from dynamo.frontend.disagg import PrefillRouter
 from dynamo.frontend.disconnect import ClientGone, until_disconnect
 from dynamo.frontend.endpoints import CompletionEndpoint
 from dynamo.frontend.loop_lag import LoopLagMonitor
-from dynamo.frontend.loop_stall import stall_threshold_from_env
 from dynamo.frontend.metrics import FrontendMetrics, RequestMetrics
 from dynamo.frontend.models import ModelManager
 from dynamo.frontend.responses import ResponseBuilder, error_response
@@ -48,7 +47,7 @@ class FrontendService:
         self.models = ModelManager(runtime, config)
         self.metrics = FrontendMetrics(runtime.metrics, lambda: self.models.models.values())
         self.prefill = PrefillRouter(config, self.metrics.disagg)
-        self.loop_lag = LoopLagMonitor(self.metrics.loop_lag, stall_threshold=stall_threshold_from_env())
+        self.loop_lag = LoopLagMonitor(self.metrics.loop_lag, stall_threshold=config.loop_stall_threshold)
 
     async def handle(self, request: Request, endpoint: CompletionEndpoint) -> Response:
         """parse -> preprocess -> route -> stream | collect."""

@@ -74,3 +74,20 @@ def test_the_stall_threshold_comes_from_the_environment() -> None:
     for bad in ("soon", "-5"):
         with pytest.raises(ValueError, match="DYN_LOOP_STALL_DUMP_MS"):
             stall_threshold_from_env({"DYN_LOOP_STALL_DUMP_MS": bad})
+
+
+def test_the_frontend_config_carries_the_threshold_and_refuses_a_bad_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Read once at start-up, with the other flags: a bad value stops the frontend with its name."""
+    from dynamo.frontend.args import FrontendConfig, build_parser
+
+    def config() -> FrontendConfig:
+        return FrontendConfig.from_args(build_parser().parse_args([]))
+
+    assert config().loop_stall_threshold is None
+    monkeypatch.setenv("DYN_LOOP_STALL_DUMP_MS", "30")
+    assert config().loop_stall_threshold == 0.03
+    monkeypatch.setenv("DYN_LOOP_STALL_DUMP_MS", "soon")
+    with pytest.raises(ValueError, match="DYN_LOOP_STALL_DUMP_MS"):
+        config()
