@@ -134,21 +134,18 @@ def speed_probe() -> float:
 NOTES_HEADING = "## Runs and reading"
 
 
-def kept_notes(out: Path | None) -> list[str]:
-    """The hand-written section at the end of ``out`` (from ``NOTES_HEADING``), kept as it was."""
-    if out is None or not out.exists() or NOTES_HEADING not in out.read_text():
+def kept_notes(previous: str) -> list[str]:
+    """The hand-written section at the end of the previous ``--out`` text (from ``NOTES_HEADING``)."""
+    if NOTES_HEADING not in previous:
         return []
-    return ["", NOTES_HEADING + out.read_text().split(NOTES_HEADING, 1)[1].rstrip("\n")]
+    return ["", NOTES_HEADING + previous.split(NOTES_HEADING, 1)[1].rstrip("\n")]
 
 
-def earlier_runs(out: Path | None) -> list[str]:
-    """The run table's rows already in ``out`` (none if it has no such table)."""
-    if out is None or not out.exists():
+def earlier_runs(previous: str) -> list[str]:
+    """The run table's rows in the previous ``--out`` text (none if it has no such table)."""
+    if RUNS_HEADING not in previous:
         return []
-    text = out.read_text()
-    if RUNS_HEADING not in text:
-        return []
-    table = text.split(RUNS_HEADING, 1)[1].strip().split("\n\n", 1)[0].splitlines()
+    table = previous.split(RUNS_HEADING, 1)[1].strip().split("\n\n", 1)[0].splitlines()
     return [row for row in table if row.startswith("| ") and row not in RUNS_HEAD]
 
 
@@ -213,8 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     cmd = " ".join(["python", "benchmarks/dgdr_sla.py", *(argv if argv is not None else sys.argv[1:])])
     probe_after = speed_probe()
     goal = "met" if attainment >= 0.9 and not failed else "MISSED"
+    previous = args.out.read_text() if args.out is not None and args.out.exists() else ""
     runs = [
-        *earlier_runs(args.out),
+        *earlier_runs(previous),
         f"| {started} | {probe_before:.0f} / {probe_after:.0f} | {len(results)} | {len(failed)} | "
         f"{attainment:.1%} | {pct(ttfts, 0.5):.0f} | {pct(itls, 0.5):.1f} / {pct(itls, 0.99):.1f} | {goal} |",
     ]
@@ -278,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         "Generated graph (`dgd.yaml`):",
         "",
         *[f"    {ln}" for ln in generated.splitlines()],
-        *kept_notes(args.out),
+        *kept_notes(previous),
     ]
     report = "\n".join(lines) + "\n"
     print(report)

@@ -264,17 +264,18 @@ def stalls_in(log_text: str) -> Counter[str]:
 
 
 def log_size(stack: Stack) -> int:
-    path = Path(stack.tmp) / "frontend.log" if stack.tmp else None
+    path = stack.log_path("frontend")
     return path.stat().st_size if path is not None and path.exists() else 0
 
 
-def log_since(stack: Stack, offset: int) -> str:
-    path = Path(stack.tmp) / "frontend.log" if stack.tmp else None
+def log_window(stack: Stack, start: int, end: int) -> str:
+    """The frontend's log between two ``log_size`` marks."""
+    path = stack.log_path("frontend")
     if path is None or not path.exists():
         return ""
     with path.open("rb") as f:
-        f.seek(offset)
-        return f.read().decode(errors="replace")
+        f.seek(start)
+        return f.read(max(0, end - start)).decode(errors="replace")
 
 
 async def measure(
@@ -315,8 +316,7 @@ async def measure(
         print(f"  {stack.name}: {res.errors} errors, first: {res.error_sample}", file=sys.stderr)
     extra: dict[str, Any] = {}
     if args.stall_dump and stack.name != "reference":
-        window = log_since(stack, marks["start-log"])[: marks["end-log"] - marks["start-log"]]
-        extra["stalls"] = stalls_in(window)
+        extra["stalls"] = stalls_in(log_window(stack, marks["start-log"], marks["end-log"]))
     return Row(
         stack.name,
         isl,

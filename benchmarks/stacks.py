@@ -121,11 +121,16 @@ class Stack:
             time.sleep(0.3)
         raise TimeoutError(f"{self.name} did not serve {self.model} within {timeout:.0f}s")
 
+    def log_path(self, role: str) -> Path | None:
+        """Where ``role``'s output goes (None for a stack without its own directory)."""
+        return Path(self.tmp) / f"{role}.log" if self.tmp is not None else None
+
     def log_tail(self, role: str, lines: int = 20) -> str:
-        if self.tmp is None:
+        path = self.log_path(role)
+        if path is None:
             return ""
         try:
-            text = (Path(self.tmp) / f"{role}.log").read_text(errors="replace")
+            text = path.read_text(errors="replace")
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])

@@ -149,9 +149,10 @@ async def refresh_status(
     client: KubeClient, namespace: str, graph_name: str, logger: logging.Logger
 ) -> dict[str, Any] | None:
     """Recompute a graph's status from its live workloads and patch it if it changed. The patch is
-    conditional on the graph as read (a reconcile may have written a newer verdict meanwhile); when
-    it loses that race, the graph is read and the status computed again: the workload event that
-    called this may be the last one, so dropping it would leave the status stale."""
+    conditional on the graph as read (kopf's own annotations, or a writer outside this process,
+    may have changed it meanwhile); when it loses that race, the graph is read and the status
+    computed again: the workload event that called this may be the last one, so dropping it
+    would leave the status stale."""
     for _ in range(REFRESH_ATTEMPTS):
         body = await client.get(graph_path(namespace, graph_name))
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
