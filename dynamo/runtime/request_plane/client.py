@@ -308,6 +308,10 @@ class _ClientConnection(asyncio.Protocol):
         if self._watchdog is None:
             self._arm()
         self._send(FrameKind.REQUEST, sid, _encoder.encode([endpoint, headers, body]))
+        # Written now, not at the end of this loop turn with the other frames: the worker starts on
+        # it while this process prepares the burst's next requests (large frames gain nothing from
+        # sharing a write).
+        self._flush()
         return stream
 
 
