@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import TypedDict
 
+from dynamo.frontend.admission_pacer import DEFAULT_BUDGET as DEFAULT_ADMISSION_BUDGET
+from dynamo.frontend.admission_pacer import budget_from_env
 from dynamo.frontend.loop_stall import stall_threshold_from_env
 from dynamo.runtime import RuntimeConfig, add_runtime_args
 from dynamo.runtime.names import validate_name
@@ -323,6 +325,7 @@ class FrontendConfig:
     http_body_timeout: float = 60.0  # seconds
     http_write_timeout: float = 60.0  # seconds
     loop_stall_threshold: float | None = None  # seconds (DYN_LOOP_STALL_DUMP_MS); None: off
+    admission_budget: float = DEFAULT_ADMISSION_BUDGET  # seconds per loop turn (DYN_ADMISSION_BUDGET_MS)
 
     @property
     def namespace_filter(self) -> str | None:
@@ -392,4 +395,5 @@ class FrontendConfig:
             http_body_timeout=args.http_body_timeout,
             http_write_timeout=args.http_write_timeout,
             loop_stall_threshold=stall_threshold_from_env(),
+            admission_budget=budget_from_env(),
         )

@@ -19,6 +19,7 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dynamo.frontend.admission_pacer import AdmissionPacer
 from dynamo.frontend.args import FrontendConfig
 from dynamo.frontend.disagg import PrefillRouter
 from dynamo.frontend.disconnect import ClientGone, until_disconnect
@@ -47,6 +48,7 @@ class FrontendService:
         self.models = ModelManager(runtime, config)
         self.metrics = FrontendMetrics(runtime.metrics, lambda: self.models.models.values())
         self.prefill = PrefillRouter(config, self.metrics.disagg)
+        self.pacer = AdmissionPacer(config.admission_budget)
         self.loop_lag = LoopLagMonitor(self.metrics.loop_lag, stall_threshold=config.loop_stall_threshold)
 
     async def handle(self, request: Request, endpoint: CompletionEndpoint) -> Response:
@@ -56,22 +58,29 @@ class FrontendService:
         name: str | None = None
         try:
             body = await read_body(request, config.max_body_size)
+            admission = await self.pacer.enter()
+            begun = time.perf_counter()
             offload = len(body) > LARGE_BODY
-            req = await validate(endpoint, body, offload)
-            name = req.model
-            model = admit(self.models, name, config.max_inflight_requests)
-            with model.hold_slot():
-                request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-                choices = await preprocess(model, endpoint, req, request_id, offload)
-                builder = ResponseBuilder(
-                    endpoint.kind,
-                    endpoint.id_prefix + request_id,
-                    model.name,
-                    choices,
-                    model.preprocessor,
-                    include_usage=req.include_usage,
-                    continuous_usage=bool(req.stream_options and req.stream_options.continuous_usage_stats),
-                )
+            try:
+                req = await validate(endpoint, body, offload)
+                name = req.model
+                model = admit(self.models, name, config.max_inflight_requests)
+                with model.hold_slot():
+                    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+                    choices = await preprocess(model, endpoint, req, request_id, offload)
+                    builder = ResponseBuilder(
+                        endpoint.kind,
+                        endpoint.id_prefix + request_id,
+                        model.name,
+                        choices,
+                        model.preprocessor,
+                        include_usage=req.include_usage,
+                        continuous_usage=bool(
+                            req.stream_options and req.stream_options.continuous_usage_stats
+                        ),
+                    )
+            finally:  # offloaded: the loop's share was small, the wall time is the threads'
+                admission.done(0.0 if offload else time.perf_counter() - begun)
         except RequestError as exc:
             # Labelled by model only when it is served: client-chosen names must not add series.
             label = name if name is not None and name in self.models.models else "unknown"
