@@ -16,8 +16,10 @@ Pieces of at least ``min_chars`` characters are kept in an LRU bounded by ``max_
 is kept cold, as a 4-byte array (the text plus 4 bytes a token; a unique prompt pays one C copy),
 and its first hit makes it hot, a tuple of the vocabulary's int objects (8 bytes a token), so that
 every later hit copies one pointer per token into the prompt's list instead of making an int from
-the array (half the time of a hit); shorter pieces are encoded every time, together with the
-misses, in one batch call. ``stats`` counts hits, misses and bytes for the frontend's metrics.
+the array (half the time of a hit). Pieces of at most ``SHORT_CHARS`` (the template's own words
+between added tokens: ``assistant\n``, ``\n``; each a tokenizer call of 3-6 us, several a
+prompt) are remembered in a small table of at most ``SHORT_ENTRIES``; pieces in between are
+encoded every time, together with the misses. ``stats`` counts hits, misses and bytes for the frontend's metrics.
 
 ``encode(text, budget)`` raises ``EncodeTooLong`` instead of encoding when the characters not in
 the cache exceed what is left of ``budget`` (an ``EncodeBudget``, spent across calls): the caller
@@ -40,6 +42,8 @@ from tokenizers import Tokenizer
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MIN_CHARS = 256
 SERIAL_CHARS = 2048  # at most this much text to encode: ``encode`` per piece, no batch call
+SHORT_CHARS = 32  # pieces this short (``assistant\n``, ``\n``) are remembered apart, by count
+SHORT_ENTRIES = 4096  # at most this many; emptied when full (the template's words come back at once)
 
 
 class EncodeTooLong(Exception):
@@ -97,6 +101,7 @@ class PrefixTokenCache:
         self._max_bytes = max_bytes
         self._min_chars = min_chars
         self._entries: OrderedDict[str, tuple[int, ...] | array[int]] = OrderedDict()
+        self._short: dict[str, tuple[int, ...]] = {}  # the template's words between added tokens
         # One int object per token id, shared by every cached piece (CPython caches only -5..256).
         self._ints = tuple(range(tokenizer.get_vocab_size(with_added_tokens=True)))
         self._lock = threading.Lock()
@@ -135,6 +140,7 @@ class PrefixTokenCache:
         found: list[Sequence[int] | None] = [None] * len(parts)
         to_encode: list[int] = []
         hits = cached = uncached = 0
+        short = self._short
         with self._lock:
             for i in range(0, len(parts), 2):
                 part = parts[i]
@@ -149,6 +155,9 @@ class PrefixTokenCache:
                         hits += 1
                         cached += len(hot)
                         continue
+                elif len(part) <= SHORT_CHARS and (ids := short.get(part)) is not None:
+                    found[i] = ids
+                    continue
                 to_encode.append(i)
         if budget is not None and to_encode:
             budget.spend(sum(len(parts[i]) for i in to_encode))
@@ -169,6 +178,10 @@ class PrefixTokenCache:
                 found[i] = fresh
                 if len(parts[i]) >= self._min_chars:
                     misses.append((parts[i], array("I", fresh)))
+                elif len(parts[i]) <= SHORT_CHARS:
+                    if len(short) >= SHORT_ENTRIES:
+                        short.clear()
+                    short[parts[i]] = tuple(fresh)
             if misses:
                 self._keep(misses)
         with self._lock:

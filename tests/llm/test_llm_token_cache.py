@@ -13,7 +13,15 @@ from tokenizers import Tokenizer
 from dynamo.llm.chat_template import ChatTemplate
 from dynamo.llm.openai import ChatCompletionRequest
 from dynamo.llm.preprocessor import Preprocessor, inline_encode_limit
-from dynamo.llm.token_cache import EncodeBudget, EncodeTooLong, PrefixTokenCache, _size
+from dynamo.llm.token_cache import (
+    DEFAULT_MIN_CHARS,
+    SHORT_CHARS,
+    SHORT_ENTRIES,
+    EncodeBudget,
+    EncodeTooLong,
+    PrefixTokenCache,
+    _size,
+)
 
 # Letters, digits, punctuation, whitespace runs and multi-byte characters (accents, CJK, emoji,
 # a combining mark), so pieces start and end inside words, numbers and UTF-8 sequences.
@@ -95,6 +103,30 @@ def test_conversations_sharing_prefixes_encode_exactly(
     assert cache.stats.hits > 0
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=st.lists(st.one_of(TEXT, st.sampled_from(SPECIALS)), min_size=1, max_size=8))
+def test_short_pieces_are_remembered_exactly(
+    tokenizer: Tokenizer, qualified: PrefixTokenCache, pieces: list[str]
+) -> None:
+    """Pieces of at most ``SHORT_CHARS`` (the template's ``assistant\\n``) come from their own small
+    table the second time: still the ids of a full encode, and no tokenizer call is needed."""
+    cache = fresh(qualified, min_chars=DEFAULT_MIN_CHARS)
+    text = "".join(pieces)
+    expected = tokenizer.encode(text, add_special_tokens=False).ids
+    assert cache.encode(text) == expected
+    remembered = [p for p in cache._split.split(text)[::2] if 0 < len(p) <= SHORT_CHARS]
+    if len(remembered) == len([p for p in cache._split.split(text)[::2] if p]):
+        assert cache.encode(text, EncodeBudget(0)) == expected  # nothing left to encode
+    assert cache.encode(text) == expected
+
+
+def test_the_short_piece_table_is_bounded(qualified: PrefixTokenCache) -> None:
+    cache = fresh(qualified, min_chars=DEFAULT_MIN_CHARS)
+    for i in range(SHORT_ENTRIES + 10):
+        cache.encode(f"<|im_start|>user\n{i}<|im_end|>")
+    assert 0 < len(cache._short) <= SHORT_ENTRIES
+
+
 def test_a_shared_system_prompt_is_encoded_once(tokenizer: Tokenizer, qualified: PrefixTokenCache) -> None:
     cache = fresh(qualified, min_chars=256)
     system = "You are a careful assistant. " * 200
@@ -139,15 +171,16 @@ def test_a_budget_refuses_more_uncached_text_than_it_has_left(
 ) -> None:
     cache = fresh(qualified, min_chars=200)
     system = "Answer in French, then in German, and keep it short. " * 6  # 318 characters, kept
-    text = f"<|im_start|>system\n{system}<|im_end|><|im_start|>user\nHi<|im_end|>"
+    user = "user\nHi! Which rivers cross Madrid, please?"  # over SHORT_CHARS: encoded every time
+    text = f"<|im_start|>system\n{system}<|im_end|><|im_start|>{user}<|im_end|>"
     with pytest.raises(EncodeTooLong):
         cache.encode(text, EncodeBudget(100))
     assert (cache.stats.hits, cache.stats.misses, cache.stats.uncached_tokens) == (0, 0, 0)
     full = tokenizer.encode(text, add_special_tokens=False).ids
     assert cache.encode(text) == full  # no budget: encoded and kept
     budget = EncodeBudget(100)
-    assert cache.encode(text, budget) == full  # now only "user\nHi" is left to encode
-    assert budget.chars == 100 - len("user\nHi")
+    assert cache.encode(text, budget) == full  # now only the user turn is left to encode
+    assert budget.chars == 100 - len(user)
     # The budget is spent across calls: a request's second long message does not fit what is left.
     short = "Name three rivers of Spain, with their lengths in kilometres."  # < min_chars: never kept
     budget = EncodeBudget(100)
