@@ -125,7 +125,7 @@ def test_cpu_defaults_fill_only_what_the_user_left_out(monkeypatch):
     ea = config.engine_args
     assert (ea.enforce_eager, ea.dtype) == (True, "float32")
     assert config.max_model_len_cap == 4096
-    assert config.env_defaults == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    assert config.env_defaults == {"VLLM_CPU_KVCACHE_SPACE": "1", "THP_MEM_ALLOC_ENABLE": "1"}
     assert config.is_cpu
 
     chosen = parse_args(
