@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -16,6 +17,7 @@ from dynamo.runtime.names import validate_name
 
 ROUTER_MODES = ("round-robin", "random", "kv")
 DISAGG_STRATEGIES = ("prefill_first", "decode_first")
+PREPROCESS_NICE_DEFAULT = 10
 
 
 def _env_int(name: str, default: int) -> int:
@@ -26,6 +28,26 @@ def _env_int(name: str, default: int) -> int:
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     return float(raw) if raw else default
+
+
+def preprocess_threads(environ: Mapping[str, str] = os.environ) -> int:
+    """The pool's size: ``DYN_PREPROCESS_THREADS``, else the process's cores."""
+    raw = environ.get("DYN_PREPROCESS_THREADS")
+    if not raw:
+        return max(1, len(os.sched_getaffinity(0)))
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"DYN_PREPROCESS_THREADS must be a positive integer, not {raw!r}")
+    return int(raw)
+
+
+def preprocess_nice(environ: Mapping[str, str] = os.environ) -> int:
+    """How much lower the pool's threads run than the event loop: ``DYN_PREPROCESS_NICE`` (0-19)."""
+    raw = environ.get("DYN_PREPROCESS_NICE", "").strip()
+    if not raw:
+        return PREPROCESS_NICE_DEFAULT
+    if not raw.isdigit() or int(raw) > 19:
+        raise ValueError(f"DYN_PREPROCESS_NICE must be an integer from 0 to 19, not {raw!r}")
+    return int(raw)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -326,6 +348,8 @@ class FrontendConfig:
     http_write_timeout: float = 60.0  # seconds
     loop_stall_threshold: float | None = None  # seconds (DYN_LOOP_STALL_DUMP_MS); None: off
     admission_budget: float = DEFAULT_ADMISSION_BUDGET  # seconds per loop turn (DYN_ADMISSION_BUDGET_MS)
+    preprocess_threads: int = 1  # DYN_PREPROCESS_THREADS, else the cores
+    preprocess_nice: int = PREPROCESS_NICE_DEFAULT  # DYN_PREPROCESS_NICE
 
     @property
     def namespace_filter(self) -> str | None:
@@ -396,4 +420,6 @@ class FrontendConfig:
             http_write_timeout=args.http_write_timeout,
             loop_stall_threshold=stall_threshold_from_env(),
             admission_budget=budget_from_env(),
+            preprocess_threads=preprocess_threads(),
+            preprocess_nice=preprocess_nice(),
         )

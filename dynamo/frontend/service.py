@@ -30,7 +30,7 @@ from dynamo.frontend.models import ModelManager
 from dynamo.frontend.responses import ResponseBuilder, error_response
 from dynamo.frontend.stages.collect import collect
 from dynamo.frontend.stages.parse import LARGE_BODY, read_body, validate
-from dynamo.frontend.stages.preprocess import admit, preprocess
+from dynamo.frontend.stages.preprocess import admit, configure_pool, preprocess
 from dynamo.frontend.stages.route import route_all
 from dynamo.frontend.stages.stream import stream_response
 from dynamo.llm.errors import RequestError
@@ -49,6 +49,7 @@ class FrontendService:
         self.metrics = FrontendMetrics(runtime.metrics, lambda: self.models.models.values())
         self.prefill = PrefillRouter(config, self.metrics.disagg)
         self.pacer = AdmissionPacer(config.admission_budget)
+        configure_pool(config.preprocess_threads, config.preprocess_nice)
         self.loop_lag = LoopLagMonitor(self.metrics.loop_lag, stall_threshold=config.loop_stall_threshold)
 
     async def handle(self, request: Request, endpoint: CompletionEndpoint) -> Response:

@@ -86,3 +86,21 @@ def test_pool_threads_run_below_the_event_loop() -> None:
         thread_nice = pool.submit(os.getpriority, os.PRIO_PROCESS, 0).result()
     assert thread_nice == min(19, loop_nice + 10)
     assert os.getpriority(os.PRIO_PROCESS, 0) == loop_nice  # the caller's thread keeps its own
+
+
+def test_the_frontend_refuses_a_bad_pool_setting_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read with the flags (a bad value stops the frontend with one line naming it), not at the
+    pool's first use (where it failed the first long prompt's request)."""
+    from dynamo.frontend.args import FrontendConfig, build_parser
+
+    def config() -> FrontendConfig:
+        return FrontendConfig.from_args(build_parser().parse_args([]))
+
+    monkeypatch.setenv("DYN_PREPROCESS_THREADS", "2")
+    monkeypatch.setenv("DYN_PREPROCESS_NICE", "5")
+    assert (config().preprocess_threads, config().preprocess_nice) == (2, 5)
+    for name, bad in (("DYN_PREPROCESS_NICE", "abc"), ("DYN_PREPROCESS_THREADS", "0")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError, match=name):
+            config()
+        monkeypatch.setenv(name, "1")

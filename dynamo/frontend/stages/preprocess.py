@@ -11,12 +11,13 @@ tokenizes at most ``INLINE_ENCODE_CHARS`` characters that the prefix cache does 
 millisecond of tokenizer time); past that it starts again in a thread, where the tokenizer runs
 without the GIL. A prompt whose long parts are cached (a shared system prompt) stays on the loop,
 without a thread hop. ``offload`` (the caller's: a large body) skips the inline attempt. The
-threads are a pool of ``PREPROCESS_THREADS``: ``DYN_PREPROCESS_THREADS``, else the process's cores
+threads are a pool of ``DYN_PREPROCESS_THREADS``, else the process's cores
 (with ``--http-workers N`` each process has its own pool: set it to about cores / N). They run at
 a lower priority (``DYN_PREPROCESS_NICE``, default 10): a Linux thread has its own nice value, so
 the event loop's thread gets a core back the moment it wakes, ahead of a tokenizing thread, and
 the loop does not lag behind the pool; with fewer threads than cores a core sits idle while
-prompts queue for the pool.
+prompts queue for the pool. Both are read with the frontend's flags (``FrontendConfig``), so a bad
+value stops the frontend at start-up with one line naming it.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ import contextlib
 import functools
 import os
 import threading
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from dynamo.frontend.args import preprocess_nice, preprocess_threads
 from dynamo.frontend.endpoints import CompletionEndpoint
 from dynamo.frontend.models import ModelManager, ServedModel
 from dynamo.llm.errors import model_not_found, service_unavailable, too_many_requests
@@ -72,30 +73,14 @@ async def preprocess(
     return await asyncio.get_running_loop().run_in_executor(_threads(), work)
 
 
-def preprocess_threads(environ: Mapping[str, str] = os.environ) -> int:
-    """The pool's size: ``DYN_PREPROCESS_THREADS``, else the process's cores."""
-    raw = environ.get("DYN_PREPROCESS_THREADS")
-    if not raw:
-        return max(1, len(os.sched_getaffinity(0)))
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"DYN_PREPROCESS_THREADS must be a positive integer, not {raw!r}")
-    return int(raw)
+_settings: tuple[int, int] | None = None  # (threads, nice) from the frontend's config
 
 
-PREPROCESS_THREADS = preprocess_threads()
-
-
-def preprocess_nice(environ: Mapping[str, str] = os.environ) -> int:
-    """How much lower the pool's threads run than the event loop: ``DYN_PREPROCESS_NICE`` (0-19)."""
-    raw = environ.get("DYN_PREPROCESS_NICE", "").strip()
-    if not raw:
-        return PREPROCESS_NICE_DEFAULT
-    if not raw.isdigit() or int(raw) > 19:
-        raise ValueError(f"DYN_PREPROCESS_NICE must be an integer from 0 to 19, not {raw!r}")
-    return int(raw)
-
-
-PREPROCESS_NICE_DEFAULT = 10
+def configure_pool(threads: int, nice: int) -> None:
+    """The pool's size and nice value (read and checked with the frontend's flags at start-up);
+    before the pool's first use."""
+    global _settings
+    _settings = (threads, nice)
 
 
 def _lower_priority(nice: int) -> None:
@@ -111,10 +96,8 @@ def _lower_priority(nice: int) -> None:
 def _threads() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
+        threads, nice = _settings or (preprocess_threads(), preprocess_nice())
         _pool = ThreadPoolExecutor(
-            PREPROCESS_THREADS,
-            thread_name_prefix="preprocess",
-            initializer=_lower_priority,
-            initargs=(preprocess_nice(),),
+            threads, thread_name_prefix="preprocess", initializer=_lower_priority, initargs=(nice,)
         )
     return _pool
