@@ -33,6 +33,7 @@ from dynamo.frontend.stages.parse import LARGE_BODY, read_body, validate
 from dynamo.frontend.stages.preprocess import admit, configure_pool, preprocess
 from dynamo.frontend.stages.route import route_all
 from dynamo.frontend.stages.stream import stream_response
+from dynamo.frontend.turn_budget import TurnBudget
 from dynamo.llm.errors import RequestError
 from dynamo.runtime import DistributedRuntime
 
@@ -49,6 +50,7 @@ class FrontendService:
         self.metrics = FrontendMetrics(runtime.metrics, lambda: self.models.models.values())
         self.prefill = PrefillRouter(config, self.metrics.disagg)
         self.pacer = AdmissionPacer(config.admission_budget)
+        self.turns = TurnBudget()
         configure_pool(config.preprocess_threads, config.preprocess_nice)
         self.loop_lag = LoopLagMonitor(self.metrics.loop_lag, stall_threshold=config.loop_stall_threshold)
 
@@ -112,7 +114,7 @@ class FrontendService:
         record.first_output()
         headers = routed[0].debug_headers(request.headers)
         if req.stream:
-            return await stream_response(routed, builder, record, headers)
+            return await stream_response(routed, builder, record, headers, self.turns)
         try:
             return await until_disconnect(request.receive, collect(routed, builder, record, headers))
         except ClientGone:

@@ -23,13 +23,18 @@ from dynamo.frontend.metrics import RequestMetrics
 from dynamo.frontend.responses import DONE, ResponseBuilder, error_response, sse
 from dynamo.frontend.sse import SSEResponse
 from dynamo.frontend.stages.route import Batch, Routed
+from dynamo.frontend.turn_budget import TurnBudget
 from dynamo.llm.errors import RequestError, internal_error
 
 log = logging.getLogger(__name__)
 
 
 async def stream_response(
-    routed: list[Routed], builder: ResponseBuilder, record: RequestMetrics, headers: dict[str, str]
+    routed: list[Routed],
+    builder: ResponseBuilder,
+    record: RequestMetrics,
+    headers: dict[str, str],
+    turns: TurnBudget | None = None,
 ) -> Response:
     """The streaming HTTP response; the request's metrics are finished when it ends.
 
@@ -48,14 +53,18 @@ async def stream_response(
         record.finish("499" if disconnected else "200", builder.completion_tokens, builder.cached_tokens)
 
     if len(routed) == 1:
-        events = _events(head, routed[0].batches, builder, record.mm.itl)
+        events = _events(head, routed[0].batches, builder, record.mm.itl, turns)
     else:
-        events = _merged_events(head, routed, builder, record.mm.itl)
+        events = _merged_events(head, routed, builder, record.mm.itl, turns)
     return SSEResponse(events, on_done, headers, last_event=DONE)
 
 
 async def _events(
-    head: bytes, batches: AsyncGenerator[Batch, None], builder: ResponseBuilder, itl: Histogram
+    head: bytes,
+    batches: AsyncGenerator[Batch, None],
+    builder: ResponseBuilder,
+    itl: Histogram,
+    turns: TurnBudget | None,
 ) -> AsyncGenerator[bytes, None]:
     """One choice: its batches in order, no task in between (``head``: its first batch's events)."""
     choice = builder.choices[0]
@@ -67,6 +76,8 @@ async def _events(
             head = b""
         while not builder.done:
             batch = await batches.__anext__()
+            if turns is not None:
+                await turns.pace()
             before = choice.completion_tokens
             out = builder.stream(0, batch)
             if builder.done:
@@ -111,7 +122,7 @@ async def _pump(
 
 
 async def _merged_events(
-    head: bytes, routed: list[Routed], builder: ResponseBuilder, itl: Histogram
+    head: bytes, routed: list[Routed], builder: ResponseBuilder, itl: Histogram, turns: TurnBudget | None
 ) -> AsyncGenerator[bytes, None]:
     """Several choices: their batches as they come, from one reading task per choice (``head``:
     the events of their first batches)."""
@@ -129,6 +140,8 @@ async def _merged_events(
             yield head
         while not builder.done:
             i, item = await queue.get()
+            if turns is not None:
+                await turns.pace()
             choice = builder.choices[i]
             if choice.done:
                 continue  # already answered; its reader is being cancelled

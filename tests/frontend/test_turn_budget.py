@@ -1,0 +1,78 @@
+"""The way back's turn budget: outputs that arrive together are handled over several loop turns,
+in arrival order, none lost (a cancelled stream included), and the budget stops stamping turns
+when the streams are quiet (no loop kept busy by it)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dynamo.frontend.turn_budget import TurnBudget
+from tests.frontend.test_admission_pacer import TurnCounter, _burn
+
+
+async def _outputs(budget: TurnBudget, n: int, cost: float) -> tuple[list[int], list[int]]:
+    """``n`` streams whose outputs arrive in one turn; the order they were handled and each one's turn."""
+    turns = TurnCounter()
+    turns.start()
+    handled: list[int] = []
+    turn_of = [-1] * n
+
+    async def stream(i: int) -> None:
+        await budget.pace()
+        handled.append(i)
+        turn_of[i] = turns.turn
+        _burn(cost)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(stream(i) for i in range(n))), 10)
+    finally:
+        turns.stop()
+    return handled, turn_of
+
+
+def test_outputs_of_one_step_are_spread_over_turns_in_order() -> None:
+    budget = TurnBudget(0.004)
+    handled, turn_of = asyncio.run(_outputs(budget, 16, 0.001))
+    assert handled == list(range(16))
+    per_turn = [turn_of.count(t) for t in sorted(set(turn_of))]
+    assert max(per_turn) <= 5, per_turn  # ~4 ms a turn of 1 ms outputs (the last may pass it)
+    assert len(per_turn) >= 4, per_turn
+    assert budget.deferred > 0
+
+
+def test_without_a_budget_every_output_is_handled_in_one_turn() -> None:
+    handled, turn_of = asyncio.run(_outputs(TurnBudget(0.0), 16, 0.001))
+    assert handled == list(range(16)) and len(set(turn_of)) == 1
+
+
+def test_a_stream_cancelled_while_it_waits_holds_nobody_back() -> None:
+    async def scenario() -> list[int]:
+        budget = TurnBudget(0.002)
+        done: list[int] = []
+
+        async def stream(i: int) -> None:
+            await budget.pace()
+            _burn(0.002)
+            done.append(i)
+
+        tasks = [asyncio.create_task(stream(i)) for i in range(6)]
+        await asyncio.sleep(0)
+        tasks[2].cancel()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        assert isinstance(results[2], asyncio.CancelledError)
+        return done
+
+    assert asyncio.run(scenario()) == [0, 1, 3, 4, 5]
+
+
+def test_quiet_streams_leave_the_loop_idle() -> None:
+    """The stamp re-schedules itself only while outputs come: a quiet frontend's loop sleeps."""
+
+    async def scenario() -> bool:
+        budget = TurnBudget(0.004)
+        await asyncio.gather(*(budget.pace() for _ in range(3)))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return budget._stamp_pending
+
+    assert asyncio.run(scenario()) is False
