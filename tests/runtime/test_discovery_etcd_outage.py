@@ -71,3 +71,41 @@ async def test_an_instance_that_re_registers_after_etcd_lost_its_data_is_never_r
         for d in (worker, observer):
             await d.close()
         etcd.cleanup()
+
+
+async def test_close_returns_though_a_cancel_is_lost_and_the_client_hangs(etcd):
+    """A cancel can be lost (gRPC turns it into an RPC error, which the keep-alive retries; Python
+    3.11's ``wait_for`` drops one that races a reply), and closing a gRPC channel can hang:
+    ``close()`` must still return, not hold a shutdown (it once held a test's teardown for 90 s)."""
+    d = EtcdDiscovery([etcd.endpoint], ttl=2.0)
+    await d.start()
+    real_keepalive = d._keepalive
+    assert real_keepalive is not None
+    real_keepalive.cancel()
+    await asyncio.wait({real_keepalive})
+    lost = 0
+
+    async def keep_alive_that_loses_one_cancel() -> None:
+        nonlocal lost
+        while True:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost += 1  # retried as if it were an RPC error
+
+    d._keepalive = asyncio.create_task(keep_alive_that_loses_one_cancel())
+    client = d._client
+    assert client is not None
+    real_close = client.close
+
+    async def close_that_hangs() -> None:
+        await asyncio.Event().wait()
+
+    client.close = close_that_hangs  # type: ignore[method-assign]
+    try:
+        await asyncio.wait_for(d.close(), timeout=15)
+    finally:
+        await real_close()
+    assert lost == 1

@@ -110,6 +110,7 @@ class EtcdDiscovery(Discovery):
         self._client: aetcd.Client | None = None
         self._lease = 0
         self._keepalive: asyncio.Task[None] | None = None
+        self._closing = False
         self._lease_lock = asyncio.Lock()
 
     @property
@@ -171,7 +172,7 @@ class EtcdDiscovery(Discovery):
 
     async def _keep_alive(self) -> None:
         interval = max(0.2, self.ttl / 3)
-        while True:
+        while not self._closing:  # close() may see its cancel swallowed (below): this ends the loop
             await asyncio.sleep(interval)
             try:
                 reply = await asyncio.wait_for(
@@ -186,7 +187,7 @@ class EtcdDiscovery(Discovery):
             await self._recreate_lease()
 
     async def _recreate_lease(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 async with self._lease_lock:
                     await self._grant()
@@ -197,18 +198,20 @@ class EtcdDiscovery(Discovery):
                 await asyncio.sleep(RETRY_DELAY)
 
     async def close(self) -> None:
-        if self._keepalive:
-            self._keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
-            self._keepalive = None
+        self._closing = True
+        task, self._keepalive = self._keepalive, None
+        # A cancel can be lost: gRPC turns it into an RPC error (which the keep-alive retries), and
+        # Python 3.11's wait_for drops one that races the reply. Cancel until the task has ended.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1)
         if self._client is not None:
             try:
                 await asyncio.wait_for(self._client.revoke_lease(self._lease), timeout=3)
             except Exception as exc:
                 log.warning("could not revoke etcd lease %x: %s", self._lease, exc)
             with contextlib.suppress(Exception):
-                await self._client.close()
+                await asyncio.wait_for(self._client.close(), timeout=3)
             self._client = None
 
     async def _put(self, key: str, value: bytes) -> None:
