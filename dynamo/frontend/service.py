@@ -6,9 +6,11 @@ prefill router) and ``handle`` runs one ``POST /v1/chat/completions`` or ``/v1/c
 through the stages of ``dynamo.frontend.stages``: every choice of it (``n``, a list of prompts) is
 routed to its own generation and the results are merged into one response. Every refusal and
 failure is answered in the OpenAI error shape with its status (400, 404, 413, 429, 500, 503) and
-counted by status, once per HTTP request. A client that hangs up before its response starts
-(while its request waits for a first output, or for the whole answer) cancels the work on the
-workers and is counted as 499 (``dynamo.frontend.disconnect``).
+counted by status, once per HTTP request. New requests' parse and preprocess are paced per loop
+turn (``dynamo.frontend.admission_pacer``), and so are streams' outputs on the way back
+(``dynamo.frontend.turn_budget``), so that a burst does not hold the loop. A client that hangs up
+before its response starts (while its request waits for a first output, or for the whole answer)
+cancels the work on the workers and is counted as 499 (``dynamo.frontend.disconnect``).
 """
 
 from __future__ import annotations
