@@ -12,33 +12,18 @@ timer is served.
 for the next turns, each of which releases about ``budget`` worth (by a running mean of recent
 costs; a released request that finds its group already spent the budget waits again, first).
 The work is the same, only spread: the turns stay short, streams in flight keep flowing between
-them, and the first requests of a burst reach the workers sooner. A budget of 0 turns pacing off.
+them, and the first requests of a burst reach the workers sooner. A budget of 0 turns pacing off
+(``DYN_ADMISSION_BUDGET_MS``, read with the frontend's flags in ``dynamo.frontend.args``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import os
 
-BUDGET_ENV = "DYN_ADMISSION_BUDGET_MS"
 DEFAULT_BUDGET = 0.002  # seconds of new requests' on-loop work per loop turn
 _COST_WEIGHT = 0.1  # weight of the newest request in the running mean of costs
 _FIRST_COST = 0.0002  # seconds: the mean's start, until requests have been measured
-
-
-def budget_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> float:
-    """``DYN_ADMISSION_BUDGET_MS`` in seconds (``DEFAULT_BUDGET`` when unset; 0: off)."""
-    raw = environ.get(BUDGET_ENV, "").strip()
-    if not raw:
-        return DEFAULT_BUDGET
-    try:
-        ms = float(raw)
-    except ValueError:
-        raise ValueError(f"{BUDGET_ENV} must be a number of milliseconds, not {raw!r}") from None
-    if not 0 <= ms < float("inf"):
-        raise ValueError(f"{BUDGET_ENV} must be 0 or a positive number of milliseconds, not {raw!r}")
-    return ms / 1000
 
 
 class _Group:

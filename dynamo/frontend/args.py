@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from dynamo.frontend.admission_pacer import DEFAULT_BUDGET as DEFAULT_ADMISSION_BUDGET
-from dynamo.frontend.admission_pacer import budget_from_env
-from dynamo.frontend.loop_stall import stall_threshold_from_env
 from dynamo.runtime import RuntimeConfig, add_runtime_args
 from dynamo.runtime.names import validate_name
 
@@ -28,6 +26,32 @@ def _env_int(name: str, default: int) -> int:
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     return float(raw) if raw else default
+
+
+def _milliseconds(name: str, environ: Mapping[str, str]) -> float | None:
+    """Environment variable ``name``, a number of milliseconds, in seconds; ``None`` when unset (a
+    clear error when it is not a finite number of at least 0)."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        ms = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of milliseconds, not {raw!r}") from None
+    if not 0 <= ms < float("inf"):
+        raise ValueError(f"{name} must be 0 or a positive number of milliseconds, not {raw!r}")
+    return ms / 1000
+
+
+def stall_threshold_from_env(environ: Mapping[str, str] = os.environ) -> float | None:
+    """``DYN_LOOP_STALL_DUMP_MS`` (``dynamo.frontend.loop_stall``) in seconds; ``None`` when unset or 0."""
+    return _milliseconds("DYN_LOOP_STALL_DUMP_MS", environ) or None
+
+
+def budget_from_env(environ: Mapping[str, str] = os.environ) -> float:
+    """``DYN_ADMISSION_BUDGET_MS`` (``dynamo.frontend.admission_pacer``) in seconds; 0: off."""
+    seconds = _milliseconds("DYN_ADMISSION_BUDGET_MS", environ)
+    return DEFAULT_ADMISSION_BUDGET if seconds is None else seconds
 
 
 def preprocess_threads(environ: Mapping[str, str] = os.environ) -> int:

@@ -1,6 +1,6 @@
 """Loop stall watch: when the frontend's event loop is held ``threshold`` seconds, log the stack of
 the thread that runs it, while it is still held (a diagnostic, off by default:
-``DYN_LOOP_STALL_DUMP_MS``).
+``DYN_LOOP_STALL_DUMP_MS``, read with the frontend's flags in ``dynamo.frontend.args``).
 
 Journey: beside every stage, as ``dynamo.frontend.loop_lag`` is. The lag monitor's wake-ups call
 ``beat()``; a daemon thread checks every ``threshold / 2`` whether the last beat is ``threshold``
@@ -14,7 +14,6 @@ iteration (frames spread over the stages). Cost while on: two GIL hand-offs per 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
@@ -22,22 +21,7 @@ import traceback
 
 log = logging.getLogger(__name__)
 
-STALL_DUMP_ENV = "DYN_LOOP_STALL_DUMP_MS"
 HEADER = "event loop held {ms:.0f} ms so far; its thread is at (most recent call last):"
-
-
-def stall_threshold_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> float | None:
-    """``DYN_LOOP_STALL_DUMP_MS`` in seconds; ``None`` when unset or 0 (a clear error otherwise)."""
-    raw = environ.get(STALL_DUMP_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        ms = float(raw)
-    except ValueError:
-        raise ValueError(f"{STALL_DUMP_ENV} must be a number of milliseconds, not {raw!r}") from None
-    if ms < 0:
-        raise ValueError(f"{STALL_DUMP_ENV} must not be negative, not {raw!r}")
-    return ms / 1000 if ms else None
 
 
 class StallWatch:

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from dynamo.frontend.admission_pacer import DEFAULT_BUDGET, AdmissionPacer, budget_from_env
+from dynamo.frontend.admission_pacer import DEFAULT_BUDGET, AdmissionPacer
+from dynamo.frontend.args import budget_from_env
 
 
 class TurnCounter:

@@ -9,8 +9,8 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
+from dynamo.frontend.args import stall_threshold_from_env
 from dynamo.frontend.loop_lag import LoopLagMonitor
-from dynamo.frontend.loop_stall import stall_threshold_from_env
 
 
 def _count(registry: CollectorRegistry, bucket: str) -> float:
