@@ -23,7 +23,7 @@ Why the defaults are what they are: docs/frontend.md, "Disaggregation".
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -87,7 +87,7 @@ class PrefillRouter:
             )
         return DisaggGeneration(self, client, model, request, migration_limit, on_migration)
 
-    def uncached_tokens(self, model: ServedModel, token_ids: list[int]) -> int:
+    def uncached_tokens(self, model: ServedModel, token_ids: Sequence[int]) -> int:
         """Prompt tokens the best decode worker does not cache (all of them outside KV mode)."""
         kv = model.router.kv
         if kv is None:

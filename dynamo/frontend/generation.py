@@ -24,6 +24,7 @@ from dynamo.frontend.models import ServedModel
 from dynamo.frontend.routing import AllWorkersBusy, NoWorkers
 from dynamo.llm.errors import service_unavailable, too_many_requests
 from dynamo.llm.protocols import PreprocessedRequest
+from dynamo.llm.token_ids import as_token_ids
 from dynamo.runtime import InstanceUnreachable, RemoteError, StreamBroken
 from dynamo.runtime.request_plane import RequestPlaneClient
 from dynamo.runtime.runtime import handler_name
@@ -122,7 +123,7 @@ class Generation:
         # first worker's, and a remote prefill named for it (decode_first) covered the prompt only.
         return msgspec.structs.replace(
             self.request,
-            token_ids=[*self.request.token_ids, *self.produced],
+            token_ids=self.request.token_ids + as_token_ids(self.produced),
             stop=msgspec.structs.replace(stop, max_tokens=max_tokens, min_tokens=min_tokens),
             kv_transfer_params=None,
             remote_prefill=None,

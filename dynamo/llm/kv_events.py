@@ -13,11 +13,15 @@ A LoRA adapter name salts the local hashes.
 from __future__ import annotations
 
 import struct
+import sys
 from array import array
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
 import xxhash
+
+from dynamo.llm.token_ids import as_token_ids
 
 HASH_SEED = 1337
 
@@ -28,15 +32,16 @@ def _salt_bytes(lora_name: str | None) -> bytes:
     return lora_name.encode() if lora_name else b""
 
 
-def compute_block_hashes(token_ids: list[int], block_size: int, lora_name: str | None = None) -> list[int]:
+def compute_block_hashes(
+    token_ids: Sequence[int], block_size: int, lora_name: str | None = None
+) -> list[int]:
     """Local hashes of the full blocks of ``token_ids``."""
     n_full = len(token_ids) // block_size
     if n_full == 0:
         return []
-    buf = array("I", token_ids)  # the partial last block's few ids too: cheaper than slicing first
-    if buf.itemsize != 4:  # pragma: no cover - every mainstream platform has 4-byte unsigned int
-        raise RuntimeError("array('I') is not 32-bit on this platform")
-    if struct.pack("=I", 1) != struct.pack("<I", 1):  # pragma: no cover - big-endian host
+    buf = as_token_ids(token_ids)  # TokenIds already: read in place (its bytes)
+    if sys.byteorder != "little":  # pragma: no cover - big-endian host
+        buf = array(buf.typecode, buf)
         buf.byteswap()
     raw = memoryview(buf).cast("B")
     step = block_size * 4

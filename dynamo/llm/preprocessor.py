@@ -44,6 +44,7 @@ from dynamo.llm.protocols import (
     StopConditions,
 )
 from dynamo.llm.token_cache import DEFAULT_MAX_BYTES, EncodeBudget, PrefixTokenCache
+from dynamo.llm.token_ids import TokenIds, as_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ class Preprocessor:
                 "tool_choice",
             )
         nvext = req.nvext
+        token_ids: Sequence[int]
         if nvext is not None and nvext.token_data is not None:
             token_ids = self._check_ids(nvext.token_data, "nvext.token_data")
         else:
@@ -239,6 +241,7 @@ class Preprocessor:
         """Tokenize + map a completion request (text or token-id prompt)."""
         nvext = req.nvext
         prompt = req.prompt
+        token_ids: Sequence[int]
         if nvext is not None and nvext.token_data is not None:
             token_ids = self._check_ids(nvext.token_data, "nvext.token_data")
         elif isinstance(prompt, str):
@@ -283,13 +286,13 @@ class Preprocessor:
                 out.request.output.prompt_logprobs = req.logprobs
         return out
 
-    def _encode_prompt(self, text: str, add_special_tokens: bool) -> list[int]:
+    def _encode_prompt(self, text: str, add_special_tokens: bool) -> TokenIds:
         ids = self.encode(text, add_special_tokens)
         if not ids:
             raise bad_request("'prompt' must not be empty.", "prompt")
         return ids
 
-    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool) -> TokenIds:
         """``text``'s token ids, through the prefix cache where that is exact (``EncodeTooLong``
         past the ``inline_encode_limit`` in force)."""
         cache = self.token_cache
@@ -300,8 +303,7 @@ class Preprocessor:
             budget.spend(len(text))
         # ``encode_batch_fast``: the ids ``encode`` gives, without tracking offsets (less CPU).
         [encoding] = self.tokenizer.encode_batch_fast([text], add_special_tokens=add_special_tokens)
-        ids: list[int] = encoding.ids
-        return ids
+        return as_token_ids(encoding.ids)
 
     def _check_ids(self, ids: list[int], param: str) -> list[int]:
         if not ids:
@@ -317,7 +319,7 @@ class Preprocessor:
         self,
         req: _SamplingFields,
         request_id: str,
-        token_ids: list[int],
+        token_ids: Sequence[int],
         prompt_param: str,
         max_param: str,
         max_tokens: int | None,
@@ -364,7 +366,7 @@ class Preprocessor:
         request = PreprocessedRequest(
             request_id=request_id,
             model=self.card.display_name,
-            token_ids=token_ids,
+            token_ids=as_token_ids(token_ids),
             sampling=SamplingOptions(
                 temperature=temperature,
                 top_p=req.top_p,

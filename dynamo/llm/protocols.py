@@ -5,7 +5,8 @@ Journey: HTTP -> preprocess (OpenAI request -> ``PreprocessedRequest``) -> route
 
 These are ``msgspec.Struct`` types: they cross the request plane as msgpack maps and are cheap to
 build and convert on the token path (no pydantic here). Unknown fields are ignored on decode so
-newer frontends and older workers interoperate.
+newer frontends and older workers interoperate. A prompt's ``token_ids`` are ``TokenIds`` (a u32
+array, sent as bytes; ``dynamo.llm.token_ids``); a list given instead becomes one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+
+from dynamo.llm.token_ids import TokenIds, as_token_ids, dec_hook
+from dynamo.runtime.request_plane.framing import encode_hook
 
 
 class SamplingOptions(msgspec.Struct, omit_defaults=True):
@@ -82,7 +86,7 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True):
 
     request_id: str
     model: str
-    token_ids: list[int]
+    token_ids: TokenIds
     sampling: SamplingOptions = msgspec.field(default_factory=SamplingOptions)
     stop: StopConditions = msgspec.field(default_factory=StopConditions)
     output: OutputOptions = msgspec.field(default_factory=OutputOptions)
@@ -96,6 +100,9 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True):
     # Disaggregation: run this request as a prefill-only request (one token, keep KV for transfer).
     prefill_only: bool = False
     annotations: list[str] = []
+
+    def __post_init__(self) -> None:
+        self.token_ids = as_token_ids(self.token_ids)  # the same object when it already is one
 
 
 class TokenLogprob(msgspec.Struct, array_like=True):
@@ -138,14 +145,20 @@ FINISH_ERROR = "error"
 ERROR_INVALID_REQUEST = "invalid_request"  # ``error_code``: the engine refused the request's content
 
 
-_request_decoder = msgspec.msgpack.Decoder(PreprocessedRequest)
+_request_decoder = msgspec.msgpack.Decoder(PreprocessedRequest, dec_hook=dec_hook)
+_request_encoder = msgspec.msgpack.Encoder(enc_hook=encode_hook)
+
+
+def request_to_wire(request: PreprocessedRequest) -> bytes:
+    """A ``PreprocessedRequest`` as msgpack, as the request plane sends it (token ids as bytes)."""
+    return _request_encoder.encode(request)
 
 
 def request_from_wire(payload: Any) -> PreprocessedRequest:
     """Build a ``PreprocessedRequest`` from what the request plane delivered (builtins or bytes)."""
     if isinstance(payload, bytes | bytearray | memoryview):
         return _request_decoder.decode(payload)
-    return msgspec.convert(payload, PreprocessedRequest)
+    return msgspec.convert(payload, PreprocessedRequest, dec_hook=dec_hook)
 
 
 def output_from_wire(payload: Any) -> EngineOutput:

@@ -12,14 +12,13 @@ tokenizer has no normalizer and no added token strips the whitespace around it (
 for any other tokenizer (encode whole, as before). A property test checks the equality over
 generated conversations.
 
-Pieces of at least ``min_chars`` characters are kept in an LRU bounded by ``max_bytes``: a miss
-is kept cold, as a 4-byte array (the text plus 4 bytes a token; a unique prompt pays one C copy),
-and its first hit makes it hot, a tuple of the vocabulary's int objects (8 bytes a token), so that
-every later hit copies one pointer per token into the prompt's list instead of making an int from
-the array (half the time of a hit). Pieces of at most ``SHORT_CHARS`` (the template's own words
-between added tokens: ``assistant\n``, ``\n``; each a tokenizer call of 3-6 us, several a
-prompt) are remembered in a small table of at most ``SHORT_ENTRIES``; pieces in between are
-encoded every time, together with the misses. ``stats`` counts hits, misses and bytes for the frontend's metrics.
+The ids come out as ``TokenIds`` (a u32 array, ``dynamo.llm.token_ids``): every piece is kept as
+one, so a prompt is joined from its pieces by copying their bytes, with no Python object per token.
+Pieces of at least ``min_chars`` characters are kept in an LRU bounded by ``max_bytes`` (the text
+plus 4 bytes a token). Pieces of at most ``SHORT_CHARS`` (the template's own words between added
+tokens: ``assistant\n``, ``\n``; each a tokenizer call of 3-6 us, several a prompt) are remembered
+in a small table of at most ``SHORT_ENTRIES``; pieces in between are encoded every time, together
+with the misses. ``stats`` counts hits, misses and bytes for the frontend's metrics.
 
 ``encode(text, budget)`` raises ``EncodeTooLong`` instead of encoding when the characters not in
 the cache exceed what is left of ``budget`` (an ``EncodeBudget``, spent across calls): the caller
@@ -34,10 +33,11 @@ import re
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
+
+from dynamo.llm.token_ids import TYPECODE, TokenIds
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MIN_CHARS = 256
@@ -100,10 +100,8 @@ class PrefixTokenCache:
         self._split = re.compile(f"({alternatives})")
         self._max_bytes = max_bytes
         self._min_chars = min_chars
-        self._entries: OrderedDict[str, tuple[int, ...] | array[int]] = OrderedDict()
-        self._short: dict[str, tuple[int, ...]] = {}  # the template's words between added tokens
-        # One int object per token id, shared by every cached piece (CPython caches only -5..256).
-        self._ints = tuple(range(tokenizer.get_vocab_size(with_added_tokens=True)))
+        self._entries: OrderedDict[str, TokenIds] = OrderedDict()
+        self._short: dict[str, TokenIds] = {}  # the template's words between added tokens
         self._lock = threading.Lock()
         self.stats = CacheStats()
 
@@ -132,12 +130,12 @@ class PrefixTokenCache:
             return None
         return cls(tokenizer, special_ids, max_bytes, min_chars)
 
-    def encode(self, text: str, budget: EncodeBudget | None = None) -> list[int]:
+    def encode(self, text: str, budget: EncodeBudget | None = None) -> TokenIds:
         """The token ids of ``text`` (no special tokens added around it); ``EncodeTooLong`` when
         more of it would be encoded rather than found than ``budget`` (if given) has left."""
         parts = self._split.split(text)
         # parts alternates: text, added token, text, ..., text
-        found: list[Sequence[int] | None] = [None] * len(parts)
+        found: list[TokenIds | None] = [None] * len(parts)
         to_encode: list[int] = []
         hits = cached = uncached = 0
         short = self._short
@@ -150,10 +148,9 @@ class PrefixTokenCache:
                     entry = self._entries.get(part)
                     if entry is not None:
                         self._entries.move_to_end(part)
-                        hot = self._promote(part, entry) if isinstance(entry, array) else entry
-                        found[i] = hot
+                        found[i] = entry
                         hits += 1
-                        cached += len(hot)
+                        cached += len(entry)
                         continue
                 elif len(part) <= SHORT_CHARS and (ids := short.get(part)) is not None:
                     found[i] = ids
@@ -173,22 +170,22 @@ class PrefixTokenCache:
                 encoded = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
             misses = []
             for i, enc in zip(to_encode, encoded, strict=True):
-                fresh: list[int] = enc.ids
+                fresh = array(TYPECODE, enc.ids)
                 uncached += len(fresh)
                 found[i] = fresh
                 if len(parts[i]) >= self._min_chars:
-                    misses.append((parts[i], array("I", fresh)))
+                    misses.append((parts[i], fresh))
                 elif len(parts[i]) <= SHORT_CHARS:
                     if len(short) >= SHORT_ENTRIES:
                         short.clear()
-                    short[parts[i]] = tuple(fresh)
+                    short[parts[i]] = fresh
             if misses:
                 self._keep(misses)
         with self._lock:
             self.stats.hits += hits
             self.stats.cached_tokens += cached
             self.stats.uncached_tokens += uncached
-        out: list[int] = []
+        out = array(TYPECODE)
         special = self._special_ids
         for i, part in enumerate(parts):
             if i % 2:
@@ -196,19 +193,10 @@ class PrefixTokenCache:
             else:
                 piece = found[i]
                 if piece is not None:
-                    out.extend(piece)
+                    out.extend(piece)  # same type: a copy of its bytes
         return out
 
-    def _promote(self, text: str, cold: array[int]) -> tuple[int, ...]:
-        """A cold entry's first hit (under the lock): its ids as a tuple of shared ints, kept."""
-        ints = self._ints
-        hot = tuple(map(ints.__getitem__, cold)) if cold and max(cold) < len(ints) else tuple(cold)
-        self._entries[text] = hot
-        self.stats.bytes += _size(text, hot) - _size(text, cold)
-        self._trim()
-        return hot
-
-    def _keep(self, pieces: list[tuple[str, array[int]]]) -> None:
+    def _keep(self, pieces: list[tuple[str, TokenIds]]) -> None:
         with self._lock:
             stats = self.stats
             for text, ids in pieces:
@@ -230,7 +218,6 @@ class PrefixTokenCache:
         stats.entries = len(self._entries)
 
 
-def _size(text: str, ids: tuple[int, ...] | array[int]) -> int:
-    """Bytes an entry counts: the text, plus 4 bytes a token cold (an array) or a pointer a token
-    hot (a tuple; the int objects are the vocabulary's, shared)."""
-    return len(text) + (ids.itemsize if isinstance(ids, array) else 8) * len(ids)
+def _size(text: str, ids: TokenIds) -> int:
+    """Bytes an entry counts: the text, plus 4 bytes a token."""
+    return len(text) + ids.itemsize * len(ids)

@@ -15,6 +15,7 @@ import random
 import time
 
 from dynamo.llm.protocols import PreprocessedRequest, StopConditions
+from dynamo.llm.token_ids import as_token_ids
 from dynamo.mocker.config import MockerConfig
 from dynamo.mocker.engine import MockEngine
 
@@ -39,7 +40,7 @@ async def run(config: MockerConfig, requests: int, concurrency: int, isl: int, o
             req = PreprocessedRequest(
                 request_id=f"r{i}",
                 model="bench",
-                token_ids=prompts[i],
+                token_ids=as_token_ids(prompts[i]),
                 stop=StopConditions(max_tokens=osl, ignore_eos=True),
             )
             async for out in engine.generate(req):

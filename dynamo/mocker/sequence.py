@@ -9,6 +9,7 @@ Plain ``__slots__`` class: it is touched once per token, so no pydantic and no p
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 from typing import Any
 
 from dynamo.llm.kv_events import compute_block_hashes, compute_sequence_hashes
@@ -33,7 +34,9 @@ class TokenSampler:
 
     __slots__ = ("_avoid", "_pool", "_size", "_state")
 
-    def __init__(self, seed: int, vocab_size: int | None, avoid: frozenset[int], prompt: list[int]) -> None:
+    def __init__(
+        self, seed: int, vocab_size: int | None, avoid: frozenset[int], prompt: collections.abc.Sequence[int]
+    ) -> None:
         self._state = (seed ^ 0x9E3779B97F4A7C15) & _MASK64
         self._avoid = avoid
         self._pool: list[int] | None = None
@@ -102,7 +105,7 @@ class Sequence:
     def __init__(
         self,
         request_id: str,
-        prompt: list[int],
+        prompt: collections.abc.Sequence[int],
         block_size: int,
         max_new_tokens: int,
         sampler: TokenSampler,
@@ -129,7 +132,7 @@ class Sequence:
         local = compute_block_hashes(prompt, block_size)
         self.local_hashes = local
         self.seq_hashes = compute_sequence_hashes(local)
-        self.tail = prompt[len(local) * block_size :]
+        self.tail = list(prompt[len(local) * block_size :])
         # KV held while admitted: anonymous blocks and token capacity of all held blocks.
         self.anonymous_blocks = 0
         self.kv_capacity = 0

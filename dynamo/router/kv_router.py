@@ -149,7 +149,7 @@ class KvRouter:
 
     def find_overlap(self, token_ids: Sequence[int], lora_name: str | None = None) -> OverlapScores:
         """Per worker, leading blocks of this prompt it caches (no decision is recorded)."""
-        return self.index.find_matches_sequence(self.hasher.sequence_hashes(list(token_ids), lora_name))
+        return self.index.find_matches_sequence(self.hasher.sequence_hashes(token_ids, lora_name))
 
     def select(
         self,
@@ -164,7 +164,7 @@ class KvRouter:
         ``pinned`` forces the worker (still refused when busy). Raises ``NoWorkers`` or
         ``AllWorkersBusy``; nothing is recorded then.
         """
-        tokens = token_ids if isinstance(token_ids, list) else list(token_ids)
+        tokens = token_ids
         seq = self.hasher.sequence_hashes(tokens, lora_name)
         overlaps = self.index.find_matches_sequence(seq).scores
         try:

@@ -19,12 +19,13 @@ Not thread-safe: the router's event loop owns it.
 from __future__ import annotations
 
 import sys
-from array import array
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import xxhash
 
 from dynamo.llm.kv_events import HASH_SEED, compute_block_hashes, compute_sequence_hashes
+from dynamo.llm.token_ids import as_token_ids
 
 DEFAULT_CHECKPOINT_BLOCKS = 32
 DEFAULT_MAX_CHECKPOINTS = 8192
@@ -48,7 +49,7 @@ class PrefixHasher:
         self.reused_blocks = 0  # blocks whose hashes came from the memo (since start)
         self.hashed_blocks = 0  # blocks hashed one by one
 
-    def sequence_hashes(self, tokens: list[int], lora_name: str | None = None) -> list[int]:
+    def sequence_hashes(self, tokens: Sequence[int], lora_name: str | None = None) -> list[int]:
         """The chained hashes of ``tokens``' full blocks."""
         bs, cb = self.block_size, self.checkpoint_blocks
         n_full = len(tokens) // bs
@@ -56,7 +57,7 @@ class PrefixHasher:
             self.hashed_blocks += n_full
             return compute_sequence_hashes(compute_block_hashes(tokens, bs, lora_name))
         salt = lora_name.encode() if lora_name else b""
-        raw = memoryview(array("I", tokens[: n_full * bs])).cast("B")
+        raw = memoryview(as_token_ids(tokens[: n_full * bs])).cast("B")
         step = bs * 4
         # One streaming digest over the blocks (salted like the local hashes), read at each checkpoint.
         stream = xxhash.xxh3_128(salt)

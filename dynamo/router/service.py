@@ -29,6 +29,7 @@ from typing import Any
 from dynamo.llm.card_watch import watch_model_cards
 from dynamo.llm.kv_events import compute_block_hashes, compute_sequence_hashes
 from dynamo.llm.model_card import ModelDeploymentCard
+from dynamo.llm.token_ids import TokenIds, from_wire
 from dynamo.router.feed import KvFeed
 from dynamo.router.kv_router import KvRouter, KvRouterConfig
 from dynamo.router.metrics import KvLoadCollector, RoutingMetrics
@@ -241,7 +242,11 @@ class StandaloneRouter:
             router.on_finished(rid)
 
 
-def _token_ids(request: Any) -> list[int]:
-    if not isinstance(request, dict) or not isinstance(request.get("token_ids"), list):
-        raise RoutingError("the request needs 'token_ids', a list of token ids")
-    return request["token_ids"]
+def _token_ids(request: Any) -> TokenIds:
+    """The request's ``token_ids``: a list of ints, or their little-endian u32 bytes (the wire form
+    of a frontend's ``PreprocessedRequest``)."""
+    ids = request.get("token_ids") if isinstance(request, dict) else None
+    try:
+        return from_wire(ids)
+    except (TypeError, ValueError):
+        raise RoutingError("the request needs 'token_ids', a list of token ids") from None

@@ -24,6 +24,7 @@ from dynamo.frontend.stages.preprocess import (
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.openai import ChatCompletionRequest
 from dynamo.llm.preprocessor import Preprocessor
+from dynamo.llm.token_ids import TokenIds
 
 
 def test_long_uncached_prompts_go_to_the_pool_and_cached_ones_stay_on_the_loop(
@@ -52,7 +53,7 @@ def test_long_uncached_prompts_go_to_the_pool_and_cached_ones_stay_on_the_loop(
             }
         )
 
-    async def scenario() -> tuple[list[int], list[int]]:
+    async def scenario() -> tuple[TokenIds, TokenIds]:
         loop = threading.current_thread().name
         first = await preprocess(model, CHAT, request("Where is parcel 1?"), "r1", offload=False)
         assert where[0] == loop and where[-1].startswith("preprocess")  # tried here, then the pool
@@ -65,7 +66,7 @@ def test_long_uncached_prompts_go_to_the_pool_and_cached_ones_stay_on_the_loop(
     tokenizer = pre.tokenizer
     for ids, question in ((first, "Where is parcel 1?"), (second, "Where is parcel 2?")):
         prompt = pre.render_chat(request(question))
-        assert ids == tokenizer.encode(prompt, add_special_tokens=False).ids
+        assert list(ids) == tokenizer.encode(prompt, add_special_tokens=False).ids
 
 
 def test_the_pool_size_comes_from_the_environment_or_the_cores() -> None:

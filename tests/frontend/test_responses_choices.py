@@ -321,7 +321,7 @@ def test_echo_puts_the_prompt_and_its_logprobs_first(pp: Preprocessor) -> None:
     got = body["choices"][0]
     assert got["text"] == text == PROMPT + " Paris"
     lp = got["logprobs"]
-    assert lp["tokens"] == tokens == [pp.token_text(t) for t in ids + gen]
+    assert lp["tokens"] == tokens == [pp.token_text(t) for t in [*ids, *gen]]
     assert lp["text_offset"] == offsets == [sum(len(t) for t in tokens[:k]) for k in range(len(tokens))]
     assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
     assert lp["token_logprobs"][1:] == [-1.0 - k for k in range(len(ids) - 1)] + [-0.25] * len(gen)

@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import msgspec
 import pytest
 
 from dynamo.llm.errors import RequestError
 from dynamo.llm.model_card import EngineFeatures, ModelDeploymentCard
 from dynamo.llm.openai import parse_chat_request, parse_completion_request
 from dynamo.llm.preprocessor import PreprocessedOutput, Preprocessor
-from dynamo.llm.protocols import GuidedDecoding, request_from_wire
+from dynamo.llm.protocols import GuidedDecoding, request_from_wire, request_to_wire
 
 TEMPLATE = Path(__file__).parents[2] / "deploy" / "chat_templates" / "chatml_hermes_tools.jinja"
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -73,7 +72,7 @@ def refused(call: Any, *args: Any, **fields: Any) -> RequestError:
 
 def wire(out: PreprocessedOutput) -> Any:
     """The request as a worker decodes it."""
-    return request_from_wire(msgspec.msgpack.encode(out.request))
+    return request_from_wire(request_to_wire(out.request))
 
 
 # --- tools ----------------------------------------------------------------------------------------
@@ -276,7 +275,7 @@ def test_a_list_of_prompts_times_n_is_numbered_prompt_major(engine_like_vllm: Pr
     assert [o.echo_text for o in outs] == [None] * 4
     assert len({o.request.request_id for o in outs}) == 4
     ids = completion(engine_like_vllm, prompt=[[1, 2, 3], [4, 5]])
-    assert [o.request.token_ids for o in ids] == [[1, 2, 3], [4, 5]]
+    assert [o.request.token_ids.tolist() for o in ids] == [[1, 2, 3], [4, 5]]
 
 
 def test_echo_keeps_the_prompt_text_and_asks_for_prompt_logprobs(

@@ -70,8 +70,8 @@ def test_any_text_with_added_tokens_anywhere_encodes_exactly(
     text = "".join(pieces)  # added tokens land inside words, next to spaces, back to back
     cache = fresh(qualified)
     expected = tokenizer.encode(text, add_special_tokens=False).ids
-    assert cache.encode(text) == expected
-    assert cache.encode(text) == expected  # now from the cache
+    assert list(cache.encode(text)) == expected
+    assert list(cache.encode(text)) == expected  # now from the cache
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -98,7 +98,7 @@ def test_conversations_sharing_prefixes_encode_exactly(
         for user, assistant in turns:
             messages.append({"role": "user", "content": user})
             prompt = template.render(template.prepare_messages([dict(m) for m in messages]))
-            assert cache.encode(prompt) == tokenizer.encode(prompt, add_special_tokens=False).ids
+            assert list(cache.encode(prompt)) == tokenizer.encode(prompt, add_special_tokens=False).ids
             messages.append({"role": "assistant", "content": assistant})
     assert cache.stats.hits > 0
 
@@ -113,11 +113,11 @@ def test_short_pieces_are_remembered_exactly(
     cache = fresh(qualified, min_chars=DEFAULT_MIN_CHARS)
     text = "".join(pieces)
     expected = tokenizer.encode(text, add_special_tokens=False).ids
-    assert cache.encode(text) == expected
+    assert list(cache.encode(text)) == expected
     remembered = [p for p in cache._split.split(text)[::2] if 0 < len(p) <= SHORT_CHARS]
     if len(remembered) == len([p for p in cache._split.split(text)[::2] if p]):
-        assert cache.encode(text, EncodeBudget(0)) == expected  # nothing left to encode
-    assert cache.encode(text) == expected
+        assert list(cache.encode(text, EncodeBudget(0))) == expected  # nothing left to encode
+    assert list(cache.encode(text)) == expected
 
 
 def test_the_short_piece_table_is_bounded(qualified: PrefixTokenCache) -> None:
@@ -135,7 +135,7 @@ def test_a_shared_system_prompt_is_encoded_once(tokenizer: Tokenizer, qualified:
         for i in range(5)
     ]
     for prompt in prompts:
-        assert cache.encode(prompt) == tokenizer.encode(prompt, add_special_tokens=False).ids
+        assert list(cache.encode(prompt)) == tokenizer.encode(prompt, add_special_tokens=False).ids
     stats = cache.stats
     assert (stats.misses, stats.hits) == (1, 4)  # the long system piece; the short ones are not kept
     assert stats.cached_tokens == 4 * len(tokenizer.encode(f"system\n{system}", add_special_tokens=False).ids)
@@ -177,9 +177,9 @@ def test_a_budget_refuses_more_uncached_text_than_it_has_left(
         cache.encode(text, EncodeBudget(100))
     assert (cache.stats.hits, cache.stats.misses, cache.stats.uncached_tokens) == (0, 0, 0)
     full = tokenizer.encode(text, add_special_tokens=False).ids
-    assert cache.encode(text) == full  # no budget: encoded and kept
+    assert list(cache.encode(text)) == full  # no budget: encoded and kept
     budget = EncodeBudget(100)
-    assert cache.encode(text, budget) == full  # now only the user turn is left to encode
+    assert list(cache.encode(text, budget)) == full  # now only the user turn is left to encode
     assert budget.chars == 100 - len(user)
     # The budget is spent across calls: a request's second long message does not fit what is left.
     short = "Name three rivers of Spain, with their lengths in kilometres."  # < min_chars: never kept
@@ -207,21 +207,25 @@ def test_inline_limit_makes_the_preprocessor_refuse_long_uncached_prompts(prepro
     assert again.request.token_ids == whole.request.token_ids
 
 
-def test_misses_are_kept_cold_and_a_hit_makes_them_hot(
+def test_entries_are_token_arrays_counted_exactly_and_hits_copy_them(
     tokenizer: Tokenizer, qualified: PrefixTokenCache
 ) -> None:
-    cache = fresh(qualified, max_bytes=32_000, min_chars=100)  # 4 cold fit (~7.2 kB each), not 2 hot more
-    texts = [f"<|im_start|>{i} " + "token cache ünïcode " * 150 for i in range(4)]
+    cache = fresh(qualified, max_bytes=32_000, min_chars=100)  # 4 entries fit (~7.2 kB each), not 5
+    texts = [f"<|im_start|>{i} " + "token cache ünïcode " * 150 for i in range(5)]
 
     def counted() -> int:  # what the entries hold, by the cache's own measure
         return sum(_size(text, ids) for text, ids in cache._entries.items())
 
     for text in texts:
-        assert cache.encode(text) == tokenizer.encode(text, add_special_tokens=False).ids
+        assert list(cache.encode(text)) == tokenizer.encode(text, add_special_tokens=False).ids
         assert cache.stats.bytes == counted() <= 32_000
-    assert all(isinstance(ids, array) for ids in cache._entries.values())  # misses: 4 bytes a token
-    for text in texts[:2] * 2:  # first hit promotes; second hit reads the tuple
-        assert cache.encode(text) == tokenizer.encode(text, add_special_tokens=False).ids
-        assert cache.stats.bytes == counted() <= 32_000
-    hot = [ids for ids in cache._entries.values() if isinstance(ids, tuple)]
-    assert len(hot) == 2 and cache.stats.evictions > 0  # the hot copies are larger: older ones left
+    assert cache.stats.evictions == 1 and all(
+        isinstance(ids, array) and ids.itemsize == 4 for ids in cache._entries.values()
+    )  # 4 bytes a token
+    for text in texts[1:3] * 2:
+        ids = cache.encode(text)
+        assert isinstance(ids, array) and list(ids) == tokenizer.encode(text, add_special_tokens=False).ids
+        ids[-1] = 0  # the caller's copy: the cache's entry is not touched
+    assert cache.stats.hits == 4 and cache.stats.bytes == counted()
+    for text in texts[1:3]:
+        assert list(cache.encode(text)) == tokenizer.encode(text, add_special_tokens=False).ids

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import httpx
-import msgspec
 import pytest
 
 from dynamo.llm.protocols import PreprocessedRequest, StopConditions
@@ -207,7 +206,7 @@ async def test_standalone_router_routes_and_answers_which_worker(
             return items
 
         request = PreprocessedRequest("standalone-1", MODEL, tokens, stop=StopConditions(max_tokens=5))
-        outputs = await first_item(generate, msgspec.to_builtins(request))
+        outputs = await first_item(generate, request)
         assert sum(len(o.get("token_ids", [])) for o in outputs) == 5
         assert outputs[-1]["finish_reason"] == "length"
         await asyncio.sleep(1.0)  # the worker's stored blocks reach the router

@@ -19,7 +19,6 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import msgspec
 import openai
 import pytest
 from tokenizers import Tokenizer
@@ -123,7 +122,7 @@ async def mem_runtime(store: MemStore, namespace: str) -> DistributedRuntime:
 async def ask(runtime: DistributedRuntime, namespace: str, req: PreprocessedRequest) -> list[dict]:
     client = await runtime.endpoint_client(EndpointId(namespace, "backend", "generate"))
     await client.wait_for_instances(10)
-    stream = await client.round_robin(msgspec.to_builtins(req))
+    stream = await client.round_robin(req)
     items = [item async for item in stream]
     await client.close()
     return items

@@ -19,7 +19,6 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import msgspec
 import openai
 import pytest
 from tokenizers import Tokenizer
@@ -150,7 +149,7 @@ async def test_decode_first_decode_worker_continues_from_the_prefill_workers_par
             stop=StopConditions(max_tokens=8),
             remote_prefill=target,
         )
-        stream = await decodes.round_robin(msgspec.to_builtins(req))
+        stream = await decodes.round_robin(req)
         items = [item async for item in stream]
         await prefills.close()
         await decodes.close()

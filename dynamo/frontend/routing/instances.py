@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 from prometheus_client import Counter
 
@@ -73,7 +74,7 @@ class InstanceRouter:
     # --- selection --------------------------------------------------------------------------
     def select(
         self,
-        token_ids: list[int],
+        token_ids: Sequence[int],
         request_id: str,
         exclude: set[int] | frozenset[int] = frozenset(),
         pinned: int | None = None,

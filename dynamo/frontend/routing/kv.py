@@ -41,7 +41,7 @@ class KvPolicy(RoutingPolicy):
         self._all_busy = metrics.all_busy.labels(label) if metrics is not None else None
 
     def select(
-        self, candidates: Sequence[int], token_ids: list[int], request_id: str, pinned: int | None
+        self, candidates: Sequence[int], token_ids: Sequence[int], request_id: str, pinned: int | None
     ) -> Choice:
         try:
             sel = self.router.select(

@@ -32,7 +32,7 @@ class RoutingPolicy(ABC):
 
     @abstractmethod
     def select(
-        self, candidates: Sequence[int], token_ids: list[int], request_id: str, pinned: int | None
+        self, candidates: Sequence[int], token_ids: Sequence[int], request_id: str, pinned: int | None
     ) -> Choice:
         """One of ``candidates`` (non-empty instance ids; ``[pinned]`` when the client pinned one)."""
 

@@ -17,7 +17,7 @@ class RandomPolicy(RoutingPolicy):
         self._choice = (rng or random.Random()).choice
 
     def select(
-        self, candidates: Sequence[int], token_ids: list[int], request_id: str, pinned: int | None
+        self, candidates: Sequence[int], token_ids: Sequence[int], request_id: str, pinned: int | None
     ) -> Choice:
         if len(candidates) == 1:
             return Choice(candidates[0])

@@ -37,6 +37,7 @@ from dynamo.runtime.request_plane.framing import (
     FrameParser,
     ProtocolError,
     encode_frame,
+    encode_hook,
 )
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_encoder = msgspec.msgpack.Encoder()
+_encoder = msgspec.msgpack.Encoder(enc_hook=encode_hook)
 _decoder = msgspec.msgpack.Decoder()
 
 CONNECT_TIMEOUT = 10.0

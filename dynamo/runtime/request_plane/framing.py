@@ -10,13 +10,20 @@ is noticed by the silence (see client.py). ``GOAWAY`` (stream id 0, no payload) 
 notice that it is shutting down: the caller opens no new stream on the connection and closes it
 once its open streams have ended; every request the worker receives until then is answered (a
 ``draining`` error at worst), so no request is lost in the close.
+
+An ``array.array`` in a payload (a prompt's token ids) travels as its little-endian bytes, one
+msgpack ``bin`` (``encode_hook``): no Python object per element on either side. The receiver's typed
+decoder knows the element type and rebuilds the array (``dynamo.llm.protocols``).
 """
 
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from collections.abc import Iterator
 from enum import IntEnum
+from typing import Any
 
 HEADER = struct.Struct(">IBQ")
 HEADER_SIZE = HEADER.size
@@ -37,6 +44,16 @@ class FrameKind(IntEnum):
 
 
 _KINDS = frozenset(int(k) for k in FrameKind)
+
+
+def encode_hook(obj: Any) -> Any:
+    """msgspec ``enc_hook`` of the request plane: arrays as their little-endian bytes."""
+    if isinstance(obj, array):
+        if sys.byteorder != "little":  # pragma: no cover - every supported host is little-endian
+            obj = array(obj.typecode, obj)
+            obj.byteswap()
+        return memoryview(obj).cast("B")
+    raise NotImplementedError(f"cannot send a {type(obj).__name__} on the request plane")
 
 
 class ProtocolError(Exception):

@@ -31,11 +31,12 @@ from dynamo.runtime.request_plane.framing import (
     FrameParser,
     ProtocolError,
     encode_frame,
+    encode_hook,
 )
 
 log = logging.getLogger(__name__)
 
-_encoder = msgspec.msgpack.Encoder()
+_encoder = msgspec.msgpack.Encoder(enc_hook=encode_hook)
 _decoder = msgspec.msgpack.Decoder()
 
 MAX_BATCH_ITEMS = 256  # flush a stream's pending items at this count even without a pause
