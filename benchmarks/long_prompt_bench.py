@@ -505,18 +505,20 @@ async def sweep(stacks: list[Stack], args: argparse.Namespace, tokenizer_json: s
 
 
 def start_py_spy(stack: Stack, args: argparse.Namespace, isl: int, prefix: str, conc: int, rep: int) -> Any:
-    """``--py-spy DIR``: record our frontend processes during the row (raw collapsed stacks)."""
+    """``--py-spy DIR``: record our frontend processes and our mocker during the row (raw collapsed stacks)."""
     if not args.py_spy or stack.name == "reference":
         return None
     import subprocess
 
     os.makedirs(args.py_spy, exist_ok=True)
     pids = descendants(stack.procs["frontend"].pid)
+    serving = pids[-1:] if len(pids) == 1 else pids[1:]  # the serving processes, not a supervisor
+    targets = [("", pid) for pid in serving] + [("mocker-", stack.procs["mocker"].pid)]
     procs = []
-    for pid in pids[-1:] if len(pids) == 1 else pids[1:]:  # the serving processes, not a supervisor
+    for role, pid in targets:
         out = (
             Path(args.py_spy)
-            / f"{stack.name}-{args.endpoint}-{args.router_mode}-isl{isl}-{prefix}-c{conc}-r{rep}-{pid}.txt"
+            / f"{role}{stack.name}-{args.endpoint}-{args.router_mode}-isl{isl}-{prefix}-c{conc}-r{rep}-{pid}.txt"
         )
         cmd = [
             shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
@@ -583,7 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="our frontends dump their stacks when the loop is held MS ms (DYN_LOOP_STALL_DUMP_MS); "
         "each row counts the dumps and where the loop was",
     )
-    p.add_argument("--py-spy", default=None, metavar="DIR", help="record our frontend with py-spy per row")
+    p.add_argument(
+        "--py-spy", default=None, metavar="DIR", help="record our frontend and mocker with py-spy per row"
+    )
     p.add_argument("--out", default=None, help="also write the report as markdown here")
     return p
 
