@@ -5,7 +5,9 @@ ZMQ events; ``benchmarks/stacks.py``), both on one derived SmolLM2 model folder 
 ``--context`` tokens (SmolLM2's own is 8,192; the tokenizer and template are SmolLM2's), and both
 mockers get the same sizing flags (``--mocker-flags``: enough KV blocks and batch budget that 128
 concurrent 32k prompts never queue, so the run measures the frontends). Rows: every ISL x prefix
-kind x concurrency, each stack in turn (order alternating between repeats).
+kind x concurrency, each stack in turn (order alternating between repeats). Each ISL and prefix kind
+runs on freshly started stacks, so that no workload inherits the caches another one filled
+(``--keep-stacks``: one set for the whole sweep).
 
 Prompts (``PromptMaker``), built from SmolLM2's tokenizer to ``ISL`` tokens of English-like words:
 
@@ -15,7 +17,8 @@ Prompts (``PromptMaker``), built from SmolLM2's tokenizer to ``ISL`` tokens of E
   so no prefix is shared with any earlier request (no cache of any kind can help).
 
 Measured per row: requests/s, TTFT p50/p99 (client side), frontend CPU ms per request (``/proc``,
-children included; the mocker's too, in the run log, to show it is not the bottleneck), and the
+children included; the mocker's too, in the run log: on two cores the stacks' mockers and the load
+generator take CPU from the same machine), and the
 event-loop lag: ours from ``dynamo_frontend_event_loop_lag_seconds``
 (the highest histogram bucket that filled during the window, so "<= N ms"), and for both stacks an
 HTTP probe (``GET /v1/models`` every 20 ms on its own connection: its max and p99 latency, a lag
@@ -482,26 +485,46 @@ def start_stacks(args: argparse.Namespace, path: str) -> list[Stack]:
     return stacks
 
 
-async def sweep(stacks: list[Stack], args: argparse.Namespace, tokenizer_json: str) -> list[Row]:
+async def sweep(args: argparse.Namespace, path: str, tokenizer_json: str) -> tuple[list[Row], list[str]]:
+    """Every row; fresh stacks for each prompt length and prefix kind (``--keep-stacks``: one set for
+    the whole sweep), so that no workload inherits another's caches."""
     rows: list[Row] = []
-    for isl in [int(x) for x in args.isl.split(",")]:
-        for prefix in args.prefix.split(","):
-            maker = PromptMaker(
-                tokenizer_json, isl, prefix == "shared", args.endpoint, args.model, args.max_tokens, args.seed
-            )
-            print(f"# ISL {isl} ({maker.tokens} tokens of text), {prefix}", flush=True)
-            for conc in [int(c) for c in args.concurrency.split(",")]:
-                for rep in range(args.repeats):
-                    order = stacks if rep % 2 == 0 else stacks[::-1]
-                    for st in order:
-                        if args.quiet_below is not None:
-                            await wait_quiet(stacks, args.quiet_below, args.quiet_max_wait)
-                        spy = start_py_spy(st, args, isl, prefix, conc, rep)
-                        row = await measure(st, stacks, maker, isl, prefix, conc, rep, args)
-                        stop_py_spy(spy)
-                        rows.append(row)
-                        print(fmt_row(row), flush=True)
-    return rows
+    names: list[str] = []
+    stacks: list[Stack] = []
+    try:
+        for isl in [int(x) for x in args.isl.split(",")]:
+            for prefix in args.prefix.split(","):
+                if not stacks or not args.keep_stacks:
+                    for st in stacks:
+                        st.stop()
+                    stacks = []
+                    stacks = start_stacks(args, path)
+                    names = [s.name for s in stacks]
+                maker = PromptMaker(
+                    tokenizer_json,
+                    isl,
+                    prefix == "shared",
+                    args.endpoint,
+                    args.model,
+                    args.max_tokens,
+                    args.seed,
+                )
+                print(f"# ISL {isl} ({maker.tokens} tokens of text), {prefix}", flush=True)
+                for conc in [int(c) for c in args.concurrency.split(",")]:
+                    for rep in range(args.repeats):
+                        order = stacks if rep % 2 == 0 else stacks[::-1]
+                        for st in order:
+                            if args.quiet_below is not None:
+                                await wait_quiet(stacks, args.quiet_below, args.quiet_max_wait)
+                            spy = start_py_spy(st, args, isl, prefix, conc, rep)
+                            row = await measure(st, stacks, maker, isl, prefix, conc, rep, args)
+                            stop_py_spy(spy)
+                            rows.append(row)
+                            print(fmt_row(row), flush=True)
+    finally:
+        for st in stacks:
+            st.stop()
+    return rows, names
 
 
 def start_py_spy(stack: Stack, args: argparse.Namespace, isl: int, prefix: str, conc: int, rep: int) -> Any:
@@ -565,6 +588,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also ours-niceN: our frontend under nice -n N (e.g. -10: its loop never waits for a core)",
     )
     p.add_argument("--frontend-arg", action="append", default=[], help="extra flag for our frontend")
+    p.add_argument(
+        "--keep-stacks",
+        action="store_true",
+        help="one set of stacks for the whole sweep (default: fresh ones per ISL and prefix kind; a "
+        "kept stack's caches carry over: NVIDIA Dynamo 1.6.1's tokenizer cache, after the unique rows, "
+        "stopped serving the next ISL's shared prefix)",
+    )
     p.add_argument("--reference", action="store_true", help="also run NVIDIA Dynamo 1.6.1 (DYN_REF_VENV)")
     p.add_argument("--no-ours", action="store_true")
     p.add_argument(
@@ -610,17 +640,11 @@ def main() -> None:
     path = long_context_model(model_dir(), args.context)
     if args.stall_dump:
         os.environ["DYN_LOOP_STALL_DUMP_MS"] = f"{args.stall_dump:g}"  # read by our frontends only
-    stacks = start_stacks(args, path)
-    try:
-        facts = machine_facts()
-        print("\n".join(facts))
-        started = time.monotonic()
-        rows = uvloop.run(sweep(stacks, args, os.path.join(path, "tokenizer.json")))
-        print(f"sweep took {time.monotonic() - started:.0f} s")
-    finally:
-        for st in stacks:
-            st.stop()
-    names = [s.name for s in stacks]
+    facts = machine_facts()
+    print("\n".join(facts))
+    started = time.monotonic()
+    rows, names = uvloop.run(sweep(args, path, os.path.join(path, "tokenizer.json")))
+    print(f"sweep took {time.monotonic() - started:.0f} s")
     base = args.base or ("reference" if "reference" in names else names[0])
     table = summarize(rows, names, base)
     stalls = stall_lines(rows, args.stall_dump) if args.stall_dump else []

@@ -28,6 +28,7 @@ from dynamo.mocker.kv_manager import KvBlockSnapshot, KvManager
 from dynamo.mocker.scheduler import Scheduler, SchedulerStats
 from dynamo.mocker.sequence import FINISHED, Sequence, TokenSampler
 from dynamo.mocker.timing import decode_ms, prefill_ms
+from dynamo.router.prefix_hashes import PrefixHasher
 
 _UNIFORM_VOCAB = 32000  # logprobs of a mocker that draws from the prompt's ids (no vocabulary size)
 
@@ -63,6 +64,8 @@ class MockEngine:
         self._special = frozenset(special)
         self._events = KvEventLog(worker_id, kv_event_sink, dp_rank)
         self.kv = KvManager(config.num_gpu_blocks, config.block_size, self._events, config.watermark)
+        # Prompts sharing a prefix (a system prompt) share its block hashes: hashed once.
+        self._hasher = PrefixHasher(config.block_size, keep_local=True)
         self.scheduler = Scheduler(config, self.kv)
         self.sim_time_ms = 0.0  # modelled busy time (prefill + decode), before speedup
         self._context_limit = config.context_limit
@@ -233,6 +236,7 @@ class MockEngine:
             eos_token=eos_token,
             prefill_only=prefill_only,
             transfer_in=transfer_in,
+            hasher=self._hasher,
         )
 
     # ----- state for the worker, the router and the planner --------------------------------------

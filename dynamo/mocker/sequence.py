@@ -13,6 +13,7 @@ import collections.abc
 from typing import Any
 
 from dynamo.llm.kv_events import compute_block_hashes, compute_sequence_hashes
+from dynamo.router.prefix_hashes import PrefixHasher
 
 WAITING = 0
 RUNNING = 1
@@ -114,6 +115,7 @@ class Sequence:
         eos_token: int | None = None,
         prefill_only: bool = False,
         transfer_in: dict[str, Any] | None = None,
+        hasher: PrefixHasher | None = None,
     ) -> None:
         self.request_id = request_id
         self.prompt_len = len(prompt)
@@ -129,9 +131,12 @@ class Sequence:
         self.ready_at = 0.0
         # Full blocks of the known tokens: chained (engine) and local hashes; ``tail`` holds the
         # tokens of the trailing partial block.
-        local = compute_block_hashes(prompt, block_size)
+        if hasher is not None:  # the engine's: a known prefix's hashes are reused
+            local, self.seq_hashes = hasher.block_hashes(prompt)
+        else:
+            local = compute_block_hashes(prompt, block_size)
+            self.seq_hashes = compute_sequence_hashes(local)
         self.local_hashes = local
-        self.seq_hashes = compute_sequence_hashes(local)
         self.tail = list(prompt[len(local) * block_size :])
         # KV held while admitted: anonymous blocks and token capacity of all held blocks.
         self.anonymous_blocks = 0

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynamo.llm.kv_events import compute_block_hashes, compute_sequence_hashes
+from dynamo.llm.token_ids import as_token_ids
 from dynamo.router.prefix_hashes import PrefixHasher
 
 TOKENS = st.lists(st.integers(min_value=0, max_value=2**32 - 1), max_size=300)
@@ -35,12 +37,22 @@ def test_hashes_equal_a_fresh_computation_whatever_was_seen_before(
     seed: int,
 ) -> None:
     hasher = PrefixHasher(block_size, checkpoint_blocks=checkpoint, max_checkpoints=7)
+    engine = PrefixHasher(block_size, checkpoint_blocks=checkpoint, max_checkpoints=7, keep_local=True)
     rng = random.Random(seed)
     for tail in tails:  # prompts sharing prefixes (ending anywhere in a block), in random order
         prompt = rng.choice(prefixes) + tail
         assert hasher.sequence_hashes(prompt, lora) == plain(prompt, block_size, lora)
         assert hasher.sequence_hashes(prompt) == plain(prompt, block_size)  # the salt keys the memo too
-    assert len(hasher._memo) <= 7
+        ids = as_token_ids(prompt)  # as a worker receives them
+        local = compute_block_hashes(prompt, block_size, lora)
+        assert engine.block_hashes(ids, lora) == (local, compute_sequence_hashes(local))
+        assert engine.sequence_hashes(ids, lora) == plain(prompt, block_size, lora)
+    assert len(hasher._memo) <= 7 and len(engine._memo) <= 7
+
+
+def test_local_hashes_need_a_hasher_that_keeps_them() -> None:
+    with pytest.raises(ValueError, match="keep_local"):
+        PrefixHasher(16).block_hashes([1] * 64)
 
 
 def test_a_shared_prefix_is_hashed_once() -> None:
@@ -54,3 +66,10 @@ def test_a_shared_prefix_is_hashed_once() -> None:
     assert hasher.sequence_hashes(second) == plain(second, 16)
     assert hasher.reused_blocks == 352  # the last checkpoint within the 375 shared blocks
     assert hasher.hashed_blocks == 378 + (378 - 352)
+    engine = PrefixHasher(16, checkpoint_blocks=32, keep_local=True)
+    engine.block_hashes(first)
+    local, seq = engine.block_hashes(second)
+    assert engine.reused_blocks == 352 and (local, seq) == (
+        compute_block_hashes(second, 16),
+        plain(second, 16),
+    )
