@@ -20,6 +20,7 @@ import os
 import platform
 import statistics
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,15 +206,21 @@ async def wait_quiet(stacks: list[Stack], below: float, max_wait: float) -> None
             return
 
 
+async def in_turn(stacks: list[Stack], rep: int, args: argparse.Namespace) -> AsyncIterator[Stack]:
+    """The stacks one by one, the order alternating between repeats, each once the machine is quiet
+    (``--quiet-below``)."""
+    for st in stacks if rep % 2 == 0 else stacks[::-1]:
+        if args.quiet_below is not None:
+            await wait_quiet(stacks, args.quiet_below, args.quiet_max_wait)
+        yield st
+
+
 async def sweep(stacks: list[Stack], args: argparse.Namespace) -> list[Row]:
     """Every level, every repeat, every stack in turn (order alternating between repeats)."""
     rows: list[Row] = []
     for conc in [int(c) for c in args.concurrency.split(",")]:
         for rep in range(args.repeats):
-            order = stacks if rep % 2 == 0 else stacks[::-1]
-            for st in order:
-                if args.quiet_below is not None:
-                    await wait_quiet(stacks, args.quiet_below, args.quiet_max_wait)
+            async for st in in_turn(stacks, rep, args):
                 row = await measure(st, stacks, conc, rep, args)
                 rows.append(row)
                 print(fmt_row(row), flush=True)

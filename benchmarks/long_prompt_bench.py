@@ -53,7 +53,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.frontend_bench import machine_facts, wait_quiet
+from benchmarks.frontend_bench import in_turn, machine_facts
 from benchmarks.loadgen import LoadSpec, _Connection, run_load
 from benchmarks.stacks import Stack, descendants, machine_busy, model_dir, start_ours, start_reference
 
@@ -512,10 +512,7 @@ async def sweep(args: argparse.Namespace, path: str, tokenizer_json: str) -> tup
                 print(f"# ISL {isl} ({maker.tokens} tokens of text), {prefix}", flush=True)
                 for conc in [int(c) for c in args.concurrency.split(",")]:
                     for rep in range(args.repeats):
-                        order = stacks if rep % 2 == 0 else stacks[::-1]
-                        for st in order:
-                            if args.quiet_below is not None:
-                                await wait_quiet(stacks, args.quiet_below, args.quiet_max_wait)
+                        async for st in in_turn(stacks, rep, args):
                             spy = start_py_spy(st, args, isl, prefix, conc, rep)
                             row = await measure(st, stacks, maker, isl, prefix, conc, rep, args)
                             stop_py_spy(spy)
