@@ -204,6 +204,7 @@ class StandaloneRouter:
         """Route a ``PreprocessedRequest`` and stream the chosen worker's outputs back."""
         router = self._require_router()
         tokens = _token_ids(request)
+        request["token_ids"] = tokens  # forwarded as the worker reads them (bytes or, if older, a list)
         rid = str(request.get("request_id") or ctx.request_id or uuid.uuid4().hex)
         tried: set[int] = set()
         while True:

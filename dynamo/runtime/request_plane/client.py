@@ -38,6 +38,7 @@ from dynamo.runtime.request_plane.framing import (
     ProtocolError,
     encode_frame,
     encode_hook,
+    legacy_encode_hook,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=encode_hook)
+_legacy_encoder = msgspec.msgpack.Encoder(enc_hook=legacy_encode_hook)  # a worker of an earlier version
 _decoder = msgspec.msgpack.Decoder()
 
 CONNECT_TIMEOUT = 10.0
@@ -179,6 +181,10 @@ class _ClientConnection(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self.last_rx = 0.0  # loop time of the last bytes received
         self.pong = asyncio.Event()  # set by each PONG (a probe waits on it)
+        # The worker's first PONG says what it reads (framing.FEATURES; empty from an earlier
+        # version): until then, and for such a worker, arrays go out as lists.
+        self.features = asyncio.Event()
+        self.arrays_as_bytes = False
         self.parser = FrameParser()
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, ResponseStream] = {}
@@ -266,6 +272,8 @@ class _ClientConnection(asyncio.Protocol):
                         self._close_if_done()
                 elif kind == FrameKind.PONG:
                     self.pong.set()
+                    if not self.features.is_set():
+                        self._learn_features(payload)
                 elif kind == FrameKind.PING:
                     self._send(FrameKind.PONG, 0)
                 elif kind == FrameKind.GOAWAY:
@@ -279,6 +287,11 @@ class _ClientConnection(asyncio.Protocol):
             log.error("closing request-plane connection to %s: %s", self.address, exc)
             if self.transport is not None:
                 self.transport.abort()
+
+    def _learn_features(self, payload: bytes) -> None:
+        features = _decoder.decode(payload) if payload else {}
+        self.arrays_as_bytes = isinstance(features, dict) and features.get("arrays") == "bin"
+        self.features.set()
 
     def _close_if_done(self) -> None:
         """After ``GOAWAY``: close once no stream is open (what was written is flushed first)."""
@@ -308,7 +321,8 @@ class _ClientConnection(asyncio.Protocol):
         self.streams[sid] = stream
         if self._watchdog is None:
             self._arm()
-        self._send(FrameKind.REQUEST, sid, _encoder.encode([endpoint, headers, body]))
+        encoder = _encoder if self.arrays_as_bytes else _legacy_encoder
+        self._send(FrameKind.REQUEST, sid, encoder.encode([endpoint, headers, body]))
         # Written now, not at the end of this loop turn with the other frames: the worker starts on
         # it while this process prepares the burst's next requests (large frames gain nothing from
         # sharing a write).
@@ -361,6 +375,9 @@ class RequestPlaneClient:
             proto.liveness_timeout = self.liveness_timeout
             proto._on_dead = self._declare_dead
             proto._on_goaway = self._retire
+            # Ask what the worker reads (its PONG, one round trip): requests sent before the answer,
+            # and every request to a worker of an earlier version, carry arrays as lists.
+            proto._send(FrameKind.PING, 0)
             if proto.goaway or proto.closed:  # the worker said GOAWAY on connect: it is shutting down
                 err = InstanceUnreachable(f"worker at {address} is shutting down")
                 fut.set_exception(err)

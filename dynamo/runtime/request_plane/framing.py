@@ -13,7 +13,11 @@ once its open streams have ended; every request the worker receives until then i
 
 An ``array.array`` in a payload (a prompt's token ids) travels as its little-endian bytes, one
 msgpack ``bin`` (``encode_hook``): no Python object per element on either side. The receiver's typed
-decoder knows the element type and rebuilds the array (``dynamo.llm.protocols``).
+decoder knows the element type and rebuilds the array (``dynamo.llm.protocols``). A peer of an
+earlier version expects a list there, so the two sides say what they read: a worker answers a
+``PING`` with a ``PONG`` whose payload is its ``FEATURES`` (a msgpack map; earlier versions send an
+empty ``PONG`` and ignore a payload), and a caller sends arrays as bytes only to a worker that
+listed ``"arrays": "bin"`` (as lists otherwise: ``legacy_encode_hook``).
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ class FrameKind(IntEnum):
 _KINDS = frozenset(int(k) for k in FrameKind)
 
 
+FEATURES = {"arrays": "bin"}  # what this version reads beyond the frames (a worker's PONG payload)
+
+
 def encode_hook(obj: Any) -> Any:
     """msgspec ``enc_hook`` of the request plane: arrays as their little-endian bytes."""
     if isinstance(obj, array):
@@ -53,6 +60,13 @@ def encode_hook(obj: Any) -> Any:
             obj = array(obj.typecode, obj)
             obj.byteswap()
         return memoryview(obj).cast("B")
+    raise NotImplementedError(f"cannot send a {type(obj).__name__} on the request plane")
+
+
+def legacy_encode_hook(obj: Any) -> Any:
+    """msgspec ``enc_hook`` for a peer that did not list ``"arrays": "bin"``: arrays as lists."""
+    if isinstance(obj, array):
+        return obj.tolist()
     raise NotImplementedError(f"cannot send a {type(obj).__name__} on the request plane")
 
 

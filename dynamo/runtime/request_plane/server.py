@@ -6,7 +6,8 @@ turn: one callback per connection per turn encodes every stream that produced an
 dropped connection cancels the handler's task, so the engine sees ``asyncio.CancelledError`` and
 aborts. Flow control: a stream may run ``STREAM_WINDOW`` items ahead of its reader; then the
 handler waits for ``CREDIT``. A malformed frame closes only that connection. A ``PING`` is answered
-with a ``PONG`` at once, from the event loop (the caller's liveness check, see client.py). The
+with a ``PONG`` at once, from the event loop (the caller's liveness check, see client.py), carrying
+this version's ``FEATURES`` (framing.py). The
 other way round, a connection with streams in flight that stays silent past ``liveness_timeout``
 (``PING`` sent, no frame back: the caller hung or its link was cut) is aborted, which cancels its
 handlers, so the engine does not hold work for a caller that is gone.
@@ -26,6 +27,7 @@ from typing import Any
 import msgspec
 
 from dynamo.runtime.request_plane.framing import (
+    FEATURES,
     STREAM_WINDOW,
     FrameKind,
     FrameParser,
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=encode_hook)
 _decoder = msgspec.msgpack.Decoder()
+_FEATURES = _encoder.encode(FEATURES)
 
 MAX_BATCH_ITEMS = 256  # flush a stream's pending items at this count even without a pause
 GOAWAY_GRACE = 1.0  # seconds a stopping worker waits for callers to close after GOAWAY
@@ -169,8 +172,8 @@ class _ServerConnection(asyncio.Protocol):
                     stream = self.streams.get(sid)
                     if stream is not None and stream.task is not None:
                         stream.task.cancel()
-                elif kind == FrameKind.PING:
-                    self._write(encode_frame(FrameKind.PONG, 0))  # liveness: answered by this loop
+                elif kind == FrameKind.PING:  # liveness (answered by this loop), and what we read
+                    self._write(encode_frame(FrameKind.PONG, 0, _FEATURES))
                 elif kind == FrameKind.PONG:
                     pass
                 else:
