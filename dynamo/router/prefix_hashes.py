@@ -12,8 +12,9 @@ chained hashes up to there. The longest remembered checkpoint gives the prompt's
 only the blocks after it are hashed one by one. The result always equals
 ``compute_sequence_hashes(compute_block_hashes(tokens, block_size, lora_name))`` (a test checks it;
 the memo key is a 128-bit digest of the exact bytes hashed). Memory: at most ``max_checkpoints``
-keys, each holding its prompt's hashes (shared by the prompt's keys; 8 bytes per block).
-Not thread-safe: the router's event loop owns it.
+keys, each holding its prompt's hashes (shared by the prompt's keys; a pointer per block, twice
+with ``keep_local``, which the mocker uses: an engine also needs the local hashes).
+Not thread-safe: the event loop that owns it (the router's, the mocker engine's) calls it.
 """
 
 from __future__ import annotations
