@@ -4,59 +4,24 @@ order, loses none (a cancelled waiter included), and is configured from the envi
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Callable
 
 import pytest
 
 from dynamo.frontend.admission_pacer import DEFAULT_BUDGET, AdmissionPacer
 from dynamo.frontend.args import budget_from_env
-
-
-class TurnCounter:
-    """Counts loop turns: a callback that re-schedules itself runs once per turn."""
-
-    def __init__(self) -> None:
-        self.turn = 0
-        self._handle: asyncio.Handle | None = None
-
-    def start(self) -> None:
-        self._handle = asyncio.get_running_loop().call_soon(self._tick)
-
-    def _tick(self) -> None:
-        self.turn += 1
-        self._handle = asyncio.get_running_loop().call_soon(self._tick)
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-
-
-def _burn(seconds: float) -> float:
-    """Hold the loop's thread for ``seconds`` (a request's parse and preprocess); the time taken."""
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        pass
-    return time.perf_counter() - start
+from tests.frontend.loop_turns import burn, burst
 
 
 async def _burst(pacer: AdmissionPacer, n: int, cost: float) -> tuple[list[int], list[int]]:
     """``n`` requests that arrive in one turn; the order they began their work and each one's turn."""
-    turns = TurnCounter()
-    turns.start()
-    began: list[int] = []
-    turn_of: list[int] = [-1] * n
 
-    async def request(i: int) -> None:
+    async def request(began: Callable[[], None]) -> None:
         admission = await pacer.enter()
-        began.append(i)
-        turn_of[i] = turns.turn
-        admission.done(_burn(cost))
+        began()
+        admission.done(burn(cost))
 
-    try:
-        await asyncio.wait_for(asyncio.gather(*(request(i) for i in range(n))), 10)
-    finally:
-        turns.stop()
-    return began, turn_of
+    return await burst(n, request)
 
 
 def test_a_burst_is_spread_over_turns_in_arrival_order() -> None:
@@ -86,7 +51,7 @@ def test_a_request_cancelled_while_it_waits_holds_nobody_back() -> None:
 
         async def request(i: int) -> None:
             admission = await pacer.enter()
-            admission.done(_burn(0.002))
+            admission.done(burn(0.002))
             done.append(i)
 
         tasks = [asyncio.create_task(request(i)) for i in range(6)]

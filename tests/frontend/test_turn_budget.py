@@ -5,29 +5,21 @@ when the streams are quiet (no loop kept busy by it)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from dynamo.frontend.turn_budget import TurnBudget
-from tests.frontend.test_admission_pacer import TurnCounter, _burn
+from tests.frontend.loop_turns import burn, burst
 
 
 async def _outputs(budget: TurnBudget, n: int, cost: float) -> tuple[list[int], list[int]]:
     """``n`` streams whose outputs arrive in one turn; the order they were handled and each one's turn."""
-    turns = TurnCounter()
-    turns.start()
-    handled: list[int] = []
-    turn_of = [-1] * n
 
-    async def stream(i: int) -> None:
+    async def stream(handled: Callable[[], None]) -> None:
         await budget.pace()
-        handled.append(i)
-        turn_of[i] = turns.turn
-        _burn(cost)
+        handled()
+        burn(cost)
 
-    try:
-        await asyncio.wait_for(asyncio.gather(*(stream(i) for i in range(n))), 10)
-    finally:
-        turns.stop()
-    return handled, turn_of
+    return await burst(n, stream)
 
 
 def test_outputs_of_one_step_are_spread_over_turns_in_order() -> None:
@@ -52,7 +44,7 @@ def test_a_stream_cancelled_while_it_waits_holds_nobody_back() -> None:
 
         async def stream(i: int) -> None:
             await budget.pace()
-            _burn(0.002)
+            burn(0.002)
             done.append(i)
 
         tasks = [asyncio.create_task(stream(i)) for i in range(6)]
