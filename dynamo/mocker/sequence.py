@@ -12,7 +12,6 @@ import asyncio
 import collections.abc
 from typing import Any
 
-from dynamo.llm.kv_events import compute_block_hashes, compute_sequence_hashes
 from dynamo.router.prefix_hashes import PrefixHasher
 
 WAITING = 0
@@ -115,7 +114,7 @@ class Sequence:
         eos_token: int | None = None,
         prefill_only: bool = False,
         transfer_in: dict[str, Any] | None = None,
-        hasher: PrefixHasher | None = None,
+        hasher: PrefixHasher,
     ) -> None:
         self.request_id = request_id
         self.prompt_len = len(prompt)
@@ -129,13 +128,10 @@ class Sequence:
         self.transfer_in = transfer_in  # decode worker: the prefill worker's kv_transfer_params
         self.transfer_ms = 0.0
         self.ready_at = 0.0
-        # Full blocks of the known tokens: chained (engine) and local hashes; ``tail`` holds the
-        # tokens of the trailing partial block.
-        if hasher is not None:  # the engine's: a known prefix's hashes are reused
-            local, self.seq_hashes = hasher.block_hashes(prompt)
-        else:
-            local = compute_block_hashes(prompt, block_size)
-            self.seq_hashes = compute_sequence_hashes(local)
+        # Full blocks of the known tokens: chained (engine) and local hashes (``hasher``: the
+        # engine's, which reuses a known prefix's); ``tail`` holds the tokens of the trailing
+        # partial block.
+        local, self.seq_hashes = hasher.block_hashes(prompt)
         self.local_hashes = local
         self.tail = list(prompt[len(local) * block_size :])
         # KV held while admitted: anonymous blocks and token capacity of all held blocks.

@@ -164,17 +164,18 @@ class KvRouter:
         ``pinned`` forces the worker (still refused when busy). Raises ``NoWorkers`` or
         ``AllWorkersBusy``; nothing is recorded then.
         """
-        tokens = token_ids
-        seq = self.hasher.sequence_hashes(tokens, lora_name)
+        seq = self.hasher.sequence_hashes(token_ids, lora_name)
         overlaps = self.index.find_matches_sequence(seq).scores
         try:
             selection = self.selector.select(
-                candidates, len(tokens), overlaps, self.sequences, self.total_blocks, pinned, seq
+                candidates, len(token_ids), overlaps, self.sequences, self.total_blocks, pinned, seq
             )
         except AllWorkersBusy:
             self.counters.all_busy += 1
             raise
-        self.sequences.add_request(request_id, selection.worker, len(tokens), selection.overlap_blocks, seq)
+        self.sequences.add_request(
+            request_id, selection.worker, len(token_ids), selection.overlap_blocks, seq
+        )
         if isinstance(self.index, ApproxKvIndexer):
             self.index.record_routed(selection.worker, seq)
         counters = self.counters

@@ -9,6 +9,7 @@ from dynamo.mocker.event_log import KvEventLog
 from dynamo.mocker.kv_manager import KvManager
 from dynamo.mocker.scheduler import Scheduler, Step
 from dynamo.mocker.sequence import FINISHED, RUNNING, WAITING, Sequence, TokenSampler
+from dynamo.router.prefix_hashes import PrefixHasher
 
 
 def make(**kw) -> Scheduler:
@@ -19,7 +20,15 @@ def make(**kw) -> Scheduler:
 
 def seq(sched: Scheduler, rid: str, prompt_len: int, max_new: int, base: int = 0) -> Sequence:
     prompt = [base + i for i in range(prompt_len)]
-    s = Sequence(rid, prompt, sched.block_size, max_new, TokenSampler(hash(rid), 5000, frozenset(), prompt))
+    sampler = TokenSampler(hash(rid), 5000, frozenset(), prompt)
+    s = Sequence(
+        rid,
+        prompt,
+        sched.block_size,
+        max_new,
+        sampler,
+        hasher=PrefixHasher(sched.block_size, keep_local=True),
+    )
     sched.add(s)
     return s
 
