@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.hosts import Lab
+from tests.chaos.hosts import Host, Lab
 from tests.chaos.load import client, steady_load, stream_completion, worker_inflight
 from tests.chaos.tally import Tally, record
 
@@ -21,6 +21,21 @@ MODEL = "chaos-mock"
 WORKERS = 2
 CONCURRENCY = 6
 MAX_TOKENS = 160
+
+
+async def _until_a_stream_starts(host: Host) -> None:
+    """Return once the worker on ``host`` has just taken a new stream (its in-flight gauge rose):
+    that stream has nearly all of its ~1 s still to run when the SIGTERM lands. (Waiting only for
+    "one in flight" could catch a stream in its last milliseconds, gone before the drain looks.)"""
+    deadline = time.monotonic() + 10
+    before = await asyncio.to_thread(worker_inflight, host)
+    while True:
+        now = await asyncio.to_thread(worker_inflight, host)
+        if now > before:
+            return
+        assert time.monotonic() < deadline, "the old worker got no new request"
+        before = now
+        await asyncio.sleep(0.02)
 
 
 async def test_rolling_replacement_under_steady_load_loses_nothing(lab: Lab, smollm2_tokenizer_dir: Path):
@@ -45,10 +60,7 @@ async def test_rolling_replacement_under_steady_load_loses_nothing(lab: Lab, smo
             host = await asyncio.to_thread(lab.host, f"new{i}")
             await asyncio.to_thread(lab.mocker, host, smollm2_tokenizer_dir, *mocker_args)
             await asyncio.to_thread(fe.wait_for_instances, WORKERS + 1, 60)
-            deadline = time.monotonic() + 10
-            while await asyncio.to_thread(worker_inflight, old_hosts[i]) < 1:  # the drain has work
-                assert time.monotonic() < deadline, "the old worker got no request"
-                await asyncio.sleep(0.05)
+            await _until_a_stream_starts(old_hosts[i])  # the drain has work
             victim.sigterm()
             tally.fault(f"SIGTERM old worker {i + 1} of {WORKERS} after its replacement registered")
             await asyncio.to_thread(victim.proc.wait, 40)
