@@ -8,9 +8,10 @@ tokens, ignore_eos), and hand every KV event batch the engine emits to the worke
 event plane. The figure is process CPU time (``time.process_time``) per request, so a shared
 machine changes it little; wall time is not reported.
 
-Two phases per ISL: ``fresh`` (the cache has room: blocks are stored, then released to the LRU)
-and ``full`` (the cache is full of other prompts' blocks: every new block also evicts one, and
-its ``removed`` event is published).
+Three phases per ISL: ``fresh`` (the cache has room: blocks are stored, then released to the LRU),
+``shared`` (every prompt is one long shared text plus its own ~40-token question, as in the shared
+rows: ``concurrency`` sequences hold the prefix at once) and ``full`` (the cache is full of other
+prompts' blocks: every new block also evicts one, and its ``removed`` event is published).
 
     python benchmarks/mocker_bookkeeping.py                       # this tree
     python benchmarks/mocker_bookkeeping.py --variant before=/tmp/wt-before   # plus another tree
@@ -38,8 +39,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_ISLS = (2000, 6000, 32000)
@@ -55,7 +54,8 @@ OSL = 8
 def _measure(isl: int, requests: int, concurrency: int, profile: bool) -> dict[str, Any]:
     """Run in the importing tree: returns CPU ms per request for the fresh and full phases."""
     from dynamo.llm import kv_events
-    from dynamo.llm.protocols import PreprocessedRequest, StopConditions
+    from dynamo.llm.protocols import PreprocessedRequest, StopConditions, request_from_wire, request_to_wire
+    from dynamo.llm.token_ids import as_token_ids
     from dynamo.mocker.config import MockerConfig
     from dynamo.mocker.engine import MockEngine
     from dynamo.runtime import EndpointId
@@ -79,27 +79,31 @@ def _measure(isl: int, requests: int, concurrency: int, profile: bool) -> dict[s
         speedup_ratio=SPEEDUP,
     )
     rng = random.Random(isl)
-    encoder = msgspec.msgpack.Encoder()
-    decoder = msgspec.msgpack.Decoder(PreprocessedRequest)
     counter = 0
 
-    def payload() -> bytes:
+    shared_prefix = [rng.randrange(3, 49152) for _ in range(max(0, isl - 40))]
+
+    def payload(shared: bool = False) -> bytes:
         nonlocal counter
         counter += 1
+        if shared:
+            ids = shared_prefix + [rng.randrange(3, 49152) for _ in range(isl - len(shared_prefix))]
+        else:
+            ids = [rng.randrange(3, 49152) for _ in range(isl)]
         req = PreprocessedRequest(
             request_id=f"r{counter}",
             model="bench",
-            token_ids=[rng.randrange(3, 49152) for _ in range(isl)],
+            token_ids=as_token_ids(ids),
             stop=StopConditions(max_tokens=OSL, ignore_eos=True),
         )
-        return encoder.encode(req)
+        return request_to_wire(req)
 
     async def run_batch(engine: MockEngine, payloads: list[bytes]) -> float:
         todo = list(reversed(payloads))
 
         async def client() -> None:
             while todo:
-                req = decoder.decode(todo.pop())
+                req = request_from_wire(todo.pop())
                 async for _ in engine.generate(req):
                     pass
 
@@ -118,6 +122,8 @@ def _measure(isl: int, requests: int, concurrency: int, profile: bool) -> dict[s
         await run_batch(engine, [payload() for _ in range(min(5, requests))])  # warm-up
         fresh_payloads = [payload() for _ in range(requests)]
         fresh = await run_batch(engine, fresh_payloads)
+        await run_batch(engine, [payload(shared=True) for _ in range(min(5, requests))])  # warm-up
+        shared = await run_batch(engine, [payload(shared=True) for _ in range(requests)])
         # Fill the cache with other prompts' blocks, then measure with eviction.
         while engine.kv.num_free > 2 * blocks_per_req:
             n = min(200, max(1, (engine.kv.num_free - blocks_per_req) // blocks_per_req))
@@ -134,6 +140,7 @@ def _measure(isl: int, requests: int, concurrency: int, profile: bool) -> dict[s
             "isl": isl,
             "requests": requests,
             "fresh_ms": fresh * 1000 / requests,
+            "shared_ms": shared * 1000 / requests,
             "full_ms": full * 1000 / requests,
         }
         if prof is not None:
@@ -153,7 +160,8 @@ def _breakdown(isl: int, requests: int) -> dict[str, float]:
     cache full: what the engine does for one request besides scheduling and streaming."""
     from dynamo.llm import kv_events
     from dynamo.llm.kv_events import compute_block_hashes, compute_sequence_hashes
-    from dynamo.llm.protocols import PreprocessedRequest, StopConditions
+    from dynamo.llm.protocols import PreprocessedRequest, StopConditions, request_from_wire, request_to_wire
+    from dynamo.llm.token_ids import as_token_ids
     from dynamo.mocker.event_log import KvEventLog
     from dynamo.mocker.kv_manager import KvManager
     from dynamo.runtime import EndpointId
@@ -171,8 +179,6 @@ def _breakdown(isl: int, requests: int) -> dict[str, float]:
 
     log = KvEventLog(1, sink)
     kv = KvManager(NUM_BLOCKS, BLOCK_SIZE, log)
-    encoder = msgspec.msgpack.Encoder()
-    decoder = msgspec.msgpack.Decoder(PreprocessedRequest)
     rng = random.Random(isl)
     spent = dict.fromkeys(BREAKDOWN, 0.0)
     clock = time.process_time
@@ -180,11 +186,11 @@ def _breakdown(isl: int, requests: int) -> dict[str, float]:
     warm = NUM_BLOCKS // blocks_per_req + 5  # fill the cache first
     for i in range(warm + requests):
         ids = [rng.randrange(3, 49152) for _ in range(isl)]
-        payload = encoder.encode(
-            PreprocessedRequest(f"r{i}", "bench", ids, stop=StopConditions(max_tokens=OSL))
+        payload = request_to_wire(
+            PreprocessedRequest(f"r{i}", "bench", as_token_ids(ids), stop=StopConditions(max_tokens=OSL))
         )
         t0 = clock()
-        req = decoder.decode(payload)
+        req = request_from_wire(payload)
         t1 = clock()
         local = compute_block_hashes(req.token_ids, BLOCK_SIZE)
         hashes = compute_sequence_hashes(local)
@@ -239,7 +245,10 @@ def main() -> None:
         return
     if args.profile is not None:
         out = _measure(args.profile, args.requests, args.concurrency, True)
-        print(f"isl {out['isl']}: fresh {out['fresh_ms']:.2f} ms, full {out['full_ms']:.2f} ms CPU a request")
+        print(
+            f"isl {out['isl']}: fresh {out['fresh_ms']:.2f} ms, shared {out['shared_ms']:.2f} ms,"
+            f" full {out['full_ms']:.2f} ms CPU a request"
+        )
         print(out["profile"])
         return
     trees = [("ours", ROOT)]
@@ -249,19 +258,20 @@ def main() -> None:
     with open("/proc/loadavg") as f:
         print(f"load average at start: {' '.join(f.read().split()[:3])}")
     print(f"requests {args.requests} a phase, concurrency {args.concurrency}, min of {args.repeats} runs")
-    print("| ISL | tree | fresh cache ms/req | full cache (evicting) ms/req |")
-    print("|---|---|---|---|")
+    phases = ("fresh_ms", "shared_ms", "full_ms")
+    print("| ISL | tree | fresh cache ms/req | shared prefix ms/req | full cache (evicting) ms/req |")
+    print("|---|---|---|---|---|")
     for isl in args.isl:
-        best: dict[str, list[float]] = {name: [float("inf"), float("inf")] for name, _ in trees}
+        best: dict[str, dict[str, float]] = {name: {} for name, _ in trees}
         for _ in range(args.repeats):
             for name, tree in trees:  # interleaved, so a burst of load hits every tree alike
                 r = _child(tree, isl, args.requests, args.concurrency)
-                b = best[name]
-                b[0] = min(b[0], r["fresh_ms"])
-                b[1] = min(b[1], r["full_ms"])
+                for phase in phases:
+                    if phase in r:  # an older tree's script may lack a phase
+                        best[name][phase] = min(best[name].get(phase, float("inf")), r[phase])
         for name, _ in trees:
-            fresh, full = best[name]
-            print(f"| {isl} | {name} | {fresh:.2f} | {full:.2f} |", flush=True)
+            cells = " | ".join(f"{best[name][ph]:.2f}" if ph in best[name] else "-" for ph in phases)
+            print(f"| {isl} | {name} | {cells} |", flush=True)
     if args.breakdown:
         _print_breakdown(args, trees)
     with open("/proc/loadavg") as f:

@@ -15,6 +15,13 @@ Model (after the reference mocker and vLLM's block pool):
 
 Events use the chained sequence hash as the engine block hash and the block's local token hash
 as ``tokens_hash``; ``stored`` carries the parent's engine hash.
+
+Chunks: a sequence holds each whole run of ``chunk_blocks`` blocks from its start (a *chunk*,
+keyed by the tuple of its hashes) as one reference on the chunk, and only the rest block by block.
+A block's count in ``_active`` is its direct references plus one per held chunk that contains it,
+so it changes only when a chunk's count goes 0 <-> 1: the many sequences of a shared prompt take
+and drop its chunks with one dict operation each, not one per block. ``release`` must be given
+what ``acquire`` took (``acquired``: how many of the hashes, the rest promoted since).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable
-from itertools import chain, compress, filterfalse, repeat, takewhile
+from itertools import chain, compress, filterfalse, islice, repeat, takewhile
 from operator import not_
 
 import msgspec
@@ -36,6 +43,8 @@ logger = logging.getLogger(__name__)
 _plus_one = (1).__add__
 _minus_one = (-1).__add__
 _is_one = (1).__eq__
+
+CHUNK_BLOCKS = 32  # blocks a chunk: a 32k-token prompt of 16-token blocks is ~63 chunks
 
 
 class KvBlockSnapshot(msgspec.Struct):
@@ -61,13 +70,22 @@ class BlockMeta(msgspec.Struct, array_like=True, gc=False):
 class KvManager:
     """Reference-counted block pool with an LRU of cached inactive blocks."""
 
-    def __init__(self, num_blocks: int, block_size: int, events: KvEventLog, watermark: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        events: KvEventLog,
+        watermark: float = 0.0,
+        chunk_blocks: int = CHUNK_BLOCKS,
+    ) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.events = events
         # Admission keeps this many blocks free for running sequences to grow into.
         self.admission_limit = (1.0 - watermark) * num_blocks
-        self._active: dict[int, int] = {}  # seq hash -> reference count
+        self._active: dict[int, int] = {}  # seq hash -> direct references + held chunks with it
+        self.chunk_blocks = chunk_blocks  # 0: every block by itself
+        self._chunks: dict[tuple[int, ...], int] = {}  # held chunk -> references
         # The order of the cached blocks nobody uses (inactive: in ``_meta``, not in ``_active``),
         # least recently released first.
         self._inactive = BlockLru()
@@ -94,8 +112,12 @@ class KvManager:
         return self.num_blocks - len(self._active) - self._anonymous - len(self._inactive)
 
     def ref_count(self, seq_hash: int) -> int:
-        """References to a full block (0 if inactive or absent)."""
-        return self._active.get(seq_hash, 0)
+        """References to a full block (0 if inactive or absent); looks at every held chunk (for
+        tests and debugging)."""
+        n = self._active.get(seq_hash, 0)
+        for chunk, count in self._chunks.items():
+            n += (count - 1) * chunk.count(seq_hash)
+        return n
 
     def is_cached(self, seq_hash: int) -> bool:
         """Whether a full block is held, active or inactive."""
@@ -106,13 +128,39 @@ class KvManager:
         meta = self._meta
         if not seq_hashes or seq_hashes[0] not in meta:
             return 0
-        return len(list(takewhile(meta.__contains__, seq_hashes)))
+        start = self._held_start(seq_hashes)  # blocks of held chunks are cached
+        return start + len(list(takewhile(meta.__contains__, islice(seq_hashes, start, None))))
 
     def blocks_to_activate(self, seq_hashes: list[int], num_anonymous: int) -> int:
         """How many more blocks would be in use after acquiring ``seq_hashes`` plus
         ``num_anonymous`` anonymous blocks (blocks some sequence already uses are shared)."""
-        shared = len(list(filter(self._active.__contains__, seq_hashes)))
-        return len(seq_hashes) - shared + num_anonymous
+        start = self._held_start(seq_hashes)  # blocks of held chunks are in use
+        rest = seq_hashes[start:] if start else seq_hashes
+        shared = len(list(filter(self._active.__contains__, rest)))
+        return len(rest) - shared + num_anonymous
+
+    def _chunk_keys(self, seq_hashes: list[int], num_blocks: int | None = None) -> list[tuple[int, ...]]:
+        """The whole chunks among the first ``num_blocks`` (default: all) of ``seq_hashes``."""
+        c = self.chunk_blocks
+        if not c:
+            return []
+        end = (len(seq_hashes) if num_blocks is None else num_blocks) // c * c
+        return list(
+            map(tuple, map(seq_hashes.__getitem__, map(slice, range(0, end, c), range(c, end + 1, c))))
+        )
+
+    def _held_start(self, seq_hashes: list[int]) -> int:
+        """How many leading blocks of ``seq_hashes`` are in chunks some sequence holds."""
+        if not self._chunks or not seq_hashes or seq_hashes[0] not in self._active:
+            return 0  # (a held first chunk keeps the first block in use)
+        return self._held_lead(self._chunk_keys(seq_hashes)) * self.chunk_blocks
+
+    def _held_lead(self, keys: list[tuple[int, ...]]) -> int:
+        """How many of the leading chunks ``keys`` some sequence holds (all their blocks are active)."""
+        chunks = self._chunks
+        if not keys or keys[0] not in chunks:
+            return 0
+        return len(list(takewhile(chunks.__contains__, keys)))
 
     def can_admit(self, new_active_blocks: int) -> bool:
         """Admission check: active + new blocks within capacity minus the watermark."""
@@ -133,12 +181,64 @@ class KvManager:
 
         Events: the evicted blocks (``removed``), then each run of new blocks (``stored``, chained
         to the block before it); a cached block between two runs emits what came before it."""
+        keys = self._chunk_keys(seq_hashes)
+        lead = self._held_lead(keys)
+        start = lead * self.chunk_blocks
+        if start:
+            # The leading chunks some sequence holds: in use, cached, nothing to store; the blocks
+            # after them are taken one by one, as if the chunks' blocks had been (same events).
+            hashes, local, parent = seq_hashes[start:], local_hashes[start:], seq_hashes[start - 1]
+        else:
+            hashes, local, parent = seq_hashes, local_hashes, None
+        if not self._acquire_blocks(hashes, local, num_anonymous, parent, start):
+            return False
+        chunks = self._chunks
+        if lead:
+            for key in keys[:lead]:
+                chunks[key] += 1
+        fresh = keys[lead:] if lead else keys
+        if chunks.keys().isdisjoint(fresh):
+            size = len(chunks)
+            # Their blocks were just taken one by one: those references become the chunks'.
+            chunks.update(zip(fresh, repeat(1)))
+            if len(chunks) - size == len(fresh):
+                return True
+            deque(map(chunks.pop, fresh, repeat(None)), 0)  # a chunk repeats in this list: undo
+        for key in fresh:  # some held already: one by one
+            count = chunks.get(key)
+            if count is None:
+                chunks[key] = 1
+            else:
+                chunks[key] = count + 1
+                self._drop_direct(key)  # held: its blocks' own references are the chunk's
+        return True
+
+    def _drop_direct(self, blocks: tuple[int, ...]) -> None:
+        """One direct reference fewer on each of ``blocks`` (a held chunk keeps them active)."""
+        active = self._active
+        for h in blocks:
+            active[h] -= 1
+
+    def _acquire_blocks(
+        self,
+        seq_hashes: list[int],
+        local_hashes: list[int],
+        num_anonymous: int,
+        parent0: int | None,
+        depth0: int,
+    ) -> bool:
+        """``acquire`` of blocks ``depth0``.. of a sequence, one reference each (``parent0``: the
+        block before them)."""
         meta = self._meta
         n = len(seq_hashes)
-        m = self.cached_prefix(seq_hashes)
+        m = (
+            0
+            if not seq_hashes or seq_hashes[0] not in meta
+            else len(list(takewhile(meta.__contains__, seq_hashes)))
+        )
         head = seq_hashes[:m] if m else []
         if m and len(set(head)) < m:
-            return self._acquire_blockwise(seq_hashes, local_hashes, num_anonymous)
+            return self._acquire_blockwise(seq_hashes, local_hashes, num_anonymous, parent0, depth0)
         # Bulk path: ``head`` is cached (active or inactive), the blocks after the first miss are
         # new (the cached set is closed under parents: a sequence holds its whole chain and
         # releases it tail first), no hash repeats.
@@ -148,22 +248,22 @@ class KvManager:
         new = n - m
         free = self.num_free
         if new + num_anonymous > free + len(inactive) - reactivate:
-            return self._acquire_blockwise(seq_hashes, local_hashes, num_anonymous)  # exact answer
-        parent = seq_hashes[m - 1] if m else None
+            return self._acquire_blockwise(seq_hashes, local_hashes, num_anonymous, parent0, depth0)  # exact
+        parent = seq_hashes[m - 1] if m else parent0
         run: list[StoredBlock] = []
         if new:
             tail = seq_hashes[m:] if m else seq_hashes
             # A block after the first miss already cached: the per-block path. (One lookup per new
             # block; the insert right after it finds its slot in cache.)
             if not meta.keys().isdisjoint(tail):
-                return self._acquire_blockwise(seq_hashes, local_hashes, num_anonymous)
+                return self._acquire_blockwise(seq_hashes, local_hashes, num_anonymous, parent0, depth0)
             local = local_hashes[m:n]
             parents = chain((parent,), tail)  # one longer than tail: its last block is no one's parent
             size = len(meta)
-            meta.update(zip(tail, map(BlockMeta, local, parents, range(m, n)), strict=True))
+            meta.update(zip(tail, map(BlockMeta, local, parents, range(depth0 + m, depth0 + n)), strict=True))
             if len(meta) - size < new:  # a hash repeats in the tail: undo (all were new), per block
                 deque(map(meta.pop, tail, repeat(None)), 0)
-                return self._acquire_blockwise(seq_hashes, local_hashes, num_anonymous)
+                return self._acquire_blockwise(seq_hashes, local_hashes, num_anonymous, parent0, depth0)
             active.update(zip(tail, repeat(1)))
             run = list(map(StoredBlock, tail, local))
         if m:
@@ -178,8 +278,15 @@ class KvManager:
         self._flush_run(evicted, parent, run)
         return True
 
-    def _acquire_blockwise(self, seq_hashes: list[int], local_hashes: list[int], num_anonymous: int) -> bool:
-        """``acquire`` one block at a time (any hash list)."""
+    def _acquire_blockwise(
+        self,
+        seq_hashes: list[int],
+        local_hashes: list[int],
+        num_anonymous: int,
+        parent0: int | None,
+        depth0: int,
+    ) -> bool:
+        """``_acquire_blocks`` one block at a time (any hash list)."""
         active, inactive, meta = self._active, self._inactive, self._meta
         reactivate = 0
         new = 0
@@ -200,14 +307,14 @@ class KvManager:
         evicted: list[int] = []
         run: list[StoredBlock] = []
         run_parent: int | None = None
-        parent: int | None = None
+        parent = parent0
         for i, h in enumerate(seq_hashes):
             count = active.get(h)
             if count is None:
                 if self.num_free <= 0:
                     evicted += self._evict(1)
                 active[h] = 1
-                meta[h] = BlockMeta(local_hashes[i], parent, i)
+                meta[h] = BlockMeta(local_hashes[i], parent, depth0 + i)
                 if not run:
                     run_parent = parent
                 run.append(StoredBlock(h, local_hashes[i]))
@@ -237,13 +344,33 @@ class KvManager:
         deque(map(self._meta.__delitem__, evicted), 0)
         return evicted
 
-    def release(self, seq_hashes: list[int], num_anonymous: int) -> None:
-        """Drop a sequence's references. Full blocks that nobody uses any more become inactive
-        (still cached); they are queued last block first, so a sequence's tail is evicted before
-        its prefix."""
-        if seq_hashes:
-            active = self._active
+    def release(self, seq_hashes: list[int], num_anonymous: int, acquired: int | None = None) -> None:
+        """Drop a sequence's references: ``seq_hashes`` as ``acquire`` took them (its first
+        ``acquired``, default all) plus the blocks promoted since. Full blocks that nobody uses any
+        more become inactive (still cached); they are queued last block first, so a sequence's
+        tail is evicted before its prefix."""
+        keys = self._chunk_keys(seq_hashes, acquired)
+        if keys:
+            # The blocks after the chunks, then each chunk whose last reference this was.
+            rev = seq_hashes[len(keys) * self.chunk_blocks :][::-1]
+            chunks = self._chunks
+            keys.reverse()
+            counts = list(map(chunks.__getitem__, keys))
+            if counts.count(1) == len(counts) and len(set(keys)) == len(keys):  # the only holder
+                deque(map(chunks.__delitem__, keys), 0)
+                rev = seq_hashes[::-1]  # the blocks after the chunks, then every chunk's, reversed
+            else:
+                for key in keys:
+                    count = chunks[key] - 1
+                    if count:
+                        chunks[key] = count
+                    else:
+                        del chunks[key]
+                        rev += key[::-1]
+        else:
             rev = seq_hashes[::-1]
+        if rev:
+            active = self._active
             counts = list(map(active.__getitem__, rev))
             if counts.count(1) == len(counts):  # the sequence was each block's only user
                 deque(map(active.__delitem__, rev), 0)

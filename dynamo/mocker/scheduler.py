@@ -266,6 +266,7 @@ class Scheduler:
                 logger.error("request %s: block allocation failed after admission", seq.request_id)
                 break
             waiting.popleft()
+            seq.acquired_blocks = len(hashes)
             seq.anonymous_blocks = anonymous
             seq.kv_capacity = total_blocks * bs
             seq.prefill_target = n
@@ -370,7 +371,7 @@ class Scheduler:
 
     def _release(self, seq: Sequence) -> None:
         if self.config.enable_prefix_caching:
-            self.kv.release(seq.seq_hashes, seq.anonymous_blocks)
+            self.kv.release(seq.seq_hashes, seq.anonymous_blocks, seq.acquired_blocks)
         else:
             self.kv.release([], seq.anonymous_blocks)
         seq.anonymous_blocks = 0

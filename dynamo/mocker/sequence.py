@@ -75,6 +75,7 @@ class Sequence:
     """Engine-side state of one request."""
 
     __slots__ = (
+        "acquired_blocks",
         "anonymous_blocks",
         "cached_tokens",
         "eos_at",
@@ -136,6 +137,7 @@ class Sequence:
         self.tail = list(prompt[len(local) * block_size :])
         # KV held while admitted: anonymous blocks and token capacity of all held blocks.
         self.anonymous_blocks = 0
+        self.acquired_blocks = 0  # of seq_hashes, taken at admission (the rest: promoted since)
         self.kv_capacity = 0
         self.num_computed = 0  # tokens whose KV is computed
         self.prefill_target = 0  # tokens to compute before decoding (set on admission)

@@ -1,7 +1,8 @@
 """The KV block manager's run-at-a-time bookkeeping (``KvManager``, ``BlockLru``) against the
 per-block model it replaced: the same operations give the same events, reference counts, cached
 set and LRU order, for random workloads (shared prefixes, partial hits, eviction, preemption-like
-partial releases, decode blocks filling up, clears) and for the cases the bulk paths special-case."""
+partial releases, decode blocks filling up, clears) and for the cases the bulk paths special-case;
+with blocks held in chunks (small ones here, so short chains span several) and without."""
 
 from __future__ import annotations
 
@@ -132,10 +133,12 @@ class PerBlockKv:
         self.events.stored(parent, [StoredBlock(h, local)])
 
 
-def make(num_blocks: int) -> tuple[KvManager, PerBlockKv, list[KvEventBatch], list[KvEventBatch]]:
+def make(
+    num_blocks: int, chunk_blocks: int = 2
+) -> tuple[KvManager, PerBlockKv, list[KvEventBatch], list[KvEventBatch]]:
     got: list[KvEventBatch] = []
     want: list[KvEventBatch] = []
-    kv = KvManager(num_blocks, BS, KvEventLog(3, got.append))
+    kv = KvManager(num_blocks, BS, KvEventLog(3, got.append), chunk_blocks=chunk_blocks)
     model = PerBlockKv(num_blocks, KvEventLog(3, want.append))
     return kv, model, got, want
 
@@ -156,12 +159,14 @@ def chain_of(tokens: list[int]) -> tuple[list[int], list[int]]:
     return compute_sequence_hashes(local), local
 
 
+@pytest.mark.parametrize("chunk_blocks", [0, 2, 3])
 @pytest.mark.parametrize("seed", range(12))
-def test_random_workloads_match_the_per_block_model(seed: int) -> None:
+def test_random_workloads_match_the_per_block_model(seed: int, chunk_blocks: int) -> None:
     rng = random.Random(seed)
-    kv, model, got, want = make(rng.choice([24, 40, 64, 200]))
+    kv, model, got, want = make(rng.choice([24, 40, 64, 200]), chunk_blocks)
     prefixes = [[rng.randrange(1000) for _ in range(BS * rng.randrange(1, 6))] for _ in range(3)]
-    running: list[tuple[list[int], list[int], int]] = []  # (hashes, local, anonymous) held
+    # (hashes, local, anonymous, how many of the hashes acquire took) held
+    running: list[tuple[list[int], list[int], int, int]] = []
     for _ in range(300):
         op = rng.random()
         if op < 0.45:
@@ -169,37 +174,37 @@ def test_random_workloads_match_the_per_block_model(seed: int) -> None:
             tokens = prefix + [rng.randrange(1000) for _ in range(BS * rng.randrange(0, 8))]
             hashes, local = chain_of(tokens)
             if rng.random() < 0.2 and running:  # the same chain again (all cached / all active)
-                hashes, local, _ = rng.choice(running)
+                hashes, local, _, _ = rng.choice(running)
             anonymous = rng.randrange(0, 3)
             assert kv.cached_prefix(hashes) == model.cached_prefix(hashes)
             assert kv.blocks_to_activate(hashes, anonymous) == model.blocks_to_activate(hashes, anonymous)
             ok = kv.acquire(hashes, local, anonymous)
             assert ok == model.acquire(hashes, local, anonymous)
             if ok:
-                running.append((hashes, local, anonymous))
+                running.append((hashes, local, anonymous, len(hashes)))
         elif op < 0.8 and running:
-            hashes, local, anonymous = running.pop(rng.randrange(len(running)))
-            kv.release(hashes, anonymous)
+            hashes, local, anonymous, acquired = running.pop(rng.randrange(len(running)))
+            kv.release(hashes, anonymous, acquired)
             model.release(hashes, anonymous)
         elif op < 0.9 and running:
             # a sequence's partial block fills up: promote it to a full block of the chain
             i = rng.randrange(len(running))
-            hashes, local, anonymous = running[i]
+            hashes, local, anonymous, acquired = running[i]
             if anonymous:
                 loc = rng.randrange(1 << 60)
                 parent = hashes[-1] if hashes else None
                 h = compute_sequence_hashes([parent, loc])[1] if parent is not None else loc
                 kv.promote(h, loc, parent, len(hashes))
                 model.promote(h, loc, parent, len(hashes))
-                running[i] = ([*hashes, h], [*local, loc], anonymous - 1)
+                running[i] = ([*hashes, h], [*local, loc], anonymous - 1, acquired)
         elif op < 0.97:
             ok = kv.allocate_anonymous()
             assert ok == model.allocate_anonymous()
             if ok:
                 if running:
                     i = rng.randrange(len(running))
-                    hashes, local, anonymous = running[i]
-                    running[i] = (hashes, local, anonymous + 1)
+                    hashes, local, anonymous, acquired = running[i]
+                    running[i] = (hashes, local, anonymous + 1, acquired)
                 else:
                     kv.release([], 1)
                     model.release([], 1)
@@ -323,3 +328,18 @@ def test_block_lru_compacts_without_changing_order() -> None:
     lru.push(big)
     assert lru.pop_oldest(9_000) == big[:9_000] and lru._head < 9_000  # read front trimmed
     assert lru.pop_oldest(1_000) == big[9_000:]
+
+
+def test_a_chunk_repeated_in_one_list_and_shared_later_counts_like_its_blocks() -> None:
+    kv, model, got, want = make(16, chunk_blocks=2)
+    twice, once = [41, 42, 41, 42, 43], [41, 42]  # hand-made: the chunk (41, 42) twice, then once
+    for hashes in (twice, once):
+        local = [h + 1000 for h in hashes]
+        assert kv.acquire(hashes, local, 0) and model.acquire(hashes, local, 0)
+        assert_same(kv, model, got, want)
+    assert kv.ref_count(41) == 3 and kv.ref_count(43) == 1
+    for hashes in (once, twice):
+        kv.release(hashes, 0)
+        model.release(hashes, 0)
+        assert_same(kv, model, got, want)
+    assert list(kv._inactive) == [43, 42, 41] and not kv._chunks
