@@ -15,7 +15,9 @@ generated conversations.
 The ids come out as ``TokenIds`` (a u32 array, ``dynamo.llm.token_ids``): every piece is kept as
 one, so a prompt is joined from its pieces by copying their bytes, with no Python object per token.
 Pieces of at least ``min_chars`` characters are kept in an LRU bounded by ``max_bytes`` (the text
-plus 4 bytes a token). Pieces of at most ``SHORT_CHARS`` (the template's own words between added
+plus 4 bytes a token), found by a fingerprint (length and ~100 characters sampled along the piece)
+and then compared whole: a 130 kB piece is not hashed in full on every request. Pieces whose
+fingerprints agree share a bucket of at most ``BUCKET`` texts. Pieces of at most ``SHORT_CHARS`` (the template's own words between added
 tokens: ``assistant\n``, ``\n``; each a tokenizer call of 3-6 us, several a prompt) are remembered
 in a small table of at most ``SHORT_ENTRIES``; pieces in between are encoded every time, together
 with the misses. ``stats`` counts hits, misses and bytes for the frontend's metrics.
@@ -44,6 +46,7 @@ DEFAULT_MIN_CHARS = 256
 SERIAL_CHARS = 2048  # at most this much text to encode: ``encode`` per piece, no batch call
 SHORT_CHARS = 32  # pieces this short (``assistant\n``, ``\n``) are remembered apart, by count
 SHORT_ENTRIES = 4096  # at most this many; emptied when full (the template's words come back at once)
+BUCKET = 4  # texts kept under one fingerprint (the oldest goes first)
 
 
 class EncodeTooLong(Exception):
@@ -98,9 +101,13 @@ class PrefixTokenCache:
         # Longest first, so that one added token that is a prefix of another never wins.
         alternatives = "|".join(re.escape(t) for t in sorted(special_ids, key=len, reverse=True))
         self._split = re.compile(f"({alternatives})")
+        # All added tokens start with one character (``<`` for most tokenizers): ``split`` finds
+        # it with ``str.find`` and matches there, instead of the regex trying every position.
+        firsts = {t[0] for t in special_ids if t}
+        self._lead = firsts.pop() if len(firsts) == 1 and "" not in special_ids else None
         self._max_bytes = max_bytes
         self._min_chars = min_chars
-        self._entries: OrderedDict[str, TokenIds] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, str], list[tuple[str, TokenIds]]] = OrderedDict()
         self._short: dict[str, TokenIds] = {}  # the template's words between added tokens
         self._lock = threading.Lock()
         self.stats = CacheStats()
@@ -133,7 +140,7 @@ class PrefixTokenCache:
     def encode(self, text: str, budget: EncodeBudget | None = None) -> TokenIds:
         """The token ids of ``text`` (no special tokens added around it); ``EncodeTooLong`` when
         more of it would be encoded rather than found than ``budget`` (if given) has left."""
-        parts = self._split.split(text)
+        parts = self.split(text)
         # parts alternates: text, added token, text, ..., text
         found: list[TokenIds | None] = [None] * len(parts)
         to_encode: list[int] = []
@@ -145,13 +152,16 @@ class PrefixTokenCache:
                 if not part:
                     continue
                 if len(part) >= self._min_chars:
-                    entry = self._entries.get(part)
-                    if entry is not None:
-                        self._entries.move_to_end(part)
-                        found[i] = entry
-                        hits += 1
-                        cached += len(entry)
-                        continue
+                    fp = _fingerprint(part)
+                    bucket = self._entries.get(fp)
+                    if bucket is not None:
+                        entry = next((ids for t, ids in bucket if t == part), None)
+                        if entry is not None:
+                            self._entries.move_to_end(fp)
+                            found[i] = entry
+                            hits += 1
+                            cached += len(entry)
+                            continue
                 elif len(part) <= SHORT_CHARS and (ids := short.get(part)) is not None:
                     found[i] = ids
                     continue
@@ -196,26 +206,77 @@ class PrefixTokenCache:
                     out.extend(piece)  # same type: a copy of its bytes
         return out
 
+    def split(self, text: str) -> list[str]:
+        """``text`` cut at its added tokens: text, added token, text, ..., text (what
+        ``re.split`` with the alternation of the added tokens, longest first, returns)."""
+        lead = self._lead
+        if lead is None:
+            return self._split.split(text)
+        match = self._split.match
+        parts: list[str] = []
+        start = 0
+        pos = text.find(lead)
+        while pos != -1:
+            m = match(text, pos)
+            if m is None:
+                pos = text.find(lead, pos + 1)
+                continue
+            end = m.end()
+            parts += (text[start:pos], m.group())
+            start = end
+            pos = text.find(lead, end)
+        parts.append(text[start:])
+        return parts
+
+    def pieces(self) -> list[tuple[str, TokenIds]]:
+        """Every kept piece and its ids, least recently used first (for tests and debugging)."""
+        with self._lock:
+            return [entry for bucket in self._entries.values() for entry in bucket]
+
     def _keep(self, pieces: list[tuple[str, TokenIds]]) -> None:
         with self._lock:
             stats = self.stats
+            entries = self._entries
             for text, ids in pieces:
                 stats.misses += 1
                 size = _size(text, ids)
-                if size > self._max_bytes or text in self._entries:
+                if size > self._max_bytes:
                     continue
-                self._entries[text] = ids
+                fp = _fingerprint(text)
+                bucket = entries.get(fp)
+                if bucket is None:
+                    entries[fp] = [(text, ids)]
+                else:
+                    if any(t == text for t, _ in bucket):
+                        continue
+                    if len(bucket) >= BUCKET:
+                        old_text, old_ids = bucket.pop(0)
+                        stats.bytes -= _size(old_text, old_ids)
+                        stats.evictions += 1
+                    bucket.append((text, ids))
+                    entries.move_to_end(fp)
                 stats.bytes += size
             self._trim()
 
     def _trim(self) -> None:
         """Evict least recently used entries until the bytes fit (under the lock)."""
         stats = self.stats
-        while stats.bytes > self._max_bytes and self._entries:
-            old_text, old_ids = self._entries.popitem(last=False)
+        entries = self._entries
+        while stats.bytes > self._max_bytes and entries:
+            bucket = next(iter(entries.values()))
+            old_text, old_ids = bucket.pop(0)
+            if not bucket:
+                entries.popitem(last=False)
             stats.bytes -= _size(old_text, old_ids)
             stats.evictions += 1
-        stats.entries = len(self._entries)
+        stats.entries = sum(map(len, entries.values()))
+
+
+def _fingerprint(text: str) -> tuple[int, str]:
+    """The length and ~100 characters of ``text``: its ends and a sample along it (a few
+    microseconds for any length, where hashing all of a 130 kB piece takes ~35)."""
+    n = len(text)
+    return n, text[:16] + text[:: n // 64 + 1] + text[-16:]
 
 
 def _size(text: str, ids: TokenIds) -> int:

@@ -14,12 +14,14 @@ from dynamo.llm.chat_template import ChatTemplate
 from dynamo.llm.openai import ChatCompletionRequest
 from dynamo.llm.preprocessor import Preprocessor, inline_encode_limit
 from dynamo.llm.token_cache import (
+    BUCKET,
     DEFAULT_MIN_CHARS,
     SHORT_CHARS,
     SHORT_ENTRIES,
     EncodeBudget,
     EncodeTooLong,
     PrefixTokenCache,
+    _fingerprint,
     _size,
 )
 
@@ -114,8 +116,8 @@ def test_short_pieces_are_remembered_exactly(
     text = "".join(pieces)
     expected = tokenizer.encode(text, add_special_tokens=False).ids
     assert list(cache.encode(text)) == expected
-    remembered = [p for p in cache._split.split(text)[::2] if 0 < len(p) <= SHORT_CHARS]
-    if len(remembered) == len([p for p in cache._split.split(text)[::2] if p]):
+    remembered = [p for p in cache.split(text)[::2] if 0 < len(p) <= SHORT_CHARS]
+    if len(remembered) == len([p for p in cache.split(text)[::2] if p]):
         assert list(cache.encode(text, EncodeBudget(0))) == expected  # nothing left to encode
     assert list(cache.encode(text)) == expected
 
@@ -214,13 +216,13 @@ def test_entries_are_token_arrays_counted_exactly_and_hits_copy_them(
     texts = [f"<|im_start|>{i} " + "token cache ünïcode " * 150 for i in range(5)]
 
     def counted() -> int:  # what the entries hold, by the cache's own measure
-        return sum(_size(text, ids) for text, ids in cache._entries.items())
+        return sum(_size(text, ids) for text, ids in cache.pieces())
 
     for text in texts:
         assert list(cache.encode(text)) == tokenizer.encode(text, add_special_tokens=False).ids
         assert cache.stats.bytes == counted() <= 32_000
     assert cache.stats.evictions == 1 and all(
-        isinstance(ids, array) and ids.itemsize == 4 for ids in cache._entries.values()
+        isinstance(ids, array) and ids.itemsize == 4 for _, ids in cache.pieces()
     )  # 4 bytes a token
     for text in texts[1:3] * 2:
         ids = cache.encode(text)
@@ -229,3 +231,34 @@ def test_entries_are_token_arrays_counted_exactly_and_hits_copy_them(
     assert cache.stats.hits == 4 and cache.stats.bytes == counted()
     for text in texts[1:3]:
         assert list(cache.encode(text)) == tokenizer.encode(text, add_special_tokens=False).ids
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    pieces=st.lists(
+        st.one_of(TEXT, st.sampled_from([*SPECIALS, "<", "<|", "<|im_", "<|im_end", "<<|im_end|>"])),
+        max_size=10,
+    )
+)
+def test_split_cuts_where_the_regex_does(qualified: PrefixTokenCache, pieces: list[str]) -> None:
+    text = "".join(pieces)  # added tokens, their beginnings, and a stray lead character
+    assert qualified._lead == "<"
+    assert qualified.split(text) == qualified._split.split(text)
+
+
+def test_pieces_with_one_fingerprint_are_all_kept_and_found(
+    tokenizer: Tokenizer, qualified: PrefixTokenCache
+) -> None:
+    cache = fresh(qualified, min_chars=100)
+    base = "a shared system prompt, the same length for every user: " * 40
+    # Same length and ends, different words in the middle: one fingerprint for all of them.
+    at = (len(base) // 64 + 1) * 28 + 1  # four characters between two sampled ones
+    texts = [base[:at] + f"{i:04d}" + base[at + 4 :] for i in range(BUCKET + 1)]
+    assert len({_fingerprint(t) for t in texts}) == 1 and len(set(texts)) == len(texts)
+    for text in texts[:BUCKET] * 2:
+        assert list(cache.encode(text)) == tokenizer.encode(text, add_special_tokens=False).ids
+    assert (cache.stats.misses, cache.stats.hits) == (BUCKET, BUCKET)
+    cache.encode(texts[BUCKET])  # a fifth: the bucket's oldest makes room
+    assert cache.stats.evictions == 1 and cache.stats.entries == BUCKET
+    assert [t for t, _ in cache.pieces()] == texts[1:]
+    assert cache.stats.bytes == sum(_size(t, ids) for t, ids in cache.pieces())
