@@ -57,7 +57,15 @@ class BlockLru:
             self._compact()
 
     def reactivate(self, hashes: list[int]) -> None:
-        """These inactive blocks (no repeats) are in use again: their entries go stale."""
+        """These inactive blocks (no repeats) are in use again: their entries go stale. When they
+        are the newest entries, pushed in reverse (a chain released and taken back at once), the
+        entries are dropped instead."""
+        k = len(hashes)
+        queue = self._queue
+        if k and len(queue) - self._head >= k and queue[-1] == hashes[0] and queue[-k:] == hashes[::-1]:
+            del queue[-k:]  # each block's newest entry: its live one
+            self._live -= k
+            return
         stale = self._stale
         stale.update(zip(hashes, map(_plus_one, map(stale.get, hashes, repeat(0))), strict=True))
         self._live -= len(hashes)

@@ -270,8 +270,11 @@ class KvManager:
             # Reactivate before evicting, so that making room cannot evict the prefix.
             if reused:
                 inactive.reactivate(reused)
-            counts = list(map(active.get, head, repeat(0)))
-            active.update(zip(head, map(_plus_one, counts), strict=True))
+            if reactivate == m:  # nobody used any of them
+                active.update(zip(head, repeat(1)))
+            else:
+                counts = list(map(active.get, head, repeat(0)))
+                active.update(zip(head, map(_plus_one, counts), strict=True))
         evict = new + num_anonymous - free
         evicted = self._evict(evict) if evict > 0 else []
         self._anonymous += num_anonymous
