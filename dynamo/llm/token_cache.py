@@ -17,10 +17,11 @@ one, so a prompt is joined from its pieces by copying their bytes, with no Pytho
 Pieces of at least ``min_chars`` characters are kept in an LRU bounded by ``max_bytes`` (the text
 plus 4 bytes a token), found by a fingerprint (length and ~100 characters sampled along the piece)
 and then compared whole: a 130 kB piece is not hashed in full on every request. Pieces whose
-fingerprints agree share a bucket of at most ``BUCKET`` texts. Pieces of at most ``SHORT_CHARS`` (the template's own words between added
-tokens: ``assistant\n``, ``\n``; each a tokenizer call of 3-6 us, several a prompt) are remembered
-in a small table of at most ``SHORT_ENTRIES``; pieces in between are encoded every time, together
-with the misses. ``stats`` counts hits, misses and bytes for the frontend's metrics.
+fingerprints agree share a bucket of at most ``BUCKET`` texts. Pieces of at most ``SHORT_CHARS``
+(the template's own words between added tokens: ``assistant\n``, ``\n``; each a tokenizer call of
+3-6 us, several a prompt) are remembered in a small table of at most ``SHORT_ENTRIES``; pieces in
+between are encoded every time, together with the misses. ``stats`` counts hits, misses and bytes
+for the frontend's metrics.
 
 ``encode(text, budget)`` raises ``EncodeTooLong`` instead of encoding when the characters not in
 the cache exceed what is left of ``budget`` (an ``EncodeBudget``, spent across calls): the caller
