@@ -156,7 +156,7 @@ class PrefixTokenCache:
                     fp = _fingerprint(part)
                     bucket = self._entries.get(fp)
                     if bucket is not None:
-                        entry = next((ids for t, ids in bucket if t == part), None)
+                        entry = _find(bucket, part)
                         if entry is not None:
                             self._entries.move_to_end(fp)
                             found[i] = entry
@@ -248,7 +248,7 @@ class PrefixTokenCache:
                 if bucket is None:
                     entries[fp] = [(text, ids)]
                 else:
-                    if any(t == text for t, _ in bucket):
+                    if _find(bucket, text) is not None:
                         continue
                     if len(bucket) >= BUCKET:
                         old_text, old_ids = bucket.pop(0)
@@ -271,6 +271,11 @@ class PrefixTokenCache:
             stats.bytes -= _size(old_text, old_ids)
             stats.evictions += 1
         stats.entries = sum(map(len, entries.values()))
+
+
+def _find(bucket: list[tuple[str, TokenIds]], text: str) -> TokenIds | None:
+    """The ids kept for ``text`` in its fingerprint's bucket, if it is there."""
+    return next((ids for t, ids in bucket if t == text), None)
 
 
 def _fingerprint(text: str) -> tuple[int, str]:

@@ -1,16 +1,16 @@
 """Worker side of the TCP request plane: serve registered endpoint handlers.
 
-Journey: a caller's ``REQUEST`` frame -> the endpoint's handler runs in its own task -> each
-yielded item is batched into ``DATA`` frames -> ``END`` (or ``ERROR``). Items wait at most one loop
-turn: one callback per connection per turn encodes every stream that produced and writes them all. A ``CANCEL`` frame or a
-dropped connection cancels the handler's task, so the engine sees ``asyncio.CancelledError`` and
-aborts. Flow control: a stream may run ``STREAM_WINDOW`` items ahead of its reader; then the
-handler waits for ``CREDIT``. A malformed frame closes only that connection. A ``PING`` is answered
-with a ``PONG`` at once, from the event loop (the caller's liveness check, see client.py), carrying
-this version's ``FEATURES`` (framing.py). The
-other way round, a connection with streams in flight that stays silent past ``liveness_timeout``
-(``PING`` sent, no frame back: the caller hung or its link was cut) is aborted, which cancels its
-handlers, so the engine does not hold work for a caller that is gone.
+Journey: a caller's ``REQUEST`` frame -> the endpoint's handler runs in its own task -> each yielded
+item is batched into ``DATA`` frames -> ``END`` (or ``ERROR``). Items wait at most one loop turn:
+one callback per connection per turn encodes every stream that produced and writes them all. A
+``CANCEL`` frame or a dropped connection cancels the handler's task, so the engine sees
+``asyncio.CancelledError`` and aborts. Flow control: a stream may run ``STREAM_WINDOW`` items ahead
+of its reader; then the handler waits for ``CREDIT``. A malformed frame closes only that connection.
+A ``PING`` is answered with a ``PONG`` at once, from the event loop (the caller's liveness check,
+see client.py), carrying this version's ``FEATURES`` (framing.py). The other way round, a connection
+with streams in flight that stays silent past ``liveness_timeout`` (``PING`` sent, no frame back:
+the caller hung or its link was cut) is aborted, which cancels its handlers, so the engine does not
+hold work for a caller that is gone.
 """
 
 from __future__ import annotations
