@@ -22,7 +22,6 @@ import base64
 import logging
 import sys
 import time
-import uuid
 from array import array
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +54,7 @@ from dynamo.llm.openai_embeddings import (
     parse_embedding_request,
 )
 from dynamo.runtime import InstanceRecord, InstanceUnreachable, RemoteError, StreamBroken
+from dynamo.runtime.names import new_request_id
 from dynamo.runtime.request_plane import RequestPlaneClient
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ async def handle_embeddings(service: FrontendService, request: Request) -> Respo
         service.metrics.rejected(label, LABEL, exc.status)
         return error_response(exc)
 
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request_id = request.headers.get("x-request-id") or new_request_id()
     embed = EmbedRequest(request_id=request_id, inputs=inputs, dimensions=req.dimensions)
     prompt_tokens = sum(len(ids) for ids in inputs)
     record = RequestMetrics(service.metrics.model(model.name), model, LABEL, False, started, prompt_tokens)

@@ -16,7 +16,6 @@ cancels the work on the workers and is counted as 499 (``dynamo.frontend.disconn
 from __future__ import annotations
 
 import time
-import uuid
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -38,6 +37,7 @@ from dynamo.frontend.stages.stream import stream_response
 from dynamo.frontend.turn_budget import TurnBudget
 from dynamo.llm.errors import RequestError
 from dynamo.runtime import DistributedRuntime
+from dynamo.runtime.names import new_request_id
 
 
 class FrontendService:
@@ -71,7 +71,7 @@ class FrontendService:
                 name = req.model
                 model = admit(self.models, name, config.max_inflight_requests)
                 with model.hold_slot():
-                    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+                    request_id = request.headers.get("x-request-id") or new_request_id()
                     choices = await preprocess(model, endpoint, req, request_id, offload)
                     builder = ResponseBuilder(
                         endpoint.kind,
