@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from dynamo.llm.detokenizer import Detokenizer
@@ -133,11 +133,33 @@ def test_stop_string_matching_whole_first_token(tokenizer: Tokenizer) -> None:
     assert result.stopped and result.text == ""
 
 
-def test_cost_per_token_is_small(tokenizer: Tokenizer) -> None:
-    ids = encode(tokenizer, " ".join(TEXTS) * 20)
-    detok = Detokenizer(tokenizer, stop_strings=["</answer>", "\n\n\n"])
-    start = time.perf_counter()
-    for token_id in ids:
-        detok.add((token_id,))
-    per_token_us = (time.perf_counter() - start) / len(ids) * 1e6
-    assert per_token_us < 50  # ~2 µs measured; a loose bound against pathological regressions
+_PIECES = ["a", "b", " ", "é", "日本", "\n", "x1", "?", "🙂", "👩‍👧", "</", "end>", "\t"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    pieces=st.lists(st.sampled_from(_PIECES), min_size=1, max_size=30),
+    cuts=st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=40),
+    stops=st.sampled_from([(), ("</end>",), ("b b", "日")]),
+)
+def test_batches_of_any_size_give_the_text_of_one_token_at_a_time(
+    tokenizer: Tokenizer, pieces: list[str], cuts: list[int], stops: tuple[str, ...]
+) -> None:
+    """An ``add`` of several ids (one Rust call) releases the same text, cut at the same stop, as
+    adding them one by one."""
+    prompt = tokenizer.encode(PROMPT, add_special_tokens=False).ids
+    ids = tokenizer.encode("".join(pieces), add_special_tokens=False).ids
+    one = Detokenizer(tokenizer, prompt, stop_strings=stops)
+    results = [one.add([i]) for i in ids]
+    expected = "".join(r.text for r in results) + one.flush()
+    batched = Detokenizer(tokenizer, prompt, stop_strings=stops)
+    text, at, k = "", 0, 0
+    while at < len(ids) and not batched.stopped:
+        n = cuts[k % len(cuts)]
+        chunk = batched.add(ids[at : at + n])
+        assert "\ufffd" not in chunk.text
+        text += chunk.text
+        at, k = at + n, k + 1
+    text += batched.flush()
+    assert text == expected
+    assert batched.stopped == one.stopped
