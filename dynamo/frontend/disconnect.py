@@ -1,11 +1,13 @@
-"""Stop a request's engine work when its client hangs up before the response starts.
+"""Stop a request's engine work when its client hangs up (journey: HTTP -> parse -> preprocess ->
+**route -> stream | collect**, while the client may leave -> client).
 
-Journey: HTTP -> parse -> preprocess -> **route -> collect** (while the client may leave) -> client.
-``until_disconnect(receive, work)`` runs ``work`` as a task beside a watcher on the ASGI ``receive``
-channel. The request body must have been read already, so the next message the server delivers is
-``http.disconnect``; if it comes before ``work`` is done, ``work`` is cancelled (which closes its
-engine streams: the workers abort the request and free its KV) and ``ClientGone`` is raised. Once a
-streaming response starts, ``SSEResponse`` watches instead.
+``DisconnectWatch(receive)``, made once a request's body has been read, is one task reading the
+ASGI ``receive`` channel for the rest of the request: the next message the server delivers is
+``http.disconnect``, and when it comes the request's own task is cancelled. Whatever it was
+awaiting (routing, collecting, writing the stream) sees ``CancelledError`` and closes its engine
+streams, so the workers abort the request and free its KV. ``run(work)`` turns that cancellation
+into ``ClientGone``; ``SSEResponse`` asks ``left()`` itself. ``stop()`` ends the watch: before a
+response is complete, since the server then reports a disconnect for every ``receive``.
 """
 
 from __future__ import annotations
@@ -20,30 +22,50 @@ T = TypeVar("T")
 
 
 class ClientGone(Exception):
-    """The client disconnected before its response started; its work was cancelled."""
+    """The client disconnected before its response was ready; its work was cancelled."""
 
 
-async def until_disconnect(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
-    """``await work``, unless the client disconnects first (then ``ClientGone``)."""
-    task = asyncio.ensure_future(work)
-    gone = False
+class DisconnectWatch:
+    """Cancels the task that made it when the client disconnects (one watcher task per request)."""
 
-    async def watch() -> None:
-        nonlocal gone
+    __slots__ = ("_task", "_watcher", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("DisconnectWatch needs a running task")
+        self._task = task
+        self.gone = False
+        self._watcher: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(
+            self._watch(receive)
+        )
+
+    async def _watch(self, receive: Receive) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                gone = True
-                task.cancel()
+                self.gone = True
+                self._task.cancel()
                 return
 
-    watcher = asyncio.ensure_future(watch())
-    try:
-        return await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if gone and (current is None or not current.cancelling()):
-            raise ClientGone from None
-        raise
-    finally:
-        watcher.cancel()
+    def stop(self) -> None:
+        """Stop watching (idempotent)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    def left(self) -> bool:
+        """Called on a ``CancelledError`` in the request's task: whether the client's departure
+        (and nothing else, such as a server shutting down) caused it; if so the cancellation is
+        consumed and the task may go on to record the request."""
+        return self.gone and self._task.uncancel() == 0
+
+    async def run(self, work: Coroutine[Any, Any, T]) -> T:
+        """``await work``, unless the client disconnects first (then ``ClientGone``)."""
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if self.left():
+                raise ClientGone from None
+            raise
+

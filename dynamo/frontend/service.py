@@ -23,7 +23,7 @@ from starlette.responses import Response
 from dynamo.frontend.admission_pacer import AdmissionPacer
 from dynamo.frontend.args import FrontendConfig
 from dynamo.frontend.disagg import PrefillRouter
-from dynamo.frontend.disconnect import ClientGone, until_disconnect
+from dynamo.frontend.disconnect import ClientGone, DisconnectWatch
 from dynamo.frontend.endpoints import CompletionEndpoint
 from dynamo.frontend.loop_lag import LoopLagMonitor
 from dynamo.frontend.metrics import FrontendMetrics, RequestMetrics
@@ -97,27 +97,39 @@ class FrontendService:
         migration_limit = config.migration_limit
         if migration_limit is None:
             migration_limit = model.card.migration_limit
+        watch = DisconnectWatch(request.receive)  # one watch for routing and the response
+        handed_over = False  # to the stream's response, which stops the watch when it ends
         try:
-            routed = await until_disconnect(
-                request.receive,
-                route_all(
-                    self.prefill, self.runtime.request_client, model, choices, migration_limit, mm.migrated
-                ),
-            )
-        except ClientGone:
-            record.finish("499", 0, None)
-            return Response(status_code=499)  # nobody is there to read it
-        except RequestError as exc:
-            record.finish(str(exc.status), 0, None)
-            return error_response(exc)
-        except BaseException:
-            record.finish("500", 0, None)
-            raise
-        record.first_output()
-        headers = routed[0].debug_headers(request.headers)
-        if req.stream:
-            return await stream_response(routed, builder, record, headers, self.turns)
-        try:
-            return await until_disconnect(request.receive, collect(routed, builder, record, headers))
-        except ClientGone:
-            return Response(status_code=499)
+            try:
+                routed = await watch.run(
+                    route_all(
+                        self.prefill,
+                        self.runtime.request_client,
+                        model,
+                        choices,
+                        migration_limit,
+                        mm.migrated,
+                    )
+                )
+            except ClientGone:
+                record.finish("499", 0, None)
+                return Response(status_code=499)  # nobody is there to read it
+            except RequestError as exc:
+                record.finish(str(exc.status), 0, None)
+                return error_response(exc)
+            except BaseException:
+                record.finish("500", 0, None)
+                raise
+            record.first_output()
+            headers = routed[0].debug_headers(request.headers)
+            if req.stream:
+                response = await stream_response(routed, builder, record, headers, self.turns, watch)
+                handed_over = True
+                return response
+            try:
+                return await watch.run(collect(routed, builder, record, headers))
+            except ClientGone:
+                return Response(status_code=499)
+        finally:
+            if not handed_over:
+                watch.stop()

@@ -2,8 +2,9 @@
 stage -> **the wire**).
 
 The events are written as they come; the chunk ending in the last event goes out with the end of
-the body. When the client goes away, the task producing events is cancelled, which closes the
-engine stream and so cancels the work on the worker; ``on_done(disconnected)`` runs either way.
+the body. When the client goes away (``DisconnectWatch``: the request's own, or one made here), the
+task producing events is cancelled, which closes the engine stream and so cancels the work on the
+worker; ``on_done(disconnected)`` runs either way.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import AsyncGenerator, Callable
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from dynamo.frontend.disconnect import DisconnectWatch
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +41,13 @@ class SSEResponse(Response):
         on_done: Callable[[bool], None],
         headers: dict[str, str] | None = None,
         last_event: bytes | None = None,
+        watch: DisconnectWatch | None = None,
     ) -> None:
         # Not Response.__init__: there is no body to render; set what Starlette/FastAPI read.
         self.events = events
         self.on_done = on_done
         self.last_event = last_event
+        self.watch = watch  # the request's (already watching), else one is made when the response starts
         self.status_code = 200
         self.background = None
         self.raw_headers = list(_HEADERS) + [
@@ -50,20 +55,8 @@ class SSEResponse(Response):
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        writer = asyncio.current_task()
+        watch = self.watch if self.watch is not None else DisconnectWatch(receive)
         disconnected = False
-
-        async def watch_disconnect() -> None:
-            nonlocal disconnected
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    disconnected = True
-                    if writer is not None:
-                        writer.cancel()
-                    return
-
-        watcher = asyncio.create_task(watch_disconnect())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             last = self.last_event
@@ -76,13 +69,14 @@ class SSEResponse(Response):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:
-            if not disconnected:
+            if not watch.left():
                 raise
+            disconnected = True
             log.debug("client disconnected; request cancelled")
         except OSError:
             disconnected = True
         finally:
-            watcher.cancel()
+            watch.stop()
             with contextlib.suppress(BaseException):
                 await self.events.aclose()
             self.on_done(disconnected)

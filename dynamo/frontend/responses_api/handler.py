@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from dynamo.frontend.choices import ChoiceDelta, ChoiceStream
-from dynamo.frontend.disconnect import ClientGone, until_disconnect
+from dynamo.frontend.disconnect import ClientGone, DisconnectWatch
 from dynamo.frontend.endpoints import CHAT
 from dynamo.frontend.metrics import RequestMetrics
 from dynamo.frontend.models import ServedModel
@@ -123,41 +123,51 @@ async def create_response(service: FrontendService, request: Request) -> Respons
     if migration_limit is None:
         migration_limit = model.card.migration_limit
     run = ResponseRun(req, response_id, model, history, choice, store)
+    watch = DisconnectWatch(request.receive)  # one watch for routing and the response
+    handed_over = False  # to the stream's response, which stops the watch when it ends
     try:
-        routed = await until_disconnect(
-            request.receive,
-            route(service.prefill, service.runtime.request_client, model, pre, migration_limit, mm.migrated),
-        )
-    except ClientGone:  # the client left while its request waited for a first output
-        record.finish("499", 0, None)
-        return Response(status_code=499)
-    except RequestError as exc:  # no worker, all busy, or the engine refused the request
-        record.finish(str(exc.status), 0, None)
-        return error_response(to_responses_error(exc))
-    except BaseException:
-        record.finish("500", 0, None)
-        raise
-    record.first_output()
-    headers = routed.debug_headers(request.headers)
-    if req.stream:
+        try:
+            routed = await watch.run(
+                route(
+                    service.prefill, service.runtime.request_client, model, pre, migration_limit, mm.migrated
+                )
+            )
+        except ClientGone:  # the client left while its request waited for a first output
+            record.finish("499", 0, None)
+            return Response(status_code=499)
+        except RequestError as exc:  # no worker, all busy, or the engine refused the request
+            record.finish(str(exc.status), 0, None)
+            return error_response(to_responses_error(exc))
+        except BaseException:
+            record.finish("500", 0, None)
+            raise
+        record.first_output()
+        headers = routed.debug_headers(request.headers)
+        if req.stream:
 
-        def on_done(disconnected: bool) -> None:
-            record.finish("499" if disconnected else "200", choice.completion_tokens, choice.cached_tokens)
+            def on_done(disconnected: bool) -> None:
+                record.finish(
+                    "499" if disconnected else "200", choice.completion_tokens, choice.cached_tokens
+                )
 
-        return SSEResponse(run.events(routed), on_done, headers)
-    status = "500"  # unless it ends otherwise
-    try:
-        body_out = await until_disconnect(request.receive, run.collect(routed))
-        status = "200"
-        return JSONResponse(body_out, headers=headers)
-    except ClientGone:  # the client left; its engine request was closed with the collection
-        status = "499"
-        return Response(status_code=499)
-    except RequestError as exc:
-        status = str(exc.status)
-        return error_response(to_responses_error(exc))
+            handed_over = True
+            return SSEResponse(run.events(routed), on_done, headers, watch=watch)
+        status = "500"  # unless it ends otherwise
+        try:
+            body_out = await watch.run(run.collect(routed))
+            status = "200"
+            return JSONResponse(body_out, headers=headers)
+        except ClientGone:  # the client left; its engine request was closed with the collection
+            status = "499"
+            return Response(status_code=499)
+        except RequestError as exc:
+            status = str(exc.status)
+            return error_response(to_responses_error(exc))
+        finally:
+            record.finish(status, choice.completion_tokens, choice.cached_tokens)
     finally:
-        record.finish(status, choice.completion_tokens, choice.cached_tokens)
+        if not handed_over:
+            watch.stop()
 
 
 class ResponseRun:

@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator
 from prometheus_client import Histogram
 from starlette.responses import Response
 
+from dynamo.frontend.disconnect import DisconnectWatch
 from dynamo.frontend.metrics import RequestMetrics
 from dynamo.frontend.responses import DONE, ResponseBuilder, error_response, sse
 from dynamo.frontend.sse import SSEResponse
@@ -35,15 +36,19 @@ async def stream_response(
     record: RequestMetrics,
     headers: dict[str, str],
     turns: TurnBudget | None = None,
+    watch: DisconnectWatch | None = None,
 ) -> Response:
     """The streaming HTTP response; the request's metrics are finished when it ends.
 
     The first outputs (already here: routing waited for them) are formatted before the status line
     goes out, so an engine that refused the request on its first output (a grammar it cannot
-    compile) is still answered with a status (400, 500) rather than an error event."""
+    compile) is still answered with a status (400, 500) rather than an error event. ``watch``, the
+    request's disconnect watch, goes on watching the stream (``SSEResponse`` stops it)."""
     try:
         head = b"".join(builder.stream(i, r.first) for i, r in enumerate(routed))
     except RequestError as exc:
+        if watch is not None:
+            watch.stop()
         for r in routed:
             await r.batches.aclose()
         record.finish(str(exc.status), builder.completion_tokens, builder.cached_tokens)
@@ -56,7 +61,7 @@ async def stream_response(
         events = _events(head, routed[0].batches, builder, record.mm.itl, turns)
     else:
         events = _merged_events(head, routed, builder, record.mm.itl, turns)
-    return SSEResponse(events, on_done, headers, last_event=DONE)
+    return SSEResponse(events, on_done, headers, last_event=DONE, watch=watch)
 
 
 async def _events(
