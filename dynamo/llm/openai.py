@@ -34,6 +34,7 @@ MAX_N = 128
 MAX_STOP = 4
 MAX_TOOLS = 128
 MAX_PROMPTS = 2048  # a completions prompt list
+MAX_CHOICES = 2048  # prompts x n: each choice is an engine request
 # Fields older vLLM releases served that 0.32 replaced: refused with the replacement named.
 REPLACED_FIELDS = {
     "guided_json": "structured_outputs.json",
@@ -281,6 +282,13 @@ def parse_completion_request(body: bytes | str) -> CompletionRequest:
         for i, item in enumerate(prompt):
             if isinstance(item, list | str) and not item:
                 raise bad_request("'prompt' must not be empty.", f"prompt[{i}]")
+        prompts = len(prompt) if isinstance(prompt[0], str | list) else 1
+        if prompts * (req.n or 1) > MAX_CHOICES:
+            raise bad_request(
+                f"{prompts} prompts x 'n' = {req.n} would be {prompts * (req.n or 1)} choices; "
+                f"at most {MAX_CHOICES} are served in one request.",
+                "n",
+            )
     if req.best_of not in (None, 1):
         raise bad_request(
             "Only 'best_of' = 1 is supported (vLLM's engine no longer samples best-of; use 'n').", "best_of"

@@ -216,6 +216,8 @@ def test_chat_validation_errors(body: bytes, param: str | None) -> None:
         (completion(prompt=["a"] * 2049), "prompt"),
         (completion(prompt=[1, -2]), "prompt[1]"),
         (completion(n=129), "n"),
+        (completion(prompt=["a"] * 17, n=128), "n"),  # 2,176 choices: each an engine request
+        (completion(prompt=[[1]] * 2048, n=2), "n"),
         (completion(best_of=2), "best_of"),
         (completion(suffix="x"), "suffix"),
         (completion(logprobs=21), "logprobs"),
@@ -228,6 +230,11 @@ def test_completion_validation_errors(body: bytes, param: str) -> None:
     with pytest.raises(RequestError) as info:
         parse_completion_request(body)
     assert (info.value.status, info.value.param) == (400, param)
+
+
+def test_prompts_times_n_up_to_the_choice_limit_parse() -> None:
+    assert parse_completion_request(completion(prompt=["a"] * 16, n=128)).n == 128
+    assert parse_completion_request(completion(prompt=[1, 2, 3], n=128)).n == 128  # one prompt of ids
 
 
 @pytest.mark.parametrize("prompt", ["text", ["text"], [1, 2, 3], [[1, 2, 3]]])
