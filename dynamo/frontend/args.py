@@ -6,26 +6,18 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypedDict
 
 from dynamo.frontend.admission_pacer import DEFAULT_BUDGET as DEFAULT_ADMISSION_BUDGET
+from dynamo.llm.disagg import DisaggTimeouts
 from dynamo.runtime import RuntimeConfig, add_runtime_args
+from dynamo.runtime.config import env_float, env_int
 from dynamo.runtime.names import validate_name
 
 ROUTER_MODES = ("round-robin", "random", "kv")
 DISAGG_STRATEGIES = ("prefill_first", "decode_first")
 PREPROCESS_NICE_DEFAULT = 10
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw else default
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return float(raw) if raw else default
 
 
 def _milliseconds(name: str, environ: Mapping[str, str]) -> float | None:
@@ -88,13 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--http-port",
         type=int,
-        default=_env_int("DYN_HTTP_PORT", 8000),
+        default=env_int("DYN_HTTP_PORT", 8000),
         help="listen port (env DYN_HTTP_PORT, default 8000)",
     )
     p.add_argument(
         "--http-workers",
         type=int,
-        default=_env_int("DYN_HTTP_WORKERS", 1),
+        default=env_int("DYN_HTTP_WORKERS", 1),
         help="frontend processes sharing the HTTP port (SO_REUSEPORT, Linux) when one process's core "
         "limits throughput; each runs its own model watcher and router (KV mode: add "
         "--router-replica-sync to share load predictions); /metrics on the shared port answers for all "
@@ -109,19 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-inflight-requests",
         type=int,
-        default=_env_int("DYN_MAX_INFLIGHT_REQUESTS", 2048),
+        default=env_int("DYN_MAX_INFLIGHT_REQUESTS", 2048),
         help="per model; beyond it requests get 429 with Retry-After (env DYN_MAX_INFLIGHT_REQUESTS)",
     )
     p.add_argument(
         "--max-body-size",
         type=int,
-        default=_env_int("DYN_MAX_BODY_SIZE", 32 * 1024 * 1024),
+        default=env_int("DYN_MAX_BODY_SIZE", 32 * 1024 * 1024),
         help="largest request body in bytes; larger gets 413",
     )
     p.add_argument(
         "--request-plane-liveness-timeout",
         type=float,
-        default=_env_float("DYN_REQUEST_PLANE_LIVENESS_TIMEOUT", 5.0),
+        default=env_float("DYN_REQUEST_PLANE_LIVENESS_TIMEOUT", 5.0),
         help="seconds a worker connection with streams in flight may stay silent, a PING unanswered, "
         "before it is declared dead: its streams migrate (--migration-limit) or end with an error, and "
         "the worker gets no requests until it answers again. Keep it well under the discovery lease "
@@ -138,28 +130,28 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument(
         "--http-max-header-size",
         type=int,
-        default=_env_int("DYN_HTTP_MAX_HEADER_SIZE", 32 * 1024),
+        default=env_int("DYN_HTTP_MAX_HEADER_SIZE", 32 * 1024),
         help="largest request head (request line and headers) in bytes; larger gets 431 and the "
         "connection is closed (env DYN_HTTP_MAX_HEADER_SIZE, default 32 KiB)",
     )
     lim.add_argument(
         "--http-header-timeout",
         type=float,
-        default=_env_float("DYN_HTTP_HEADER_TIMEOUT", 30.0),
+        default=env_float("DYN_HTTP_HEADER_TIMEOUT", 30.0),
         help="seconds a client has to send a request's headers, from the connection's opening or the "
         "previous response; then 408 and the connection is closed (env DYN_HTTP_HEADER_TIMEOUT, default 30)",
     )
     lim.add_argument(
         "--http-body-timeout",
         type=float,
-        default=_env_float("DYN_HTTP_BODY_TIMEOUT", 60.0),
+        default=env_float("DYN_HTTP_BODY_TIMEOUT", 60.0),
         help="seconds a client has to send a request's body after its headers; then 408 and the "
         "connection is closed (env DYN_HTTP_BODY_TIMEOUT, default 60)",
     )
     lim.add_argument(
         "--http-write-timeout",
         type=float,
-        default=_env_float("DYN_HTTP_WRITE_TIMEOUT", 60.0),
+        default=env_float("DYN_HTTP_WRITE_TIMEOUT", 60.0),
         help="seconds a client that has response data waiting may go without reading any; then the "
         "connection is dropped and the request cancelled (env DYN_HTTP_WRITE_TIMEOUT, default 60)",
     )
@@ -212,14 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--response-ttl",
         type=float,
-        default=_env_float("DYN_RESPONSE_TTL", 3600.0),
+        default=env_float("DYN_RESPONSE_TTL", 3600.0),
         help="seconds a stored response can be continued with previous_response_id or retrieved "
         "(env DYN_RESPONSE_TTL, default 3600)",
     )
     r.add_argument(
         "--max-stored-response-bytes",
         type=int,
-        default=_env_int("DYN_MAX_STORED_RESPONSE_BYTES", 1024 * 1024),
+        default=env_int("DYN_MAX_STORED_RESPONSE_BYTES", 1024 * 1024),
         help="largest stored response (its whole conversation, JSON); a larger one is answered with "
         '"store": false and cannot be continued (env DYN_MAX_STORED_RESPONSE_BYTES, default 1 MiB)',
     )
@@ -233,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--max-local-prefill-length",
         type=int,
-        default=_env_int("DYN_MAX_LOCAL_PREFILL_LENGTH", 256),
+        default=env_int("DYN_MAX_LOCAL_PREFILL_LENGTH", 256),
         help="uncached prompt tokens below which the decode worker prefills locally",
     )
     scope = p.add_argument_group("discovery scope")
@@ -374,6 +366,8 @@ class FrontendConfig:
     admission_budget: float = DEFAULT_ADMISSION_BUDGET  # seconds per loop turn (DYN_ADMISSION_BUDGET_MS)
     preprocess_threads: int = 1  # DYN_PREPROCESS_THREADS, else the cores
     preprocess_nice: int = PREPROCESS_NICE_DEFAULT  # DYN_PREPROCESS_NICE
+    # DYN_PREFILL_TIMEOUT, DYN_KV_TRANSFER_TIMEOUT
+    disagg_timeouts: DisaggTimeouts = field(default_factory=DisaggTimeouts)
 
     @property
     def namespace_filter(self) -> str | None:
@@ -406,8 +400,8 @@ class FrontendConfig:
         # The frontend's own namespace (event plane, logs): the first one it was told to serve.
         own_namespace = namespaces[0] if namespaces and args.namespace else None
         own = argparse.Namespace(**{**vars(args), "namespace": own_namespace})
-        if migration is None and os.environ.get("DYN_MIGRATION_LIMIT"):
-            migration = int(os.environ["DYN_MIGRATION_LIMIT"])
+        if migration is None:
+            migration = env_int("DYN_MIGRATION_LIMIT")
         if not 0 <= args.request_plane_liveness_timeout < float("inf"):
             raise ValueError(
                 "--request-plane-liveness-timeout must be a number of seconds, 0 for off "
@@ -446,4 +440,5 @@ class FrontendConfig:
             admission_budget=budget_from_env(),
             preprocess_threads=preprocess_threads(),
             preprocess_nice=preprocess_nice(),
+            disagg_timeouts=DisaggTimeouts.from_env(),
         )

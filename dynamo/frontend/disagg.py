@@ -61,7 +61,7 @@ class PrefillRouter:
     ) -> None:
         self.strategy = config.disaggregation_strategy
         self.max_local_prefill_length = config.max_local_prefill_length
-        self.timeouts = timeouts or DisaggTimeouts.from_env()
+        self.timeouts = timeouts or config.disagg_timeouts
         self.metrics = metrics
 
     def generation(

@@ -68,4 +68,3 @@ class DisconnectWatch:
             if self.left():
                 raise ClientGone from None
             raise
-

@@ -20,7 +20,6 @@ locally instead. The reason is logged with the request id, counted in
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -30,9 +29,8 @@ import msgspec
 
 from dynamo.llm.protocols import FINISH_ERROR, PreprocessedRequest, RemotePrefill
 from dynamo.runtime import InstanceUnreachable, RemoteError, StreamBroken
+from dynamo.runtime.config import env_float
 from dynamo.runtime.request_plane import RequestPlaneClient
-
-log = logging.getLogger(__name__)
 
 # Fallback reasons (metric label values).
 PREFILL_UNREACHABLE = "prefill_unreachable"
@@ -47,15 +45,12 @@ DEFAULT_TRANSFER_TIMEOUT_S = 30.0
 
 
 def _env_seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        log.warning("ignoring %s=%r: not a number of seconds", name, raw)
-        return default
-    return value if value > 0 else default
+    """A positive number of seconds from ``name`` (``default`` when unset); anything else is a
+    ``ValueError`` naming the variable, so a mistyped timeout stops the process at start."""
+    value = env_float(name, default)
+    if not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {os.environ.get(name)!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ import os
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import overload
 
 from dynamo.runtime.names import default_namespace, validate_name
 
@@ -36,7 +37,9 @@ REQUEST_PLANES = ("tcp",)
 EVENT_PLANES = ("nats", "zmq")
 
 
-def _env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float) -> float:
+    """Environment variable ``name`` as a number (``default`` when unset or empty); a value that is
+    not a number is a ``ValueError`` naming the variable."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -46,10 +49,16 @@ def _env_float(name: str, default: float) -> float:
         raise ValueError(f"{name} must be a number, got {raw!r}") from exc
 
 
-def _env_int(name: str) -> int | None:
+@overload
+def env_int(name: str) -> int | None: ...
+@overload
+def env_int(name: str, default: int) -> int: ...
+def env_int(name: str, default: int | None = None) -> int | None:
+    """Environment variable ``name`` as an integer (``default`` when unset or empty); a value that
+    is not an integer is a ``ValueError`` naming the variable."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
-        return None
+        return default
     try:
         return int(raw)
     except ValueError as exc:
@@ -118,15 +127,15 @@ class RuntimeConfig:
             "file_discovery_dir": Path(os.environ["DYN_FILE_DISCOVERY_DIR"])
             if os.environ.get("DYN_FILE_DISCOVERY_DIR")
             else default_file_discovery_dir(),
-            "discovery_ttl": _env_float("DYN_DISCOVERY_TTL", 10.0),
+            "discovery_ttl": env_float("DYN_DISCOVERY_TTL", 10.0),
             "request_plane": os.environ.get("DYN_REQUEST_PLANE") or "tcp",
             "tcp_host": os.environ.get("DYN_TCP_RPC_HOST") or "",
-            "tcp_port": _env_int("DYN_TCP_RPC_PORT") or 0,
+            "tcp_port": env_int("DYN_TCP_RPC_PORT") or 0,
             "advertise_host": os.environ.get("DYN_ADVERTISE_HOST") or os.environ.get("POD_IP") or None,
             "event_plane": os.environ.get("DYN_EVENT_PLANE") or ("nats" if nats_env else "zmq"),
             "nats_server": nats_env or "nats://localhost:4222",
-            "system_port": _env_int("DYN_SYSTEM_PORT"),
-            "drain_timeout": _env_float("DYN_DRAIN_TIMEOUT", 30.0),
+            "system_port": env_int("DYN_SYSTEM_PORT"),
+            "drain_timeout": env_float("DYN_DRAIN_TIMEOUT", 30.0),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
