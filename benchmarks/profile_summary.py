@@ -14,7 +14,7 @@ Whose code: a sample is ours when its innermost frame is in ``dynamo/``, except 
 sample in any other file (uvicorn, asyncio, pydantic, jinja2, ...) or in the loop's C code is a
 library's. The split bounds what changing our code alone can gain.
 
-Run: ``python benchmarks/profile_summary.py FILE... [--rate 200 --seconds 10] [--out FILE.md]``.
+Run: ``python benchmarks/profile_summary.py FILE... [--rate 200 --seconds 13] [--out FILE.md]``.
 """
 
 from __future__ import annotations
@@ -139,7 +139,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--rate", type=float, default=200.0, help="py-spy --rate the files were recorded at")
-    p.add_argument("--seconds", type=float, default=10.0, help="recorded seconds per file")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=13.0,
+        help="recorded seconds per file (long_prompt_bench records warm-up + measured: 3 + 10)",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the markdown here")
     args = p.parse_args()
     lines = summarize(args.files, args.rate, args.seconds)
