@@ -6,8 +6,9 @@ ASGI ``receive`` channel for the rest of the request: the next message the serve
 ``http.disconnect``, and when it comes the request's own task is cancelled. Whatever it was
 awaiting (routing, collecting, writing the stream) sees ``CancelledError`` and closes its engine
 streams, so the workers abort the request and free its KV. ``run(work)`` turns that cancellation
-into ``ClientGone``; ``SSEResponse`` asks ``left()`` itself. ``stop()`` ends the watch: before a
-response is complete, since the server then reports a disconnect for every ``receive``.
+into ``ClientGone``; ``SSEResponse`` asks ``left()`` itself. ``stop()`` ends the watch; it must
+run by the time the response is complete, when the server starts answering every ``receive`` with
+``http.disconnect``.
 """
 
 from __future__ import annotations
