@@ -254,9 +254,11 @@ class PrefixTokenCache:
                         old_text, old_ids = bucket.pop(0)
                         stats.bytes -= _size(old_text, old_ids)
                         stats.evictions += 1
+                        stats.entries -= 1
                     bucket.append((text, ids))
                     entries.move_to_end(fp)
                 stats.bytes += size
+                stats.entries += 1
             self._trim()
 
     def _trim(self) -> None:
@@ -270,7 +272,7 @@ class PrefixTokenCache:
                 entries.popitem(last=False)
             stats.bytes -= _size(old_text, old_ids)
             stats.evictions += 1
-        stats.entries = sum(map(len, entries.values()))
+            stats.entries -= 1
 
 
 def _find(bucket: list[tuple[str, TokenIds]], text: str) -> TokenIds | None:

@@ -221,6 +221,7 @@ def test_entries_are_token_arrays_counted_exactly_and_hits_copy_them(
     for text in texts:
         assert list(cache.encode(text)) == tokenizer.encode(text, add_special_tokens=False).ids
         assert cache.stats.bytes == counted() <= 32_000
+        assert cache.stats.entries == len(cache.pieces())  # kept count as entries come and go
     assert cache.stats.evictions == 1 and all(
         isinstance(ids, array) and ids.itemsize == 4 for _, ids in cache.pieces()
     )  # 4 bytes a token
