@@ -125,11 +125,14 @@ class KvManager:
 
     def cached_prefix(self, seq_hashes: list[int]) -> int:
         """How many leading blocks of ``seq_hashes`` are cached (a prefix-cache hit)."""
-        meta = self._meta
-        if not seq_hashes or seq_hashes[0] not in meta:
+        if not seq_hashes or seq_hashes[0] not in self._meta:
             return 0
         start = self._held_start(seq_hashes)  # blocks of held chunks are cached
-        return start + len(list(takewhile(meta.__contains__, islice(seq_hashes, start, None))))
+        return start + self._cached_lead(islice(seq_hashes, start, None) if start else seq_hashes)
+
+    def _cached_lead(self, seq_hashes: Iterable[int]) -> int:
+        """How many leading blocks of ``seq_hashes`` are cached (active or inactive)."""
+        return len(list(takewhile(self._meta.__contains__, seq_hashes)))
 
     def blocks_to_activate(self, seq_hashes: list[int], num_anonymous: int) -> int:
         """How many more blocks would be in use after acquiring ``seq_hashes`` plus
@@ -231,11 +234,7 @@ class KvManager:
         block before them)."""
         meta = self._meta
         n = len(seq_hashes)
-        m = (
-            0
-            if not seq_hashes or seq_hashes[0] not in meta
-            else len(list(takewhile(meta.__contains__, seq_hashes)))
-        )
+        m = 0 if not seq_hashes or seq_hashes[0] not in meta else self._cached_lead(seq_hashes)
         head = seq_hashes[:m] if m else []
         if m and len(set(head)) < m:
             return self._acquire_blockwise(seq_hashes, local_hashes, num_anonymous, parent0, depth0)
