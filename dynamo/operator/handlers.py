@@ -18,7 +18,10 @@ never land after, and over, one computed from newer ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -60,14 +63,39 @@ def login(config: OperatorConfig, settings: kopf.OperatorSettings, logger: Any) 
     return info
 
 
+@dataclass
+class _HeldLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # handlers holding or waiting for it
+
+
 class ObjectLocks:
-    """One ``asyncio.Lock`` per object (kind, namespace, name) whose status handlers write."""
+    """One ``asyncio.Lock`` per object (kind, namespace, name) whose status handlers write.
+
+    A lock lives while a handler holds or waits for it: an operator that sees many objects come and
+    go over months keeps none for objects nobody is handling.
+    """
 
     def __init__(self) -> None:
-        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._locks: dict[tuple[str, str, str], _HeldLock] = {}
 
-    def of(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
-        return self._locks.setdefault((kind, namespace, name), asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def of(self, kind: str, namespace: str, name: str) -> AsyncIterator[None]:
+        key = (kind, namespace, name)
+        held = self._locks.get(key)
+        if held is None:
+            held = self._locks[key] = _HeldLock()
+        held.users += 1
+        try:
+            async with held.lock:
+                yield
+        finally:
+            held.users -= 1
+            if held.users == 0:
+                del self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 def _is_docker_config(body: kopf.Body, **_: Any) -> bool:
