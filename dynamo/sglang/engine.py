@@ -45,7 +45,6 @@ from typing import Any
 
 import msgspec
 
-from dynamo.llm.disagg import DisaggTimeouts
 from dynamo.llm.kv_events import LoadMetrics
 from dynamo.llm.model_card import EngineFeatures
 from dynamo.llm.protocols import (
@@ -114,7 +113,7 @@ class SglangEngine(WorkerEngine):
         self._active: set[str] = set()  # SGLang request ids in flight
         self._aborting: set[str] = set()  # ... that we aborted while their stream is still read
         self._tasks: set[asyncio.Task[None]] = set()  # prefills waiting for their decode side
-        timeouts = DisaggTimeouts.from_env()  # a prefill waits for its decode side at most this long
+        timeouts = config.worker.disagg_timeouts  # a prefill waits for its decode side at most this long
         self._prefill_wait_s = timeouts.prefill_s + timeouts.transfer_s
         self._context_length: int | None = None
         self._max_running: int | None = None

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
+from dynamo.llm.disagg import DisaggTimeouts
 from dynamo.llm.endpoints import worker_endpoint
 from dynamo.llm.parsers import REASONING_PARSERS, TOOL_CALL_PARSERS
 from dynamo.runtime import EndpointId, RuntimeConfig
@@ -47,6 +48,8 @@ class WorkerArgs:
     tool_call_parser: str | None = None  # the frontend's parser of this model's tool calls
     reasoning_parser: str | None = None  # ... and of its reasoning text
     custom_jinja_template: str | None = None  # a chat template file replacing the model's own
+    # DYN_PREFILL_TIMEOUT / DYN_KV_TRANSFER_TIMEOUT, read and checked with the flags
+    disagg_timeouts: DisaggTimeouts = field(default_factory=DisaggTimeouts)
     args: argparse.Namespace | None = None  # the raw parse, for RuntimeConfig.from_args
 
     @property
@@ -207,6 +210,7 @@ def worker_args_from(args: argparse.Namespace) -> WorkerArgs:
     template = getattr(args, "custom_jinja_template", None)
     if template is not None and not os.path.isfile(template):
         raise ValueError(f"--custom-jinja-template {template}: no such file")
+    disagg_timeouts = DisaggTimeouts.from_env()  # a bad value stops the worker before its engine loads
     return WorkerArgs(
         endpoint=endpoint,
         disaggregation_mode=mode,
@@ -215,6 +219,7 @@ def worker_args_from(args: argparse.Namespace) -> WorkerArgs:
         tool_call_parser=tool_parser,
         reasoning_parser=reasoning,
         custom_jinja_template=template,
+        disagg_timeouts=disagg_timeouts,
         args=args,
     )
 

@@ -129,6 +129,7 @@ class WorkerInstance:
             self.engine.generate,
             self.runtime.request_client,
             self.runtime.metrics,
+            timeouts=self.config.worker.disagg_timeouts,
             pick_prefill=pool.pick if pool is not None else None,
         )
         return self.decode_step.generate

@@ -76,3 +76,21 @@ def test_the_card_carries_the_parsers_and_serves_the_custom_template(
     template.write_text("changed")  # a template edited under a running card is noticed
     with pytest.raises(ValueError, match="does not match"):
         card.read_files()
+
+
+@pytest.mark.parametrize("var", ["DYN_PREFILL_TIMEOUT", "DYN_KV_TRANSFER_TIMEOUT"])
+@pytest.mark.parametrize("value", ["abc", "0", "-5"])
+def test_a_bad_disagg_timeout_stops_the_worker_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str
+) -> None:
+    """Read with the flags, before any engine loads: a worker never runs on a silently changed timeout."""
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValueError, match=var):
+        parse([])
+
+
+def test_the_disagg_timeouts_reach_the_worker_args(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DYN_PREFILL_TIMEOUT", "12.5")
+    monkeypatch.setenv("DYN_KV_TRANSFER_TIMEOUT", "7")
+    timeouts = parse([]).disagg_timeouts
+    assert (timeouts.prefill_s, timeouts.transfer_s) == (12.5, 7.0)
