@@ -373,6 +373,17 @@ def summarize_trace(directory: Path) -> list[str]:
         f"  descriptor preparation (make_prepped_xfer)   {ms([x['prep_s'] for x in xfers])} ms",
         f"  post (transfer(): the CMA copy itself)       {ms([x['post_s'] for x in xfers])} ms",
         f"    of which the thread ran on a CPU           {ms([x['post_cpu_s'] for x in xfers])} ms",
+    ]
+    if all("post_runq_s" in x for x in xfers):
+        blocked = [x["post_s"] - x["post_cpu_s"] - x["post_runq_s"] for x in xfers]
+        lines += [
+            f"    waited on the run queue for a CPU          {ms([x['post_runq_s'] for x in xfers])} ms",
+            f"    blocked (asleep: locks, I/O)               {ms(blocked)} ms",
+            f"    context switches voluntary / forced        "
+            f"median {sorted(x['post_vcsw'] for x in xfers)[len(xfers) // 2]} / "
+            f"{sorted(x['post_ivcsw'] for x in xfers)[len(xfers) // 2]}",
+        ]
+    lines += [
         f"  after the post until DONE was seen          {ms(wait)} ms "
         f"({len(in_progress)} of {len(xfers)} posts returned in progress)",
         f"  vLLM's transfer time (NIXL telemetry)        {ms([x['tel_xfer_s'] for x in xfers])} ms",
@@ -386,6 +397,12 @@ def summarize_trace(directory: Path) -> list[str]:
         f"  GB/s: vLLM's metric {total_bytes / tel / 1e9:.2f}; bytes / post wall {total_bytes / post / 1e9:.2f}; "
         f"bytes / post CPU {total_bytes / cpu / 1e9:.2f}"
     )
+    later = sorted(xfers, key=lambda x: x["t_post"])[1:]
+    if later:
+        lines.append(
+            f"  GB/s: vLLM's metric after the first transfer (which follows the handshake with a new "
+            f"peer) {sum(x['bytes'] for x in later) / sum(x['tel_xfer_s'] for x in later) / 1e9:.2f}"
+        )
     return lines
 
 

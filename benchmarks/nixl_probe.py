@@ -243,6 +243,8 @@ def main() -> None:
                 "gbps_post_cpu": total / med("post_cpu") / 1e9,
                 "posts_in_progress": sum(r["proc"] for r in rows),
                 "transfers": len(rows),
+                "first_ms": rows[0]["tel"] * 1e3,
+                "first_in_progress": rows[0]["proc"],
                 "notif_after_done_ms_median": statistics.median(notif) * 1e3 if notif else None,
                 "progress_delay_ms": os.environ.get("DYN_NIXL_PROGRESS_DELAY_MS", "default"),
             }

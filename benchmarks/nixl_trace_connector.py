@@ -5,7 +5,8 @@ with the worker's NIXL agent methods wrapped, and writes one JSON line per event
 ``$DYN_NIXL_TRACE_DIR/<kv_role>-<pid>.jsonl``:
 
 - ``xfer`` (decode side, one per READ): descriptor preparation (``make_prepped_xfer``), the post
-  (``transfer``: wall time, the thread's CPU time, its minor page faults, the state it returned),
+  (``transfer``: wall time, the thread's CPU time, its minor page faults, its wait for a CPU on the
+  run queue and its voluntary / forced context switches, the state it returned),
   every completion check until DONE (``check_xfer_state``), NIXL's telemetry for the transfer
   (what vLLM's ``vllm:nixl_xfer_time_seconds`` records), and the engine-step polls around it.
 - ``notif`` (prefill side): when each "read done" notification came out of ``get_new_notifs``,
@@ -39,9 +40,18 @@ class _Trace:
             self._file.write(json.dumps(record) + "\n")
 
 
-def _thread_usage() -> tuple[float, int]:
+def _thread_usage() -> tuple[float, int, float, int, int]:
+    """CPU seconds, minor faults, run-queue wait seconds, voluntary and forced context switches."""
     usage = resource.getrusage(resource.RUSAGE_THREAD)
-    return usage.ru_utime + usage.ru_stime, usage.ru_minflt
+    with open("/proc/thread-self/schedstat") as f:
+        run_delay_ns = int(f.read().split()[1])
+    return (
+        usage.ru_utime + usage.ru_stime,
+        usage.ru_minflt,
+        run_delay_ns / 1e9,
+        usage.ru_nvcsw,
+        usage.ru_nivcsw,
+    )
 
 
 class NixlConnector(_DynamoNixlConnector):
@@ -80,13 +90,20 @@ class NixlConnector(_DynamoNixlConnector):
 
         def transfer(handle: Any, *args: Any) -> str:
             rec = inflight.setdefault(id(handle), {})
-            cpu0, flt0 = _thread_usage()
+            cpu0, flt0, wait0, vcsw0, ivcsw0 = _thread_usage()
             t0 = time.perf_counter()
             state = str(post(handle, *args))
             t1 = time.perf_counter()
-            cpu1, flt1 = _thread_usage()
+            cpu1, flt1, wait1, vcsw1, ivcsw1 = _thread_usage()
             rec.update(
-                t_post=t0, post_s=t1 - t0, post_cpu_s=cpu1 - cpu0, post_minflt=flt1 - flt0, post_state=state
+                t_post=t0,
+                post_s=t1 - t0,
+                post_cpu_s=cpu1 - cpu0,
+                post_minflt=flt1 - flt0,
+                post_runq_s=wait1 - wait0,
+                post_vcsw=vcsw1 - vcsw0,
+                post_ivcsw=ivcsw1 - ivcsw0,
+                post_state=state,
             )
             rec["checks"] = []
             return state

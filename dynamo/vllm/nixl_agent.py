@@ -10,7 +10,13 @@ notification (vLLM's pull connector sends one with every read) stays in progress
 while it is idle), so decode-side transfers waited for the prefill's next request -- tens of
 seconds -- and hit the decode worker's fallback. Here the thread stays, blocked in ``poll()`` on
 UCX's event descriptor: ``DYN_NIXL_PROGRESS_DELAY_MS`` (default 10) is its longest sleep without an
-event, ``off`` removes the thread. Measurements: ``benchmarks/results/disagg_bandwidth.md``.
+event, ``off`` removes the thread.
+
+The thread and the engine thread that posts a READ share the engine's pinned core, and both take
+the UCX worker's lock: UCX's default spinlock makes whichever waits spin through its time slice
+while the holder, preempted, cannot finish the copy (a post took twice its CPU time). With the
+thread on, ``UCX_USE_MT_MUTEX=y`` is the default (a value already set wins): the waiter sleeps.
+Measurements: ``benchmarks/results/disagg_bandwidth.md``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 logger = logging.getLogger(f"vllm.{__name__}")
 
 PROGRESS_DELAY_ENV = "DYN_NIXL_PROGRESS_DELAY_MS"
+UCX_MUTEX_ENV = "UCX_USE_MT_MUTEX"
 _BINDINGS_LOCK = threading.Lock()
 DEFAULT_PROGRESS_DELAY_MS = 10
 
@@ -49,10 +56,15 @@ def new_nixl_agent(name: str, config: Any = None) -> Any:
     Stands in for vLLM's ``NixlWrapper`` (``nixl._api.nixl_agent``). That constructor hard-codes a
     zero poll delay into the C++ agent config it builds; the binding module it builds it with is
     swapped, for the duration of the call, for one that sets ``pthrDelay`` (microseconds) first.
+    With the thread on, this process's UCX gets ``UCX_USE_MT_MUTEX=y`` unless it is already set.
     """
     from nixl import _api as nixl_api
 
     delay_ms = progress_delay_ms()
+    if delay_ms is not None and UCX_MUTEX_ENV not in os.environ:
+        # Read by UCX when the agent's UCX backend is created, below.
+        os.environ[UCX_MUTEX_ENV] = "y"
+        logger.info("NIXL progress thread on: %s=y (UCX waits on a mutex, not a spinlock)", UCX_MUTEX_ENV)
     if config is None:
         config = nixl_api.nixl_agent_config()
     if hasattr(config, "enable_pthread"):

@@ -109,3 +109,24 @@ def test_without_a_progress_thread_the_read_waits_for_the_remote():
     assert state == "PROC"
     assert notifs == [b"req-1:1"]
     assert sample == bytes([7] * 8)
+
+
+def test_with_the_progress_thread_ucx_waits_on_a_mutex(monkeypatch: pytest.MonkeyPatch):
+    """The thread shares the engine's core with the thread that posts reads: UCX's default spinlock
+    would make the waiting one spin through its time slice (``benchmarks/results/disagg_bandwidth.md``)."""
+    from dynamo.vllm.nixl_agent import new_nixl_agent
+
+    monkeypatch.setenv("UCX_USE_MT_MUTEX", "")  # recorded, so that the test's changes are undone
+    monkeypatch.delenv("UCX_USE_MT_MUTEX")
+    monkeypatch.setenv("DYN_NIXL_PROGRESS_DELAY_MS", "10")
+    new_nixl_agent("mutex-default")
+    assert os.environ["UCX_USE_MT_MUTEX"] == "y"
+
+    monkeypatch.setenv("UCX_USE_MT_MUTEX", "n")
+    new_nixl_agent("mutex-set-by-the-user")
+    assert os.environ["UCX_USE_MT_MUTEX"] == "n"
+
+    monkeypatch.delenv("UCX_USE_MT_MUTEX")
+    monkeypatch.setenv("DYN_NIXL_PROGRESS_DELAY_MS", "off")
+    new_nixl_agent("no-progress-thread")
+    assert "UCX_USE_MT_MUTEX" not in os.environ
