@@ -35,7 +35,6 @@ from dynamo.frontend.models import ServedModel
 from dynamo.frontend.routing import AllWorkersBusy, NoWorkers
 from dynamo.llm.disagg import (
     PREFILL_UNREACHABLE,
-    DisaggTimeouts,
     PrefillFailed,
     decode_first_request,
     fallback_reason,
@@ -56,12 +55,10 @@ LOCAL_BUSY = "local_busy"
 class PrefillRouter:
     """One per frontend: decides per request and builds the request's ``Generation``."""
 
-    def __init__(
-        self, config: FrontendConfig, metrics: DisaggMetrics, timeouts: DisaggTimeouts | None = None
-    ) -> None:
+    def __init__(self, config: FrontendConfig, metrics: DisaggMetrics) -> None:
         self.strategy = config.disaggregation_strategy
         self.max_local_prefill_length = config.max_local_prefill_length
-        self.timeouts = timeouts or config.disagg_timeouts
+        self.timeouts = config.disagg_timeouts  # read and checked with the frontend's flags
         self.metrics = metrics
 
     def generation(

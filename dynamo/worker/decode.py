@@ -54,12 +54,12 @@ class DecodeStep:
         client: RequestPlaneClient,
         registry: CollectorRegistry,
         *,
-        timeouts: DisaggTimeouts | None = None,
+        timeouts: DisaggTimeouts,
         pick_prefill: PrefillPicker | None = None,
     ) -> None:
         self.engine = engine
         self.client = client
-        self.timeouts = timeouts or DisaggTimeouts.from_env()
+        self.timeouts = timeouts  # the worker's, read and checked with its flags
         self.pick_prefill = pick_prefill
         self.fallbacks = Counter(
             "dynamo_worker_disagg_fallback",
