@@ -9,6 +9,7 @@ end of the session, and the log tail of each is printed when a test fails.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +89,49 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed and ManagedProcess.registry:
         for proc in list(ManagedProcess.registry):
             report.sections.append((f"log tail: {proc.name} (pid {proc.pid})", proc.tail(60)))
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+# A lane of ``scripts/test.sh`` runs in the background, where SIGINT is ignored: SIGTERM stops the
+# session as Ctrl-C would, so that the processes its tests started are stopped too.
+signal.signal(signal.SIGTERM, _interrupted)
+
+# ``scripts/test.sh`` runs the suite as two pytest sessions side by side (``--lane``), one a core:
+# the engine lane takes the tests that keep a core busy for long (a vLLM-CPU engine: marker
+# ``vllm``) or judge recovery and SLA times (the directories below), one after another; the other
+# lane takes the rest.
+ENGINE_LANE_DIRS = frozenset({"chaos", "planner", "profiler"})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--lane",
+        choices=("engines", "others"),
+        default=None,
+        help="run only the engine lane's tests or only the others' (default: all)",
+    )
+
+
+def in_engine_lane(item: pytest.Item) -> bool:
+    """vLLM engines, fault scenarios, planner and profiler runs."""
+    if item.get_closest_marker("vllm"):
+        return True
+    parts = item.path.relative_to(Path(__file__).parent).parts
+    return len(parts) > 1 and parts[0] in ENGINE_LANE_DIRS
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    lane = config.getoption("--lane")
+    if lane is None:
+        return
+    keep = [item for item in items if in_engine_lane(item) == (lane == "engines")]
+    if len(keep) < len(items):
+        kept = set(keep)
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = keep
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
