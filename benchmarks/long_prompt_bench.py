@@ -524,6 +524,12 @@ async def sweep(args: argparse.Namespace, path: str, tokenizer_json: str) -> tup
     return rows, names
 
 
+def py_spy() -> str | None:
+    """The py-spy executable: on PATH, else beside this Python; None if neither."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+
+
 def start_py_spy(stack: Stack, args: argparse.Namespace, isl: int, prefix: str, conc: int, rep: int) -> Any:
     """``--py-spy DIR``: record our frontend processes and our mocker during the row (raw collapsed stacks)."""
     if not args.py_spy or stack.name == "reference":
@@ -541,7 +547,7 @@ def start_py_spy(stack: Stack, args: argparse.Namespace, isl: int, prefix: str, 
             / f"{role}{stack.name}-{args.endpoint}-{args.router_mode}-isl{isl}-{prefix}-c{conc}-r{rep}-{pid}.txt"
         )
         cmd = [
-            shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
+            str(py_spy()),
             "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking",
             "--threads", "--duration", str(int(args.warmup + args.duration)), "--output", str(out),
         ]  # fmt: skip
@@ -626,7 +632,10 @@ def _interrupt(_sig: int, _frame: object) -> None:
 def main() -> None:
     import uvloop
 
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
+    if args.py_spy and py_spy() is None:
+        parser.error("--py-spy needs py-spy (not in the dev extras): .venv/bin/pip install py-spy")
     signal.signal(signal.SIGTERM, _interrupt)  # so that the stacks are stopped
     if args.quick:  # smaller defaults; flags given explicitly still win
         defaults = build_parser().parse_args([])
