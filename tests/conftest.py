@@ -119,7 +119,10 @@ def in_engine_lane(item: pytest.Item) -> bool:
     """vLLM engines, fault scenarios, planner and profiler runs."""
     if item.get_closest_marker("vllm"):
         return True
-    parts = item.path.relative_to(Path(__file__).parent).parts
+    here = Path(__file__).parent
+    if not item.path.is_relative_to(here):
+        return False
+    parts = item.path.relative_to(here).parts
     return len(parts) > 1 and parts[0] in ENGINE_LANE_DIRS
 
 
