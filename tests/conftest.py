@@ -119,11 +119,12 @@ def in_engine_lane(item: pytest.Item) -> bool:
     """vLLM engines, fault scenarios, planner and profiler runs."""
     if item.get_closest_marker("vllm"):
         return True
+    return _judges_times(item)
+
+
+def _judges_times(item: pytest.Item) -> bool:
     here = Path(__file__).parent
-    if not item.path.is_relative_to(here):
-        return False
-    parts = item.path.relative_to(here).parts
-    return len(parts) > 1 and parts[0] in ENGINE_LANE_DIRS
+    return item.path.is_relative_to(here) and item.path.relative_to(here).parts[0] in ENGINE_LANE_DIRS
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -131,10 +132,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if lane is None:
         return
     keep = [item for item in items if in_engine_lane(item) == (lane == "engines")]
+    if lane == "engines":
+        # The engine tests first, beside the other lane; the time-judging scenarios last, when the
+        # other (shorter) lane has ended and they have the machine more to themselves.
+        keep.sort(key=_judges_times)
     if len(keep) < len(items):
         kept = set(keep)
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
-        items[:] = keep
+    items[:] = keep
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
