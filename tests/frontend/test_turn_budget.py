@@ -32,6 +32,18 @@ def test_outputs_of_one_step_are_spread_over_turns_in_order() -> None:
     assert budget.deferred > 0
 
 
+def test_a_waiting_output_wakes_about_once_not_once_a_turn() -> None:
+    """Each stamp releases about a budget's worth of the waiting streams (by the measured cost of
+    an output); the others sleep on, instead of every waiting stream waking each turn to find the
+    turn spent (which made a turn of 128 waiting streams mostly wake-ups)."""
+    budget = TurnBudget(0.002)
+    handled, turn_of = asyncio.run(_outputs(budget, 80, 0.0002))
+    assert handled == list(range(80))
+    assert len(set(turn_of)) >= 6, turn_of  # ~10 outputs of 0.2 ms a 2 ms turn
+    assert budget.rewaits <= 20, budget.rewaits  # every waiting stream waking each turn: ~300
+    assert 0.0001 < budget.mean_cost < 0.002, budget.mean_cost
+
+
 def test_without_a_budget_every_output_is_handled_in_one_turn() -> None:
     handled, turn_of = asyncio.run(_outputs(TurnBudget(0.0), 16, 0.001))
     assert handled == list(range(16)) and len(set(turn_of)) == 1

@@ -43,7 +43,18 @@ async def stream_response(
     The first outputs (already here: routing waited for them) are formatted before the status line
     goes out, so an engine that refused the request on its first output (a grammar it cannot
     compile) is still answered with a status (400, 500) rather than an error event. ``watch``, the
-    request's disconnect watch, goes on watching the stream (``SSEResponse`` stops it)."""
+    request's disconnect watch, goes on watching the stream (``SSEResponse`` stops it). The first
+    outputs wait for ``turns`` as the later ones do: an engine step that prefilled many requests
+    at once brings all their first outputs in one loop turn."""
+    if turns is not None:
+        try:
+            await turns.pace()
+        except BaseException:  # cancelled while it waited: the streams opened for it are closed
+            if watch is not None:
+                watch.stop()
+            for r in routed:
+                await r.batches.aclose()
+            raise
     try:
         head = b"".join(builder.stream(i, r.first) for i, r in enumerate(routed))
     except RequestError as exc:
