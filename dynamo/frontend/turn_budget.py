@@ -21,7 +21,7 @@ import asyncio
 import collections
 import time
 
-STREAM_TURN_BUDGET = 0.008  # seconds of a loop turn that streams' outputs may take
+STREAM_TURN_BUDGET = 0.005  # seconds of a loop turn that streams' outputs may take
 _COST_WEIGHT = 0.1  # weight of the newest sample in the running mean of an output's cost
 _FIRST_COST = 0.00005  # seconds: the mean's start, until outputs have been measured
 
