@@ -278,6 +278,55 @@ def stalls_in(log_text: str) -> Counter[str]:
     return where
 
 
+@dataclass
+class LongTurns:
+    """``--trace-turns``: the loop turns of a row's window at or over the threshold."""
+
+    count: int = 0
+    ms: float = 0.0
+    by_what: Counter[str] = field(default_factory=Counter)  # ms of those turns, by what resumed
+    calls: Counter[str] = field(default_factory=Counter)
+
+
+TURN_PART = re.compile(r"(?P<what>.+) x(?P<n>\d+) (?P<ms>[\d.]+)$")
+
+
+def turns_in(log_text: str) -> LongTurns:
+    """``TURN <ms> <callbacks> | <what> x<n> <ms> | ...`` lines (benchmarks/turn_trace) -> totals."""
+    out = LongTurns()
+    for line in log_text.splitlines():
+        if not line.startswith("TURN "):
+            continue
+        head, *parts = line.split(" | ")
+        out.count += 1
+        out.ms += float(head.split()[1])
+        for part in parts:
+            if m := TURN_PART.match(part):
+                out.by_what[m["what"]] += float(m["ms"])
+                out.calls[m["what"]] += int(m["n"])
+    return out
+
+
+def turn_lines(rows: list[Row], ms: float) -> list[str]:
+    """``--trace-turns``: per row, the long loop turns and what their time went to."""
+    out = [
+        f"Loop turns of {ms:g} ms or more (`--trace-turns {ms:g}`: our frontends on asyncio's own loop, "
+        "slower than uvloop; `benchmarks/turn_trace`), with what their callbacks resumed (a task: the "
+        "coroutine it was suspended in), by time:",
+        "",
+    ]
+    for r in rows:
+        t: LongTurns | None = r.extra.get("turns")
+        if t is None:
+            continue
+        top = "; ".join(f"{what} x{t.calls[what]} {v:.0f} ms" for what, v in t.by_what.most_common(6)) or "-"
+        out.append(
+            f"- ISL {r.isl} {r.prefix} c={r.concurrency} {r.target} rep {r.rep}: {t.count} turns, "
+            f"{t.ms:.0f} ms in {r.s.get('requests', 0):.0f} requests; {top}"
+        )
+    return out
+
+
 def log_size(stack: Stack) -> int:
     path = stack.log_path("frontend")
     return path.stat().st_size if path is not None and path.exists() else 0
@@ -333,6 +382,8 @@ async def measure(
     extra: dict[str, Any] = {}
     if args.stall_dump and stack.name != "reference":
         extra["stalls"] = stalls_in(log_window(stack, marks["start-log"], marks["end-log"]))
+    if args.trace_turns and stack.name != "reference":
+        extra["turns"] = turns_in(log_window(stack, marks["start-log"], marks["end-log"]))
     return Row(
         stack.name,
         isl,
@@ -455,6 +506,7 @@ def start_stacks(args: argparse.Namespace, path: str) -> list[Stack]:
                 frontend,
                 name=name,
                 mocker_args=mocker,
+                trace_turns_ms=args.trace_turns,
                 **kw,
             )
         )
@@ -619,6 +671,14 @@ def build_parser() -> argparse.ArgumentParser:
         "each row counts the dumps and where the loop was",
     )
     p.add_argument(
+        "--trace-turns",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="our frontends run on asyncio's own loop and log every loop turn of MS ms or more "
+        "(benchmarks/turn_trace); each row sums what those turns' time went to",
+    )
+    p.add_argument(
         "--py-spy", default=None, metavar="DIR", help="record our frontend and mocker with py-spy per row"
     )
     p.add_argument("--out", default=None, help="also write the report as markdown here")
@@ -654,6 +714,8 @@ def main() -> None:
     base = args.base or ("reference" if "reference" in names else names[0])
     table = summarize(rows, names, base)
     stalls = stall_lines(rows, args.stall_dump) if args.stall_dump else []
+    if args.trace_turns:
+        stalls += ["", *turn_lines(rows, args.trace_turns)] if stalls else turn_lines(rows, args.trace_turns)
     print()
     print("\n".join(table))
     if stalls:

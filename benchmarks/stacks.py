@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TURN_TRACE_DIR = Path(__file__).resolve().parent / "turn_trace"  # its sitecustomize: the loop-turn tracer
 REF_VENV = Path(os.environ.get("DYN_REF_VENV", "/work/ref-dynamo-venv"))
 COMMON = ["--discovery-backend", "file", "--request-plane", "tcp", "--event-plane", "zmq"]
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -167,15 +168,22 @@ def start_ours(
     name: str = "ours",
     mocker_args: tuple[str, ...] = (),
     frontend_nice: int = 0,
+    trace_turns_ms: float = 0.0,
 ) -> Stack:
     """Our ``dynamo.frontend`` + ``dynamo.mocker`` from this checkout (or another one, ``root``:
     e.g. a ``git worktree`` of an older commit, to measure a change side by side). ``frontend_nice``:
     run the frontend under ``nice -n`` (negative: ahead of the load generator and the mocker for a
-    core, to tell the frontend's own loop stalls from waiting for a core on a saturated machine)."""
+    core, to tell the frontend's own loop stalls from waiting for a core on a saturated machine).
+    ``trace_turns_ms``: the frontend logs its loop turns of that many ms or more (on asyncio's own
+    loop: ``benchmarks/turn_trace``)."""
     tmp = tempfile.mkdtemp(prefix=f"bench-{name}-")
     port = free_port()
     env = {**os.environ, "DYN_FILE_DISCOVERY_DIR": tmp, "DYN_LOG": "warning", "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = str(root)
+    fe_env = dict(env)
+    if trace_turns_ms:
+        fe_env["PYTHONPATH"] = f"{TURN_TRACE_DIR}{os.pathsep}{root}"
+        fe_env["DYN_BENCH_TURN_TRACE_MS"] = f"{trace_turns_ms:g}"
     fe = [python, "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port), *COMMON]
     if http_workers > 1:
         fe += ["--http-workers", str(http_workers)]
@@ -185,7 +193,7 @@ def start_ours(
     mk = [python, "-m", "dynamo.mocker", "--model-path", model_path, "--model-name", model]
     mk += ["--speedup-ratio", str(speedup), *COMMON, *mocker_args]
     stack = Stack(name, f"http://127.0.0.1:{port}", model, tmp=tmp)
-    stack.procs["frontend"] = _spawn(fe, env, str(root), Path(tmp) / "frontend.log")
+    stack.procs["frontend"] = _spawn(fe, fe_env, str(root), Path(tmp) / "frontend.log")
     if frontend_nice:
         # Its own session is its own scheduler autogroup (sched_autogroup_enabled): a nice value
         # counts only inside the group, so the group gets it too (root may lower it).
