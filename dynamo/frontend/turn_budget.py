@@ -8,11 +8,12 @@ turn runs past 20 ms, and health probes, new requests and timers wait for it.
 ``TurnBudget.pace()`` is awaited by a stream before it handles an output: it returns at once while
 the current turn has run less than ``budget`` seconds; past that the stream waits, in arrival
 order, for a later turn. A turn's start is stamped by a callback that runs first in each turn
-while streams are active (``call_soon`` from the turn before); each stamp releases about one
-budget's worth of the waiting streams (by a running mean of the time between outputs let through
-in one turn), the others stay asleep: a waiting stream wakes once, not once a turn. The work is the
-same, only spread: a stream deferred once is a turn late (about ``budget``), every other stream and
-probe is served between the turns.
+while streams are active (``call_soon`` from the turn before). Waiting streams are released in
+batches of about one budget's worth (by a running mean of the time between two outputs let through
+in one turn), one batch a turn: a stamp releases the first, the last stream of a batch to run
+releases the next; the others stay asleep, so a waiting stream wakes once, not once a turn. The
+work is the same, only spread: a stream deferred once is a turn late (about ``budget``), every
+other stream and probe is served between the turns.
 """
 
 from __future__ import annotations
