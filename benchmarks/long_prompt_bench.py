@@ -309,21 +309,27 @@ def turns_in(log_text: str) -> LongTurns:
 
 def turn_lines(rows: list[Row], ms: float) -> list[str]:
     """``--trace-turns``: per row, the long loop turns and what their time went to."""
-    out = [
+
+    def describe(r: Row, t: LongTurns) -> str:
+        top = "; ".join(f"{what} x{t.calls[what]} {v:.0f} ms" for what, v in t.by_what.most_common(6)) or "-"
+        return f"{t.count} turns, {t.ms:.0f} ms in {r.s.get('requests', 0):.0f} requests; {top}"
+
+    header = (
         f"Loop turns of {ms:g} ms or more (`--trace-turns {ms:g}`: our frontends on asyncio's own loop, "
         "slower than uvloop; `benchmarks/turn_trace`), with what their callbacks resumed (a task: the "
-        "coroutine it was suspended in), by time:",
-        "",
-    ]
+        "coroutine it was suspended in), by time:"
+    )
+    return per_row_section(header, rows, "turns", describe)
+
+
+def per_row_section(header: str, rows: list[Row], key: str, describe: Any) -> list[str]:
+    """A report section: ``header``, then a line per row that has ``extra[key]``: ``describe(row, it)``."""
+    out = [header, ""]
     for r in rows:
-        t: LongTurns | None = r.extra.get("turns")
-        if t is None:
-            continue
-        top = "; ".join(f"{what} x{t.calls[what]} {v:.0f} ms" for what, v in t.by_what.most_common(6)) or "-"
-        out.append(
-            f"- ISL {r.isl} {r.prefix} c={r.concurrency} {r.target} rep {r.rep}: {t.count} turns, "
-            f"{t.ms:.0f} ms in {r.s.get('requests', 0):.0f} requests; {top}"
-        )
+        if key in r.extra:
+            out.append(
+                f"- ISL {r.isl} {r.prefix} c={r.concurrency} {r.target} rep {r.rep}: {describe(r, r.extra[key])}"
+            )
     return out
 
 
@@ -426,22 +432,17 @@ def fmt_row(r: Row) -> str:
 
 def stall_lines(rows: list[Row], ms: float) -> list[str]:
     """``--stall-dump``: per row, how many times the loop was held ``ms`` or more, and where."""
-    out = [
+
+    def describe(r: Row, where: Counter[str]) -> str:
+        top = ", ".join(f"{frame} x{n}" for frame, n in where.most_common(6)) or "-"
+        return f"{sum(where.values())} in {r.s.get('requests', 0):.0f} requests; {top}"
+
+    header = (
         f"Loop stalls of {ms:g} ms or more (`--stall-dump {ms:g}`: `DYN_LOOP_STALL_DUMP_MS`), and where the "
         "event-loop thread was when each was caught (its innermost Python frame; `run (runners.py)` "
-        "is uvloop's own C code: callbacks, sockets, epoll):",
-        "",
-    ]
-    for r in rows:
-        if "stalls" not in r.extra:
-            continue
-        where: Counter[str] = r.extra["stalls"]
-        top = ", ".join(f"{frame} x{n}" for frame, n in where.most_common(6)) or "-"
-        out.append(
-            f"- ISL {r.isl} {r.prefix} c={r.concurrency} {r.target} rep {r.rep}: "
-            f"{sum(where.values())} in {r.s.get('requests', 0):.0f} requests; {top}"
-        )
-    return out
+        "is uvloop's own C code: callbacks, sockets, epoll):"
+    )
+    return per_row_section(header, rows, "stalls", describe)
 
 
 def _med(rows: list[Row], get: Any) -> float:
