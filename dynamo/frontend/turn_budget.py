@@ -61,7 +61,7 @@ class TurnBudget:
         while True:
             try:
                 await fut  # cancelled while waiting (the client left): the release skips it
-            except asyncio.CancelledError:
+            except BaseException:
                 if fut.done() and not fut.cancelled():  # released, then cancelled before it ran
                     self._woke()
                 raise

@@ -69,6 +69,37 @@ def test_a_stream_cancelled_while_it_waits_holds_nobody_back() -> None:
     assert asyncio.run(scenario()) == [0, 1, 3, 4, 5]
 
 
+def test_a_stream_cancelled_after_its_release_holds_nobody_back() -> None:
+    """A released stream whose task is cancelled before it runs still counts as awake: the batch
+    after it is released (the next batch is released by the last of a batch to wake)."""
+
+    async def scenario() -> list[int]:
+        budget = TurnBudget(0.002)
+        done: list[int] = []
+
+        async def stream(i: int) -> None:
+            await budget.pace()
+            burn(0.001)
+            done.append(i)
+
+        tasks = [asyncio.create_task(stream(i)) for i in range(8)]
+        for _ in range(100):  # until a stamp released a batch that has not run yet
+            await asyncio.sleep(0)
+            if budget._released:
+                break
+        assert budget._released
+        first_in_line = next(i for i in range(8) if i not in done)
+        tasks[first_in_line].cancel()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        assert isinstance(results[first_in_line], asyncio.CancelledError)
+        assert budget._released == 0
+        assert first_in_line not in done
+        return done
+
+    done = asyncio.run(scenario())
+    assert done == sorted(done) and len(done) == 7
+
+
 def test_quiet_streams_leave_the_loop_idle() -> None:
     """The stamp re-schedules itself only while outputs come: a quiet frontend's loop sleeps."""
 
