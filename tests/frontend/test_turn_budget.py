@@ -49,17 +49,22 @@ def test_without_a_budget_every_output_is_handled_in_one_turn() -> None:
     assert handled == list(range(16)) and len(set(turn_of)) == 1
 
 
+def _start_streams(budget: TurnBudget, n: int, cost: float) -> tuple[list[asyncio.Task[None]], list[int]]:
+    """``n`` stream tasks (on the running loop), each pacing one output of ``cost`` seconds; the
+    list their indices are appended to as they finish."""
+    done: list[int] = []
+
+    async def stream(i: int) -> None:
+        await budget.pace()
+        burn(cost)
+        done.append(i)
+
+    return [asyncio.create_task(stream(i)) for i in range(n)], done
+
+
 def test_a_stream_cancelled_while_it_waits_holds_nobody_back() -> None:
     async def scenario() -> list[int]:
-        budget = TurnBudget(0.002)
-        done: list[int] = []
-
-        async def stream(i: int) -> None:
-            await budget.pace()
-            burn(0.002)
-            done.append(i)
-
-        tasks = [asyncio.create_task(stream(i)) for i in range(6)]
+        tasks, done = _start_streams(TurnBudget(0.002), 6, 0.002)
         await asyncio.sleep(0)
         tasks[2].cancel()
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
@@ -75,14 +80,7 @@ def test_a_stream_cancelled_after_its_release_holds_nobody_back() -> None:
 
     async def scenario() -> list[int]:
         budget = TurnBudget(0.002)
-        done: list[int] = []
-
-        async def stream(i: int) -> None:
-            await budget.pace()
-            burn(0.001)
-            done.append(i)
-
-        tasks = [asyncio.create_task(stream(i)) for i in range(8)]
+        tasks, done = _start_streams(budget, 8, 0.001)
         for _ in range(100):  # until a stamp released a batch that has not run yet
             await asyncio.sleep(0)
             if budget._released:
