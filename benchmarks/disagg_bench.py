@@ -46,18 +46,12 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dynamo.runtime.ports import free_port  # noqa: E402  (after the path insert)
+
 MODEL = "SmolLM2-135M-Instruct"
 
 
 # ----- processes ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Proc:

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,17 +20,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dynamo.runtime.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 TURN_TRACE_DIR = Path(__file__).resolve().parent / "turn_trace"  # its sitecustomize: the loop-turn tracer
 REF_VENV = Path(os.environ.get("DYN_REF_VENV", "/work/ref-dynamo-venv"))
 COMMON = ["--discovery-backend", "file", "--request-plane", "tcp", "--event-plane", "zmq"]
 _TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def proc_cpu(pid: int) -> float:

@@ -46,6 +46,7 @@ from dynamo.deploy.spec import (
     dns_label,
     merge_envs,
 )
+from dynamo.runtime.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +155,7 @@ class PortAllocator:
             self._taken.add(preferred)
             return preferred
         for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind(("127.0.0.1", 0))
-                port = int(s.getsockname()[1])
+            port = free_port()  # below the ephemeral range: no client connection can take it meanwhile
             if port not in self._taken:
                 self._taken.add(port)
                 return port

@@ -33,8 +33,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from dynamo.runtime.ports import free_port
 from dynamo.worker.args import WorkerArgs, WorkerConfigFields, add_worker_args, parse_with, worker_args_from
-from dynamo.worker.util import free_port, module_installed
+from dynamo.worker.util import module_installed
 
 logger = logging.getLogger(__name__)
 

@@ -55,13 +55,14 @@ from dynamo.llm.protocols import (
     EngineOutput,
     PreprocessedRequest,
 )
+from dynamo.runtime.ports import free_port
 from dynamo.sglang.args import NOT_INSTALLED, SglangConfig, parse_args
 from dynamo.sglang.kv_events import kv_event_subscriber, subscriber_endpoints
 from dynamo.sglang.outputs import OutputConverter, finish_of
 from dynamo.sglang.request import Bootstrap, generate_kwargs, new_bootstrap_room
 from dynamo.worker import EngineContext, EngineFacts, EngineNotInstalledError, EngineStartError, WorkerEngine
 from dynamo.worker.engine import KvEventSink
-from dynamo.worker.util import construct_engine, free_port, import_engine
+from dynamo.worker.util import construct_engine, import_engine
 from dynamo.worker.zmq_kv_events import ZmqKvEventSubscriber
 
 logger = logging.getLogger(__name__)

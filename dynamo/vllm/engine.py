@@ -51,13 +51,13 @@ from dynamo.llm.protocols import (
     EngineOutput,
     PreprocessedRequest,
 )
+from dynamo.runtime.ports import free_port
 from dynamo.vllm.args import WorkerConfig, parse_args
 from dynamo.vllm.cpu import CoreClaim, claim_cores
 from dynamo.vllm.kv_events import kv_event_subscriber
 from dynamo.vllm.metrics import LoadState, LoadStatLogger, register_vllm_metrics
 from dynamo.vllm.sampling import build_sampling_params, convert_logprobs, convert_prompt_logprobs
 from dynamo.worker import EngineContext, EngineFacts, EngineStartError, WorkerEngine
-from dynamo.worker.util import free_port
 from dynamo.worker.zmq_kv_events import ZmqKvEventSubscriber
 
 __all__ = ["EngineDeadError", "EngineStartError", "VllmEngine", "build_sampling_params"]

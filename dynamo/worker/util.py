@@ -1,53 +1,21 @@
-"""Helpers engine adapters share while they start: a free port, the engine built off the loop.
+"""Helpers engine adapters share while they start: the engine built off the loop, clear failures.
 
-Journey: used before the **engine** stage serves anything (``WorkerEngine.start``): ports an
-engine binds for itself (KV event publishers, bootstrap and side-channel servers), the engine's
+Journey: used before the **engine** stage serves anything (``WorkerEngine.start``): the engine's
 package imported and its blocking constructor run off the event loop, and the one line a user
-sees when either fails (``EngineStartError``).
+sees when either fails (``EngineStartError``). Ports an engine binds for itself come from
+``dynamo.runtime.ports``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
-import random
-import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from dynamo.worker.engine import EngineNotInstalledError, EngineStartError
 
 T = TypeVar("T")
-
-
-LOWEST_CHOSEN_PORT = 10000
-_EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
-
-
-def free_port() -> int:
-    """A TCP port free on every interface right now, for the engine to bind soon after.
-
-    Chosen below the kernel's ephemeral range: a port the kernel hands to some other ``bind(0)``
-    (vLLM's own ZMQ sockets, another worker starting beside this one) cannot be this one between
-    our choice and the engine's bind. Falls back to an ephemeral port when none is found.
-    """
-    try:
-        with open(_EPHEMERAL_RANGE) as f:
-            ephemeral_low = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 32768
-    rng = random.SystemRandom()
-    for _ in range(64):
-        port = rng.randrange(LOWEST_CHOSEN_PORT, max(LOWEST_CHOSEN_PORT + 1, ephemeral_low))
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
 
 
 def first_line(exc: BaseException) -> str:
