@@ -4,7 +4,8 @@ Journey: engines' cache changes -> event plane (``dynamo.{ns}.{component}.kv_eve
 ``.load_metrics``) -> **KvFeed** -> ``KvRouter.on_kv_events`` / ``on_load_metrics``, in the background
 of every request's route step. When an index meets a worker for the first time (this router
 started late) or sees a gap in its event ids, the feed asks that worker over the request plane for
-the events it missed (``/kv_replay``) or its whole cached block set (``/kv_snapshot``). With
+the events it missed (``/kv_replay``) or its whole cached block set (``/kv_snapshot``); when the
+event plane's connection comes back it asks every indexed worker for what it published meanwhile. With
 ``--router-replica-sync`` it publishes this process's load predictions (``.router_sync``) and applies
 the other replicas', and forgets the predictions of a replica that stopped heartbeating.
 
@@ -32,7 +33,7 @@ from dynamo.llm.endpoints import (
     kv_snapshot_endpoint_name,
 )
 from dynamo.llm.kv_events import KvEventBatch
-from dynamo.router.indexer import ResyncRequest
+from dynamo.router.indexer import KvIndexer, ResyncRequest
 from dynamo.router.kv_router import KvRouter
 from dynamo.router.sync_events import RouterSyncEvent, SyncAddRequest, decode_sync_events, encode_sync_events
 from dynamo.router.worker_key import format_worker_key, split_worker_key
@@ -131,6 +132,8 @@ class KvFeed:
                 )
                 if replay.events is not None:
                     events = replay.events
+                    if not events:
+                        return  # nothing was missed
                     batch = KvEventBatch(worker_id=instance_id, events=events, dp_rank=dp_rank)
                     for router in self._routers_of(instance_id):
                         router.on_kv_events(batch)
@@ -253,8 +256,26 @@ class KvFeed:
 
     # ----- the event plane --------------------------------------------------------------------
 
+    def _catch_up(self) -> None:
+        """The event plane came back: events published while this process was cut off never arrive,
+        and a worker that published nothing since would go unnoticed until its next event. Ask every
+        indexed worker for the events after the last one applied (duplicates are skipped)."""
+        asked = 0
+        for router in list(self._all_routers()):
+            index = router.index
+            if not isinstance(index, KvIndexer):
+                continue
+            for worker in index.workers():
+                last = index.last_event_id(worker)
+                self._resync(worker, last if last is not None else -1)
+                asked += 1
+        log.info(
+            "event plane reconnected: asked %d worker(s) for the KV events they published meanwhile", asked
+        )
+
     async def _follow(self) -> None:
         events = await self.runtime.event_plane()
+        events.on_reconnect(self._catch_up)
         async for subject, payload in events.subscribe(self._subscription):
             try:
                 if subject.endswith(".kv_events"):

@@ -2,14 +2,16 @@
 plane and the TCP request plane over loopback, a real ``MockEngine`` behind ``serve_engine``.
 
 Covers what the process-level tests cannot force: a router that lost events catches up through
-the worker's ``/kv_replay``, and a replica that goes silent has its load predictions dropped.
+the worker's ``/kv_replay`` (on the next event's gap, or when its NATS connection comes back: a
+real nats-server restarted), and a replica that goes silent has its load predictions dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,11 +25,13 @@ from dynamo.mocker.engine import MockEngine
 from dynamo.router import KvRouter, KvRouterConfig
 from dynamo.router import feed as feed_module
 from dynamo.router.feed import KvFeed
+from dynamo.router.indexer import ResyncRequest
 from dynamo.router.sync_events import router_sync_subject
 from dynamo.runtime import DistributedRuntime, EndpointId, RuntimeConfig
 from dynamo.worker.kv_publisher import KvEventPublisher
 from dynamo.worker.serve import serve_engine
 from tests.support.graph import metric_value
+from tests.support.servers import NatsServer
 
 pytestmark = [pytest.mark.timeout(60)]
 BLOCK = 16
@@ -58,66 +62,130 @@ async def runtimes() -> AsyncIterator[list[DistributedRuntime]]:
         await rt.shutdown()
 
 
-async def test_a_router_that_lost_events_catches_up_by_replay(
-    runtimes: list[DistributedRuntime], smollm2_tokenizer_dir: Path
-):
-    worker = await DistributedRuntime.create(config())
-    runtimes.append(worker)
-    relay = KvEventPublisher(worker, ENDPOINT)
-    engine = MockEngine(
-        MockerConfig(speedup_ratio=1000.0, num_gpu_blocks=1000, block_size=BLOCK),
-        worker.instance_id,
-        vocab_size=500,
-        kv_event_sink=relay.sink,
-    )
-    await engine.start()
-    card = ModelDeploymentCard.from_local_path(smollm2_tokenizer_dir, "m", kv_cache_block_size=BLOCK)
-    await serve_engine(worker, ENDPOINT, card, engine.generate, engine.load_metrics, kv_publisher=relay)
-    wid = worker.instance_id
+class FedRouter:
+    """A mocker engine served by one runtime, a KV router fed by another; while ``lost`` is set the
+    worker's events reach the router's process but not the router (as if the network lost them)."""
 
-    async def generate(base: int) -> None:
+    def __init__(self, worker: DistributedRuntime, engine: MockEngine, frontend: DistributedRuntime) -> None:
+        self.wid = worker.instance_id
+        self.engine = engine
+        self.frontend = frontend
+        self.lost = False
+        self.router = KvRouter(KvRouterConfig(block_size=BLOCK), on_resync_needed=self._resync_needed)
+        self.feed: KvFeed | None = None
+
+    def _resync_needed(self, request: ResyncRequest) -> None:
+        assert self.feed is not None
+        self.feed.on_resync_needed(request)
+
+    async def start(self) -> None:
+        [record] = await self.frontend.list_instances()
+        self.feed = KvFeed(
+            self.frontend,
+            lambda iid: [self.router] if iid == self.wid and not self.lost else [],
+            lambda: [self.router],
+            lambda iid: record if iid == self.wid else None,
+        )
+        self.feed.start()
+        self.feed.worker_added(self.wid)
+
+    async def generate(self, base: int) -> None:
         request = PreprocessedRequest(f"r{base}", "m", prompt(base), stop=StopConditions(max_tokens=2))
-        async for _ in engine.generate(request):
+        async for _ in self.engine.generate(request):
             pass
 
-    try:
-        await generate(1000)  # cached before the router exists
+    def overlap(self, base: int) -> int:
+        return self.router.find_overlap(prompt(base)).scores.get(self.wid, 0)
 
-        frontend = await DistributedRuntime.create(config())
-        runtimes.append(frontend)
-        [record] = await frontend.list_instances()
-        lost = False
-        router = KvRouter(
-            KvRouterConfig(block_size=BLOCK), on_resync_needed=lambda r: feed.on_resync_needed(r)
+    def resyncs(self, kind: str) -> float | None:
+        return metric_value(
+            generate_latest(self.frontend.metrics).decode(), "dynamo_router_kv_resyncs_total", kind=kind
         )
-        feed = KvFeed(
-            frontend,
-            lambda iid: [router] if iid == wid and not lost else [],
-            lambda: [router],
-            lambda iid: record if iid == wid else None,
+
+
+@pytest_asyncio.fixture
+async def serving_worker(
+    runtimes: list[DistributedRuntime], smollm2_tokenizer_dir: Path
+) -> AsyncIterator[Callable[[RuntimeConfig], Awaitable[tuple[DistributedRuntime, MockEngine]]]]:
+    engines: list[MockEngine] = []
+
+    async def start(cfg: RuntimeConfig) -> tuple[DistributedRuntime, MockEngine]:
+        worker = await DistributedRuntime.create(cfg)
+        runtimes.append(worker)
+        relay = KvEventPublisher(worker, ENDPOINT)
+        engine = MockEngine(
+            MockerConfig(speedup_ratio=1000.0, num_gpu_blocks=1000, block_size=BLOCK),
+            worker.instance_id,
+            vocab_size=500,
+            kv_event_sink=relay.sink,
         )
-        feed.start()
-        feed.worker_added(wid)
+        await engine.start()
+        engines.append(engine)
+        card = ModelDeploymentCard.from_local_path(smollm2_tokenizer_dir, "m", kv_cache_block_size=BLOCK)
+        await serve_engine(worker, ENDPOINT, card, engine.generate, engine.load_metrics, kv_publisher=relay)
+        return worker, engine
 
-        def overlap(base: int) -> int:
-            return router.find_overlap(prompt(base)).scores.get(wid, 0)
-
-        await eventually(lambda: overlap(1000) == 10, "the snapshot taken when the worker joined")
-        await asyncio.sleep(0.5)  # the event plane subscription is connected
-
-        lost = True  # the next events never reach the router
-        await generate(2000)
-        await asyncio.sleep(0.3)
-        assert overlap(2000) == 0
-        lost = False
-        await generate(3000)  # its event id jumps past the lost ones: a gap
-        await eventually(lambda: overlap(3000) == 10 and overlap(2000) == 10, "the replay of the lost events")
-        exposition = generate_latest(frontend.metrics).decode()
-        assert metric_value(exposition, "dynamo_router_kv_resyncs_total", kind="replay") == 1
-        assert metric_value(exposition, "dynamo_router_kv_resyncs_total", kind="snapshot") == 1
-        assert not router.index.pending_resyncs()
-    finally:
+    yield start
+    for engine in engines:
         await engine.stop()
+
+
+async def test_a_router_that_lost_events_catches_up_by_replay(
+    runtimes: list[DistributedRuntime], serving_worker
+):
+    worker, engine = await serving_worker(config())
+    await FedRouter(worker, engine, worker).generate(1000)  # cached before the router exists
+
+    frontend = await DistributedRuntime.create(config())
+    runtimes.append(frontend)
+    fed = FedRouter(worker, engine, frontend)
+    await fed.start()
+    await eventually(lambda: fed.overlap(1000) == 10, "the snapshot taken when the worker joined")
+    await asyncio.sleep(0.5)  # the event plane subscription is connected
+
+    fed.lost = True  # the next events never reach the router
+    await fed.generate(2000)
+    await asyncio.sleep(0.3)
+    assert fed.overlap(2000) == 0
+    fed.lost = False
+    await fed.generate(3000)  # its event id jumps past the lost ones: a gap
+    await eventually(
+        lambda: fed.overlap(3000) == 10 and fed.overlap(2000) == 10, "the replay of the lost events"
+    )
+    assert fed.resyncs("replay") == 1
+    assert fed.resyncs("snapshot") == 1
+    assert not fed.router.index.pending_resyncs()
+
+
+async def test_when_nats_comes_back_the_router_asks_each_worker_for_what_it_missed(
+    runtimes: list[DistributedRuntime], serving_worker, log_dir: Path
+):
+    """Events lost while the router's connection was down, from a worker that publishes nothing after:
+    no later event shows the gap, so only the router's own reconnect can start the catch-up."""
+    nats = NatsServer(log_dir)
+    nats.start()
+    try:
+        cfg = replace(config(), event_plane="nats", nats_server=nats.url)
+        worker, engine = await serving_worker(cfg)
+        frontend = await DistributedRuntime.create(cfg)
+        runtimes.append(frontend)
+        fed = FedRouter(worker, engine, frontend)
+        await fed.start()
+        await fed.generate(1000)
+        await eventually(lambda: fed.overlap(1000) == 10, "the first events over NATS")
+
+        fed.lost = True
+        await fed.generate(2000)
+        await asyncio.sleep(0.3)
+        fed.lost = False
+        assert fed.overlap(2000) == 0
+        assert nats.proc is not None
+        nats.proc.stop()
+        nats.start()  # the same port: both clients reconnect
+        await eventually(lambda: fed.overlap(2000) == 10, "the catch-up after NATS came back", timeout=20)
+        assert fed.resyncs("replay") == 1
+    finally:
+        nats.cleanup()
 
 
 async def test_replicas_share_load_and_forget_a_silent_one(

@@ -2,13 +2,17 @@
 
 KV cache events and load metrics travel here (subjects in ``dynamo.llm.kv_events``). A subject
 ending in ``.>`` subscribes to everything under that prefix. Delivery is at-most-once: consumers
-that need every event detect gaps by event id and resynchronise.
+that need every event detect gaps by event id and resynchronise, and can ask to be told when the
+plane's connection came back (``on_reconnect``), after which events may have been lost unseen.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
+
+log = logging.getLogger(__name__)
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -20,6 +24,21 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 class EventPlane(abc.ABC):
     """Publish bytes on a subject; subscribe to a subject (or ``prefix.>``)."""
+
+    def __init__(self) -> None:
+        self._reconnect_callbacks: list[Callable[[], None]] = []
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the event loop; it must not block) each time the connection to the
+        plane is re-established: events published meanwhile may never arrive."""
+        self._reconnect_callbacks.append(callback)
+
+    def _reconnected(self) -> None:
+        for callback in list(self._reconnect_callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("event plane reconnect callback failed")
 
     @abc.abstractmethod
     async def start(self) -> None: ...

@@ -40,6 +40,7 @@ class NatsEventPlane(EventPlane):
     """Events as NATS messages; reconnects forever in the background."""
 
     def __init__(self, server: str) -> None:
+        super().__init__()
         self.server = server
         self._nc: NatsClient | None = None
 
@@ -59,6 +60,10 @@ class NatsEventPlane(EventPlane):
                 refused.set_result(exc)
             log.warning("NATS: %s", exc or type(exc).__name__)
 
+        async def on_reconnected() -> None:
+            log.info("NATS: reconnected to %s", self.server)
+            self._reconnected()
+
         options = nats_options(self.server)
         nc = NatsClient()
         connecting = asyncio.ensure_future(
@@ -70,6 +75,7 @@ class NatsEventPlane(EventPlane):
                 connect_timeout=5,
                 allow_reconnect=True,
                 error_cb=on_error,
+                reconnected_cb=on_reconnected,
             )
         )
         try:

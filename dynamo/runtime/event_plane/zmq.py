@@ -31,6 +31,7 @@ class ZmqEventPlane(EventPlane):
     def __init__(
         self, discovery: Discovery, namespace: str, instance_id: int, bind_host: str, advertise_host: str
     ):
+        super().__init__()
         self.discovery = discovery
         self.namespace = namespace
         self.instance_id = instance_id
