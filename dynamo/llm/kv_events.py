@@ -130,6 +130,9 @@ class LoadMetrics(msgspec.Struct, omit_defaults=True):
     kv_total_blocks: int = 0
     cache_usage: float = 0.0  # kv_active_blocks / kv_total_blocks
     prefix_hit_rate: float = 0.0
+    # Id of the last KV event this rank handed to the event plane (None: no KV events yet): a
+    # router whose index holds fewer lost the rest in transit and asks for them.
+    kv_last_event_id: int | None = None
     kind: Literal["load"] = "load"
 
 

@@ -23,7 +23,8 @@ blocks). Memory (CPython 3.11, measured): about 170 MB for a million (worker, bl
 
 Event ids: each worker's events are numbered. A jump forward means events were lost: the index
 applies what it gets (best effort), records a ``ResyncRequest`` for the ids after the last
-contiguous one and calls ``on_resync_needed``; replayed events fill the hole and clear it. A
+contiguous one and calls ``on_resync_needed``; replayed events fill the hole and clear it. Events
+lost at the end, with none after them, show in the worker's load report (``note_sent``). A
 ``stored`` event whose parent block is unknown cannot be placed at all: it is dropped and the worker
 is marked as needing a full snapshot (``resync``). Ids at or below the last applied one are
 duplicates and are skipped.
@@ -211,6 +212,26 @@ class KvIndexer:
         """Last contiguously applied event id of ``worker`` (None before its first event)."""
         state = self._workers.get(worker)
         return state.last_event_id if state is not None else None
+
+    def note_sent(self, worker: int, event_id: int) -> None:
+        """The worker says it has sent its events up to ``event_id`` (its load report, which travels
+        after them): if fewer were applied and no resync is pending, the rest were lost in transit
+        with no later event to show the gap, so ask for them (not recorded as pending: the next
+        report asks again if the replay did not arrive)."""
+        state = self._workers.get(worker)
+        last = state.last_event_id if state is not None else None
+        if (last is not None and last >= event_id) or (state is not None and state.resync is not None):
+            return
+        logger.info(
+            "kv index of worker %s is at event %s; the worker sent up to %d: asking for the rest",
+            format_worker_key(worker),
+            last,
+            event_id,
+        )
+        if self._on_resync_needed is not None:
+            self._on_resync_needed(
+                ResyncRequest(worker, last if last is not None else -1, "lost at the tail")
+            )
 
     def needs_resync(self, worker: int) -> bool:
         """Whether ``worker``'s view is stale (lost events or unplaceable stores)."""

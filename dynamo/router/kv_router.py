@@ -137,9 +137,13 @@ class KvRouter:
             self.index.resync(snapshot)
 
     def on_load_metrics(self, metrics: LoadMetrics) -> None:
-        """Take a worker's KV capacity from its load report."""
+        """Take a worker's KV capacity from its load report, and check the index has every KV event
+        the report says the worker sent."""
+        key = worker_key(metrics.worker_id, metrics.dp_rank)
         if metrics.kv_total_blocks > 0:
-            self.total_blocks[worker_key(metrics.worker_id, metrics.dp_rank)] = metrics.kv_total_blocks
+            self.total_blocks[key] = metrics.kv_total_blocks
+        if metrics.kv_last_event_id is not None and isinstance(self.index, KvIndexer):
+            self.index.note_sent(key, metrics.kv_last_event_id)
 
     def apply_sync_event(self, event: RouterSyncEvent) -> None:
         """Apply a load update published by another router replica."""

@@ -2,9 +2,9 @@
 
 Journey: the engine's cache stores / evicts blocks -> its event source (``dynamo.worker.zmq_kv_events``
 or an engine's own poller) -> **``KvEventPublisher.sink``** -> event plane -> every router's
-indexer. A router that missed events (a gap in event ids) asks the worker's ``/kv_replay`` for the
-last ``KV_EVENT_HISTORY``; one that started late or lost more asks ``/kv_snapshot`` for the cached
-block set (``CachedBlocks``, or the engine's own when it keeps one: ``use_block_source``).
+indexer. A router that missed events (a gap in event ids, or a load report naming a later last
+event than it applied) asks the worker's ``/kv_replay`` for the last ``KV_EVENT_HISTORY``; one
+that started late or lost more asks ``/kv_snapshot`` for the cached block set (``CachedBlocks``, or the engine's own when it keeps one: ``use_block_source``).
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ class KvEventPublisher:
         self.cached: dict[int, CachedBlocks] = {}  # dp rank -> its blocks
         self._block_source: KvBlockSource | None = None
         self._task: asyncio.Task[None] | None = None
+        self._sent: dict[int, int] = {}  # dp rank -> id of the last event handed to the event plane
 
     def use_block_source(self, source: KvBlockSource) -> None:
         """The engine keeps its cached block set itself (the mocker): snapshots come from
@@ -124,6 +125,15 @@ class KvEventPublisher:
                 await events.publish(self.subject, kv_events.encode(batch))
             except Exception as exc:
                 log.warning("could not publish KV events: %s", exc)
+            finally:  # sent or lost, the load report says how far this rank got
+                if batch.events:
+                    self._sent[batch.dp_rank] = batch.events[-1].event_id
+
+    def last_sent_event_id(self, dp_rank: int = 0) -> int | None:
+        """Id of the last event of ``dp_rank`` handed to the event plane (None before the first).
+        Published in the load reports, after those events on the same plane, so a router that has
+        applied fewer knows events were lost even when no later event comes to show the gap."""
+        return self._sent.get(dp_rank)
 
     def replay(self, since_event_id: int) -> list[kv_events.KvEvent] | None:
         """Events after ``since_event_id``; None when they are no longer all held."""

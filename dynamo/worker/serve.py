@@ -122,10 +122,10 @@ async def serve_engine(
     server.register(kv_snapshot_endpoint_name(endpoint), kv_snapshot)
     # The first load report opens this process's event publisher before the instance is
     # discoverable, so routers are listening by the time its first KV events go out.
-    await _report_load(runtime, endpoint, load_metrics)
+    await _report_load(runtime, endpoint, load_metrics, kv_publisher)
     if kv_publisher is not None:
         kv_publisher.start()
-    runtime.spawn(_publish_load(runtime, endpoint, load_metrics), "load-metrics")
+    runtime.spawn(_publish_load(runtime, endpoint, load_metrics, kv_publisher), "load-metrics")
     await runtime.serve_endpoint(endpoint, generate_handler, model_card=card.to_json())
     runtime.set_ready()
     log.info(
@@ -133,17 +133,29 @@ async def serve_engine(
     )
 
 
-async def _publish_load(runtime: DistributedRuntime, endpoint: EndpointId, load_metrics: LoadFn) -> None:
+async def _publish_load(
+    runtime: DistributedRuntime,
+    endpoint: EndpointId,
+    load_metrics: LoadFn,
+    kv_publisher: KvEventPublisher | None,
+) -> None:
     while True:
         await asyncio.sleep(LOAD_METRICS_INTERVAL)
-        await _report_load(runtime, endpoint, load_metrics)
+        await _report_load(runtime, endpoint, load_metrics, kv_publisher)
 
 
-async def _report_load(runtime: DistributedRuntime, endpoint: EndpointId, load_metrics: LoadFn) -> None:
+async def _report_load(
+    runtime: DistributedRuntime,
+    endpoint: EndpointId,
+    load_metrics: LoadFn,
+    kv_publisher: KvEventPublisher | None,
+) -> None:
     try:
         events = await runtime.event_plane()
         metrics = load_metrics()
         metrics.worker_id = runtime.instance_id
+        if kv_publisher is not None:
+            metrics.kv_last_event_id = kv_publisher.last_sent_event_id(metrics.dp_rank)
         subject = kv_events.load_metrics_subject(endpoint.namespace, endpoint.component)
         await events.publish(subject, kv_events.encode(metrics))
     except Exception as exc:

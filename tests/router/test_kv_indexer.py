@@ -281,3 +281,28 @@ def test_matches_a_brute_force_model_under_random_events() -> None:
 
     assert not index.pending_resyncs()
     assert index.stats.unknown_parents == 0
+
+
+def test_a_load_report_past_the_last_applied_event_asks_for_the_tail() -> None:
+    """Events lost at the end, with none after them, show only in the worker's load report."""
+    requests: list[ResyncRequest] = []
+    index = KvIndexer(on_resync_needed=requests.append)
+    index.apply(batch(1, stored(1, 1, [A]), stored(2, 1, [A, B], start=1)))
+    index.note_sent(1, 2)  # up to date
+    index.note_sent(7, 4)  # a worker never heard from: everything it kept
+    assert requests == [ResyncRequest(7, -1, "lost at the tail")]
+    index.note_sent(1, 4)  # 3 and 4 lost
+    assert requests[-1] == ResyncRequest(1, 2, "lost at the tail")
+    assert not index.needs_resync(1)  # asked again by the next report, not by the sweep
+    index.apply(batch(1, stored(3, 1, [A, B, C], start=2), stored(4, 1, [D])))
+    index.note_sent(1, 4)
+    assert len(requests) == 2
+    assert index.find_matches([A, B, C]).scores == {1: 3}
+
+
+def test_a_load_report_does_not_ask_while_a_resync_is_pending() -> None:
+    requests: list[ResyncRequest] = []
+    index = KvIndexer(on_resync_needed=requests.append)
+    index.apply(batch(1, stored(1, 1, [A]), stored(5, 1, [D])))  # 2-4 lost: a replay is pending
+    index.note_sent(1, 5)
+    assert requests == [ResyncRequest(1, 1, "event id jumped from 1 to 5")]

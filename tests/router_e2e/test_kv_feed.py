@@ -157,6 +157,40 @@ async def test_a_router_that_lost_events_catches_up_by_replay(
     assert not fed.router.index.pending_resyncs()
 
 
+async def test_events_lost_at_the_tail_are_asked_for_after_the_next_load_report(
+    runtimes: list[DistributedRuntime], serving_worker
+):
+    """The worker's KV events are lost in transit and it publishes none after them: no gap ever
+    shows, but its next load report names its last event, and the router asks for the rest."""
+    worker, engine = await serving_worker(config())
+    frontend = await DistributedRuntime.create(config())
+    runtimes.append(frontend)
+    fed = FedRouter(worker, engine, frontend)
+    await fed.start()
+    await asyncio.sleep(0.5)  # the event plane subscription is connected
+    await fed.generate(1000)
+    await eventually(lambda: fed.overlap(1000) == 10, "the first events")
+
+    plane = await worker.event_plane()
+    publish = plane.publish
+    dropped: list[str] = []
+
+    async def lossy(subject: str, payload: bytes) -> None:
+        if subject.endswith(".kv_events"):
+            dropped.append(subject)  # lost in transit
+            return
+        await publish(subject, payload)
+
+    plane.publish = lossy  # type: ignore[method-assign]
+    await fed.generate(2000)
+    await eventually(lambda: bool(dropped), "the lost batch")
+    plane.publish = publish  # type: ignore[method-assign]
+    assert fed.overlap(2000) == 0
+    # The next load report (every second) names the lost events' last id.
+    await eventually(lambda: fed.overlap(2000) == 10, "the replay asked for after a load report", timeout=5)
+    assert fed.resyncs("replay") == 1
+
+
 async def test_when_nats_comes_back_the_router_asks_each_worker_for_what_it_missed(
     runtimes: list[DistributedRuntime], serving_worker, log_dir: Path
 ):
