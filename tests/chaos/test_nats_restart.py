@@ -1,7 +1,8 @@
 """NATS restarted under KV routing: while KV events cannot flow, requests keep succeeding (routing
-is approximate); once NATS is back the router's index catches up (late events, or a resync when it
-sees a gap in a worker's event ids) and prefix routing is exact again. (Engine: the mocker, a
-stand-in for a GPU engine; each component on its own simulated host.)"""
+is approximate); once NATS is back the router's index catches up (its reconnect asks every worker
+to replay what it missed; late events and gaps in event ids do the same) and prefix routing is
+exact again. (Engine: the mocker, a stand-in for a GPU engine; each component on its own simulated
+host.)"""
 
 from __future__ import annotations
 
