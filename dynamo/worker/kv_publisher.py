@@ -80,7 +80,7 @@ class CachedBlocks:
 class KvEventPublisher:
     """Takes KV event batches from an engine (sync ``sink``) and publishes them in order.
 
-    Keeps the last ``KV_EVENT_HISTORY`` events so a router that missed some (a gap in event ids)
+    Keeps the last ``KV_EVENT_HISTORY`` events of each data-parallel rank so a router that missed some
     can ask for them, and the cached block set (``CachedBlocks``) for a router that started late
     or lost more than the history holds.
     """
@@ -89,7 +89,7 @@ class KvEventPublisher:
         self.runtime = runtime
         self.subject = kv_events.kv_events_subject(endpoint.namespace, endpoint.component)
         self._queue: asyncio.Queue[KvEventBatch] = asyncio.Queue()
-        self.history: collections.deque[kv_events.KvEvent] = collections.deque(maxlen=KV_EVENT_HISTORY)
+        self.history: dict[int, collections.deque[kv_events.KvEvent]] = {}  # dp rank -> its last events
         self.cached: dict[int, CachedBlocks] = {}  # dp rank -> its blocks
         self._block_source: KvBlockSource | None = None
         self._task: asyncio.Task[None] | None = None
@@ -105,7 +105,10 @@ class KvEventPublisher:
 
     def sink(self, batch: KvEventBatch) -> None:
         """Hand a batch over (called from the engine; never blocks)."""
-        self.history.extend(batch.events)
+        history = self.history.get(batch.dp_rank)
+        if history is None:
+            history = self.history[batch.dp_rank] = collections.deque(maxlen=KV_EVENT_HISTORY)
+        history.extend(batch.events)
         if self._block_source is None:
             cached = self.cached.get(batch.dp_rank)
             if cached is None:
@@ -135,11 +138,16 @@ class KvEventPublisher:
         applied fewer knows events were lost even when no later event comes to show the gap."""
         return self._sent.get(dp_rank)
 
-    def replay(self, since_event_id: int) -> list[kv_events.KvEvent] | None:
-        """Events after ``since_event_id``; None when they are no longer all held."""
-        if self.history and self.history[0].event_id > since_event_id + 1:
-            return None
-        return [e for e in self.history if e.event_id > since_event_id]
+    def replay(self, since_event_id: int, dp_rank: int = 0) -> list[kv_events.KvEvent] | None:
+        """``dp_rank``'s events after ``since_event_id``; None when they are not all held (older than
+        the history, or a hole in it: batches the relay itself missed), so a snapshot is needed."""
+        history = self.history.get(dp_rank, ())
+        events = [e for e in history if e.event_id > since_event_id]
+        if not events:
+            return events  # nothing after it
+        first, last = events[0].event_id, events[-1].event_id
+        contiguous = first == since_event_id + 1 and last - first + 1 == len(events)
+        return events if contiguous else None
 
     def snapshot(self, worker_id: int, dp_rank: int = 0) -> KvEventBatch:
         """Every cached block of ``dp_rank`` as of the last event handed over (see ``CachedBlocks``)."""

@@ -106,8 +106,10 @@ async def serve_engine(
         yield {n: files[n] for n in (names or files) if n in files}
 
     async def kv_replay(request: Any, ctx: RequestContext) -> AsyncGenerator[KvReplayReply, None]:
-        since = msgspec.convert(request or {}, KvReplayRequest).since_event_id
-        yield KvReplayReply(kv_publisher.replay(since) if kv_publisher is not None else None)
+        asked = msgspec.convert(request or {}, KvReplayRequest)
+        yield KvReplayReply(
+            kv_publisher.replay(asked.since_event_id, asked.dp_rank) if kv_publisher is not None else None
+        )
 
     async def kv_snapshot(request: Any, ctx: RequestContext) -> AsyncGenerator[KvSnapshotReply, None]:
         rank = msgspec.convert(request or {}, KvSnapshotRequest).dp_rank

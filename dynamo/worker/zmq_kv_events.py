@@ -102,8 +102,10 @@ class ZmqKvEventSubscriber:
         self._convert = convert
         self._topic = topic.encode()
         self._engine = engine
-        self._next_event_id = 0
-        self._last_seq: dict[int, int] = {}  # per data-parallel rank
+        # Per data-parallel rank: routers index each rank as its own worker, so each numbers its
+        # events from 0 without holes of its own.
+        self._next_event_id: dict[int, int] = {}
+        self._last_seq: dict[int, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._ctx: zmq.asyncio.Context | None = None
         self._sock: zmq.asyncio.Socket | None = None
@@ -162,6 +164,7 @@ class ZmqKvEventSubscriber:
             log.warning("%s KV event batch of unexpected shape; ignored", self._engine)
             return
         raw_events, dp_rank = decoded
+        next_id = self._next_event_id.get(dp_rank, 0)
         last = self._last_seq.get(dp_rank)
         if last is not None and seq > last + 1:
             missed = seq - last - 1
@@ -171,15 +174,16 @@ class ZmqKvEventSubscriber:
                 self._engine,
                 dp_rank,
             )
-            self._next_event_id += missed
+            next_id += missed  # a hole the router sees, and that no replay can fill: it takes a snapshot
         self._last_seq[dp_rank] = seq
         events: list[KvEvent] = []
         for raw in raw_events:
             data = self._convert(raw)
             if data is None:
                 continue
-            events.append(KvEvent(event_id=self._next_event_id, data=data))
-            self._next_event_id += 1
+            events.append(KvEvent(event_id=next_id, data=data))
+            next_id += 1
+        self._next_event_id[dp_rank] = next_id
         if not events:
             return
         self.batches_relayed += 1

@@ -169,8 +169,10 @@ def test_kv_event_relay_numbers_events_and_skips_ids_over_lost_batches():
     relay.handle(message(0, [["BlockStored", [1], None, [1, 2], 2, None], ["BlockRemoved", [1]]]))
     relay.handle(message(3, [["AllBlocksCleared"]]))  # batches 1 and 2 were lost
     relay.handle(message(0, [["AllBlocksCleared"]], rank=1))  # another attention-DP rank counts on its own
-    assert [[e.event_id for e in b.events] for b in batches] == [[0, 1], [4], [5]]
-    assert [b.dp_rank for b in batches] == [0, 0, 1] and batches[0].worker_id == 0x5
+    relay.handle(message(4, [["AllBlocksCleared"]]))
+    # Routers index each rank as its own worker: each rank's ids run on without the others' events.
+    assert [[e.event_id for e in b.events] for b in batches] == [[0, 1], [4], [0], [5]]
+    assert [b.dp_rank for b in batches] == [0, 0, 1, 0] and batches[0].worker_id == 0x5
 
 
 def test_subscriber_endpoints_follow_sglangs_port_per_rank():

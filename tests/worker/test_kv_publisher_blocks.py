@@ -44,3 +44,17 @@ def test_with_an_engine_block_source_the_relay_keeps_no_copy():
     assert publisher.cached == {}  # not rebuilt from events any more
     assert publisher.snapshot(9, 2) is answer and asked == [(9, 2)]
     assert [e.event_id for e in publisher.replay(-1) or []] == [0, 1]  # the history is still kept
+
+
+def test_replay_is_per_rank_and_refuses_a_history_with_a_hole():
+    """A rank's events replay by themselves; a hole (batches the relay itself missed) or a history
+    that no longer reaches back is None: the router then takes a snapshot."""
+    publisher = KvEventPublisher(None, EndpointId("test", "worker", "generate"))  # type: ignore[arg-type]
+    publisher.sink(KvEventBatch(worker_id=9, events=[stored(0, None, (1, 11)), stored(1, 1, (2, 12))]))
+    publisher.sink(KvEventBatch(worker_id=9, events=[stored(0, None, (7, 17))], dp_rank=1))
+    assert [e.event_id for e in publisher.replay(0) or []] == [1]
+    assert [e.data for e in publisher.replay(-1, dp_rank=1) or []] == [stored(0, None, (7, 17)).data]
+    assert publisher.replay(1) == []  # nothing after the last
+    publisher.sink(KvEventBatch(worker_id=9, events=[stored(5, 2, (3, 13))]))  # 2-4 never reached it
+    assert publisher.replay(1) is None
+    assert [e.event_id for e in publisher.replay(4) or []] == [5]
