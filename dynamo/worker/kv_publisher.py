@@ -4,7 +4,8 @@ Journey: the engine's cache stores / evicts blocks -> its event source (``dynamo
 or an engine's own poller) -> **``KvEventPublisher.sink``** -> event plane -> every router's
 indexer. A router that missed events (a gap in event ids, or a load report naming a later last
 event than it applied) asks the worker's ``/kv_replay`` for the last ``KV_EVENT_HISTORY``; one
-that started late or lost more asks ``/kv_snapshot`` for the cached block set (``CachedBlocks``, or the engine's own when it keeps one: ``use_block_source``).
+that started late or lost more asks ``/kv_snapshot`` for the cached block set (``CachedBlocks``,
+or the engine's own when it keeps one: ``use_block_source``).
 """
 
 from __future__ import annotations
@@ -80,9 +81,9 @@ class CachedBlocks:
 class KvEventPublisher:
     """Takes KV event batches from an engine (sync ``sink``) and publishes them in order.
 
-    Keeps the last ``KV_EVENT_HISTORY`` events of each data-parallel rank so a router that missed some
-    can ask for them, and the cached block set (``CachedBlocks``) for a router that started late
-    or lost more than the history holds.
+    Keeps the last ``KV_EVENT_HISTORY`` events of each data-parallel rank so a router that missed
+    some can ask for them, and the cached block set (``CachedBlocks``) for a router that started
+    late or lost more than the history holds.
     """
 
     def __init__(self, runtime: DistributedRuntime, endpoint: EndpointId) -> None:
