@@ -17,6 +17,7 @@ import socket
 LOWEST_CHOSEN_PORT = 10000
 _EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
 _ATTEMPTS = 64
+_MIN_CHOICES = 1000  # fewer ports than this below the ephemeral range: let the kernel choose
 
 
 def ephemeral_low() -> int:
@@ -31,12 +32,12 @@ def ephemeral_low() -> int:
 def free_port(host: str = "") -> int:
     """A TCP port free on ``host`` (every interface by default) right now, below the ephemeral range.
 
-    Falls back to a port the kernel chooses when none of a few random candidates is free.
+    Falls back to a port the kernel chooses when none of a few random candidates is free, or when
+    the ephemeral range leaves too few ports below it to choose from.
     """
-    low = LOWEST_CHOSEN_PORT
-    high = max(low + 1, ephemeral_low())
+    low, high = LOWEST_CHOSEN_PORT, ephemeral_low()
     rng = random.SystemRandom()
-    for _ in range(_ATTEMPTS):
+    for _ in range(_ATTEMPTS if high - low >= _MIN_CHOICES else 0):
         port = rng.randrange(low, high)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
