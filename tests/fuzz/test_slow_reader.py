@@ -72,11 +72,12 @@ def test_a_client_that_stops_reading_is_dropped_and_its_request_cancelled(roomy:
             while streams(roomy) == ended_before and time.monotonic() < deadline:
                 time.sleep(0.2)
             ended = time.monotonic() - started
+            # Counted 499 while this client still holds its socket open (it closes only below): the
+            # frontend dropped it for not reading. How soon depends on how fast the mocker fills the
+            # buffers (5 s alone, 20 s beside a starting vLLM engine), so no time is asserted.
             assert streams(roomy, "499") == gone_before + 1, (
-                "the request of a client that does not read was never cancelled"
+                f"the request of a client that does not read was not cancelled within {ended:.1f} s"
             )
-            # 4000 tokens x 128 choices take the mocker far longer than this when not cancelled.
-            assert ended < 20, ended
         finally:
             sock.close()
     # Nothing of it is left in flight once the background client stops too.
