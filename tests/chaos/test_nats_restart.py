@@ -21,7 +21,7 @@ from tests.support.graph import metric_value
 pytestmark = [pytest.mark.timeout(180)]
 MODEL = "chaos-mock"
 LOST_PROMPTS = 24  # prompts served while NATS is down, each one probe of the router's recovery
-PROBE_REPEATS = 5  # a probe's repeats all on its home by chance (index not caught up): 1 in 2**4
+PROBE_REPEATS = 5  # all of them on its home by chance (index not caught up): 1 in 32
 WORDS = "harbor lantern keeper tide gull rope anchor storm beacon shore reef compass brine sail".split()
 
 
