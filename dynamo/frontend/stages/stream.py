@@ -50,18 +50,12 @@ async def stream_response(
         try:
             await turns.pace()
         except BaseException:  # cancelled while it waited: the streams opened for it are closed
-            if watch is not None:
-                watch.stop()
-            for r in routed:
-                await r.batches.aclose()
+            await _abandon(routed, watch)
             raise
     try:
         head = b"".join(builder.stream(i, r.first) for i, r in enumerate(routed))
     except RequestError as exc:
-        if watch is not None:
-            watch.stop()
-        for r in routed:
-            await r.batches.aclose()
+        await _abandon(routed, watch)
         record.finish(str(exc.status), builder.completion_tokens, builder.cached_tokens)
         return error_response(exc)
 
@@ -73,6 +67,14 @@ async def stream_response(
     else:
         events = _merged_events(head, routed, builder, record.mm.itl, turns)
     return SSEResponse(events, on_done, headers, last_event=DONE, watch=watch)
+
+
+async def _abandon(routed: list[Routed], watch: DisconnectWatch | None) -> None:
+    """No stream will be written: stop watching the client and close the engine streams."""
+    if watch is not None:
+        watch.stop()
+    for r in routed:
+        await r.batches.aclose()
 
 
 async def _events(
