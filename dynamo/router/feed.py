@@ -266,8 +266,7 @@ class KvFeed:
             if not isinstance(index, KvIndexer):
                 continue
             for worker in index.workers():
-                last = index.last_event_id(worker)
-                self._resync(worker, last if last is not None else -1)
+                index.ask_for_tail(worker, "the event plane reconnected")
                 asked += 1
         log.info(
             "event plane reconnected: asked %d worker(s) for the KV events they published meanwhile", asked

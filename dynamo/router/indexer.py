@@ -228,10 +228,14 @@ class KvIndexer:
             last,
             event_id,
         )
+        self.ask_for_tail(worker, "lost at the tail")
+
+    def ask_for_tail(self, worker: int, reason: str) -> None:
+        """Ask ``on_resync_needed`` for ``worker``'s events after the last one applied (all it
+        keeps when none was), without marking a resync pending: duplicates are skipped anyway."""
         if self._on_resync_needed is not None:
-            self._on_resync_needed(
-                ResyncRequest(worker, last if last is not None else -1, "lost at the tail")
-            )
+            last = self.last_event_id(worker)
+            self._on_resync_needed(ResyncRequest(worker, last if last is not None else -1, reason))
 
     def needs_resync(self, worker: int) -> bool:
         """Whether ``worker``'s view is stale (lost events or unplaceable stores)."""
