@@ -623,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="smoke run: ISL 2000, c=1,8, 3 s rows, 1 repeat (unless given)"
     )
     p.add_argument("--isl", default="2000,6000,32000", help="comma-separated prompt lengths (tokens)")
-    p.add_argument("--prefix", default="shared,unique", help="shared, unique or both")
+    p.add_argument("--prefix", default="shared,unique", help="comma-separated: shared, unique")
     p.add_argument("--concurrency", default="1,32,128", help="comma-separated levels")
     p.add_argument("--endpoint", choices=("chat", "completions"), default="chat")
     p.add_argument("--router-mode", default="round-robin", help="both frontends' --router-mode (kv, ...)")

@@ -27,6 +27,11 @@ for the frontend's metrics.
 the cache exceed what is left of ``budget`` (an ``EncodeBudget``, spent across calls): the caller
 (preprocessing on the event loop) then encodes in a thread, where the tokenizer runs without the
 GIL, while a cached prompt costs no thread hop.
+
+Pieces to encode that are ASCII go through ``AsciiEncoder`` (``dynamo.llm.ascii_encoder``: the same
+ids, a fraction of the CPU) when the tokenizer qualifies, and cost a budget a quarter of a
+character each. ``learn_slices`` encodes refused ASCII pieces a slice at a time and keeps them: a
+caller on the event loop hands the loop back between slices, then encodes the prompt from here.
 """
 
 from __future__ import annotations
@@ -36,10 +41,12 @@ import re
 import threading
 from array import array
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
 
+from dynamo.llm.ascii_encoder import AsciiEncoder
 from dynamo.llm.token_ids import TYPECODE, TokenIds
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -48,14 +55,20 @@ SERIAL_CHARS = 2048  # at most this much text to encode: ``encode`` per piece, n
 SHORT_CHARS = 32  # pieces this short (``assistant\n``, ``\n``) are remembered apart, by count
 SHORT_ENTRIES = 4096  # at most this many; emptied when full (the template's words come back at once)
 BUCKET = 4  # texts kept under one fingerprint (the oldest goes first)
+# ASCII text costs the budget a quarter of a character: ``AsciiEncoder`` spends 4-7x less CPU a
+# character than the tokenizer (benchmarks/results/profiles/README.md, "Tokenizing ASCII text").
+ASCII_COST_DIVISOR = 4
+LEARN_MAX_CHARS = 65536  # longer pieces are not learnt in slices on the loop (their cut is one C call)
 
 
 class EncodeTooLong(Exception):
-    """More text to encode than the ``EncodeBudget`` has left: nothing was encoded or counted."""
+    """More text to encode than the ``EncodeBudget`` has left: nothing was encoded or counted.
+    ``texts``: the pieces that were to be encoded (``PrefixTokenCache.learn_slices`` takes them)."""
 
-    def __init__(self, chars: int) -> None:
+    def __init__(self, chars: int, texts: list[str] | None = None) -> None:
         super().__init__(f"{chars} characters to encode")
         self.chars = chars
+        self.texts = texts or []
 
 
 class EncodeBudget:
@@ -96,8 +109,10 @@ class PrefixTokenCache:
         special_ids: dict[str, int],
         max_bytes: int = DEFAULT_MAX_BYTES,
         min_chars: int = DEFAULT_MIN_CHARS,
+        ascii_encoder: AsciiEncoder | None = None,
     ) -> None:
         self._tokenizer = tokenizer
+        self._ascii = ascii_encoder
         self._special_ids = special_ids
         # Longest first, so that one added token that is a prefix of another never wins.
         alternatives = "|".join(re.escape(t) for t in sorted(special_ids, key=len, reverse=True))
@@ -110,6 +125,7 @@ class PrefixTokenCache:
         self._min_chars = min_chars
         self._entries: OrderedDict[tuple[int, str], list[tuple[str, TokenIds]]] = OrderedDict()
         self._short: dict[str, TokenIds] = {}  # the template's words between added tokens
+        self._learnt: set[tuple[int, str]] = set()  # fingerprints kept by ``learn_slices``, not yet used
         self._lock = threading.Lock()
         self.stats = CacheStats()
 
@@ -136,7 +152,7 @@ class PrefixTokenCache:
             special_ids[token["content"]] = token["id"]
         if not special_ids:
             return None
-        return cls(tokenizer, special_ids, max_bytes, min_chars)
+        return cls(tokenizer, special_ids, max_bytes, min_chars, AsciiEncoder.for_tokenizer(tokenizer, spec))
 
     def encode(self, text: str, budget: EncodeBudget | None = None) -> TokenIds:
         """The token ids of ``text`` (no special tokens added around it); ``EncodeTooLong`` when
@@ -160,28 +176,26 @@ class PrefixTokenCache:
                         if entry is not None:
                             self._entries.move_to_end(fp)
                             found[i] = entry
-                            hits += 1
-                            cached += len(entry)
+                            if fp in self._learnt:  # encoded for this very prompt: not a hit
+                                self._learnt.discard(fp)
+                                uncached += len(entry)
+                            else:
+                                hits += 1
+                                cached += len(entry)
                             continue
                 elif len(part) <= SHORT_CHARS and (ids := short.get(part)) is not None:
                     found[i] = ids
                     continue
                 to_encode.append(i)
-        if budget is not None and to_encode:
-            budget.spend(sum(len(parts[i]) for i in to_encode))
         if to_encode:
             texts = [parts[i] for i in to_encode]
-            tokenizer = self._tokenizer
-            if sum(map(len, texts)) <= SERIAL_CHARS:
-                # Short pieces (a cached prompt's template words and user turn): one by one on this
-                # thread; a batch call hands them to the tokenizer's worker threads and waits.
-                encoded = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
-            else:
-                # ``_fast``: the same ids without the offsets (a quarter less CPU for a long prompt).
-                encoded = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+            if budget is not None:
+                try:
+                    budget.spend(sum(map(self._cost, texts)))
+                except EncodeTooLong as exc:
+                    raise EncodeTooLong(exc.chars, texts) from None
             misses = []
-            for i, enc in zip(to_encode, encoded, strict=True):
-                fresh = array(TYPECODE, enc.ids)
+            for i, fresh in zip(to_encode, self._encode_all(texts), strict=True):
                 uncached += len(fresh)
                 found[i] = fresh
                 if len(parts[i]) >= self._min_chars:
@@ -206,6 +220,61 @@ class PrefixTokenCache:
                 if piece is not None:
                     out.extend(piece)  # same type: a copy of its bytes
         return out
+
+    def learnable(self, texts: list[str]) -> bool:
+        """Whether ``learn_slices`` can encode every one of ``texts``."""
+        return (
+            self._ascii is not None
+            and bool(texts)
+            and all(t.isascii() and len(t) <= LEARN_MAX_CHARS for t in texts)
+        )
+
+    def learn_slices(self, texts: list[str]) -> Iterator[None]:
+        """Encodes ``texts`` (``learnable``) slice by slice, yielding between slices, and keeps the
+        pieces long enough to keep: a caller on the event loop hands it back at each yield, then
+        finds those pieces here when it encodes their prompt."""
+        assert self._ascii is not None
+        for text in texts:
+            ids = array(TYPECODE)
+            for part in self._ascii.encode_slices(text):
+                ids += part
+                yield
+            if len(text) >= self._min_chars:
+                self._keep([(text, ids)])
+                with self._lock:
+                    if len(self._learnt) >= SHORT_ENTRIES:
+                        self._learnt.clear()
+                    self._learnt.add(_fingerprint(text))
+
+    def _cost(self, text: str) -> int:
+        """What encoding ``text`` spends of an ``EncodeBudget``."""
+        if self._ascii is not None and text.isascii():
+            return len(text) // ASCII_COST_DIVISOR
+        return len(text)
+
+    def _encode_all(self, texts: list[str]) -> list[TokenIds]:
+        """Fresh ids of each of ``texts``: ASCII ones by ``AsciiEncoder``, the rest by the tokenizer."""
+        ascii_encoder = self._ascii
+        out: list[TokenIds | None] = [None] * len(texts)
+        rest: list[int] = []
+        for i, text in enumerate(texts):
+            if ascii_encoder is not None and text.isascii():
+                out[i] = ascii_encoder.encode(text)
+            else:
+                rest.append(i)
+        if rest:
+            tokenizer = self._tokenizer
+            others = [texts[i] for i in rest]
+            if sum(map(len, others)) <= SERIAL_CHARS:
+                # Short pieces: one by one on this thread; a batch call hands them to the
+                # tokenizer's worker threads and waits.
+                encoded = [tokenizer.encode(t, add_special_tokens=False) for t in others]
+            else:
+                # ``_fast``: the same ids without the offsets (a quarter less CPU for a long prompt).
+                encoded = tokenizer.encode_batch_fast(others, add_special_tokens=False)
+            for i, enc in zip(rest, encoded, strict=True):
+                out[i] = array(TYPECODE, enc.ids)
+        return out  # type: ignore[return-value]  # every slot filled above
 
     def split(self, text: str) -> list[str]:
         """``text`` cut at its added tokens: text, added token, text, ..., text (what

@@ -1,5 +1,5 @@
-"""The preprocess stage tokenizes a long uncached prompt in its thread pool and a cached one on the
-event loop, with the same token ids either way."""
+"""The preprocess stage tokenizes a long uncached prompt in its thread pool (ASCII ones: learnt in
+slices on the event loop) and a cached one on the event loop, with the same token ids either way."""
 
 from __future__ import annotations
 
@@ -21,13 +21,15 @@ from dynamo.frontend.stages.preprocess import (
     preprocess_nice,
     preprocess_threads,
 )
+from dynamo.llm.errors import RequestError
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.openai import ChatCompletionRequest
 from dynamo.llm.preprocessor import Preprocessor
+from dynamo.llm.token_cache import ASCII_COST_DIVISOR, LEARN_MAX_CHARS
 from dynamo.llm.token_ids import TokenIds
 
 
-def test_long_uncached_prompts_go_to_the_pool_and_cached_ones_stay_on_the_loop(
+def test_long_uncached_prompts_go_to_the_pool_or_are_learnt_in_slices_and_cached_ones_stay_on_the_loop(
     smollm2_tokenizer_dir: Path,
 ) -> None:
     card = ModelDeploymentCard.from_local_path(smollm2_tokenizer_dir)
@@ -42,10 +44,13 @@ def test_long_uncached_prompts_go_to_the_pool_and_cached_ones_stay_on_the_loop(
     pre.encode = recorded  # type: ignore[method-assign]
     # The stage reads only these two attributes of the served model.
     model: Any = SimpleNamespace(preprocessor=pre, require=lambda _model_type: None)
-    system = "You are a terse assistant for a shipping company; answer in one line. " * 80
-    assert len(system) > INLINE_ENCODE_CHARS
+    accented = "Vous êtes un assistant concis d'une société de transport ; une ligne. " * 80
+    plain = "You are a terse assistant for a shipping company; answer in one line. " * 300
+    huge = "You are a terse assistant. " * (LEARN_MAX_CHARS // 20)
+    assert len(accented) > INLINE_ENCODE_CHARS and len(plain) > INLINE_ENCODE_CHARS * ASCII_COST_DIVISOR
+    assert len(huge) > LEARN_MAX_CHARS
 
-    def request(question: str) -> ChatCompletionRequest:
+    def request(system: str, question: str) -> ChatCompletionRequest:
         return ChatCompletionRequest.model_validate(
             {
                 "model": "m",
@@ -53,20 +58,45 @@ def test_long_uncached_prompts_go_to_the_pool_and_cached_ones_stay_on_the_loop(
             }
         )
 
-    async def scenario() -> tuple[TokenIds, TokenIds]:
+    async def ticking() -> None:
+        while True:
+            ticks.append(1)
+            await asyncio.sleep(0)
+
+    ticks: list[int] = []
+    asked: list[tuple[str, str]] = []
+
+    async def scenario() -> list[TokenIds]:
         loop = threading.current_thread().name
-        first = await preprocess(model, CHAT, request("Where is parcel 1?"), "r1", offload=False)
+        ids = []
+
+        async def run(system: str, question: str) -> None:
+            asked.append((system, question))
+            [out] = await preprocess(model, CHAT, request(system, question), f"r{len(asked)}", offload=False)
+            ids.append(out.request.token_ids)
+
+        await run(accented, "Où est le colis 1 ?")
         assert where[0] == loop and where[-1].startswith("preprocess")  # tried here, then the pool
         where.clear()
-        second = await preprocess(model, CHAT, request("Where is parcel 2?"), "r2", offload=False)
+        await run(accented, "Où est le colis 2 ?")
         assert where == [loop]  # the system prompt was cached: no thread hop
-        return first[0].request.token_ids, second[0].request.token_ids
+        where.clear()
+        ticker = asyncio.create_task(ticking())
+        await asyncio.sleep(0)
+        before = len(ticks)
+        await run(plain, "Where is parcel 3?")
+        assert where == [loop, loop]  # ASCII: refused inline, learnt here, then preprocessed here
+        assert len(ticks) - before >= 2  # the loop ran other tasks between the learnt slices
+        ticker.cancel()
+        where.clear()
+        with pytest.raises(RequestError, match="maximum context length"):  # ~20k tokens for SmolLM2
+            await preprocess(model, CHAT, request(huge, "Where is parcel 4?"), "r4", offload=False)
+        assert where[0] == loop and where[-1].startswith("preprocess")  # too long to learn on the loop
+        return ids
 
-    first, second = asyncio.run(scenario())
-    tokenizer = pre.tokenizer
-    for ids, question in ((first, "Where is parcel 1?"), (second, "Where is parcel 2?")):
-        prompt = pre.render_chat(request(question))
-        assert list(ids) == tokenizer.encode(prompt, add_special_tokens=False).ids
+    for ids, (system, question) in zip(asyncio.run(scenario()), asked, strict=True):
+        prompt = pre.render_chat(request(system, question))
+        assert list(ids) == pre.tokenizer.encode(prompt, add_special_tokens=False).ids
 
 
 def test_the_pool_size_comes_from_the_environment_or_the_cores() -> None:

@@ -14,6 +14,7 @@ from dynamo.llm.chat_template import ChatTemplate
 from dynamo.llm.openai import ChatCompletionRequest
 from dynamo.llm.preprocessor import Preprocessor, inline_encode_limit
 from dynamo.llm.token_cache import (
+    ASCII_COST_DIVISOR,
     BUCKET,
     DEFAULT_MIN_CHARS,
     SHORT_CHARS,
@@ -54,13 +55,18 @@ def template(smollm2_files: dict[str, bytes]) -> ChatTemplate:
 def qualified(tokenizer: Tokenizer) -> PrefixTokenCache:
     cache = PrefixTokenCache.for_tokenizer(tokenizer)
     assert cache is not None  # SmolLM2's tokenizer qualifies: no normalizer, no stripping added tokens
+    assert cache._ascii is not None  # and its ASCII text is tokenized by ``AsciiEncoder``
     return cache
 
 
-def fresh(template_cache: PrefixTokenCache, **kwargs: int) -> PrefixTokenCache:
-    """An empty cache like ``template_cache`` (reading the tokenizer's spec once per module)."""
+def fresh(template_cache: PrefixTokenCache, ascii_fast: bool = True, **kwargs: int) -> PrefixTokenCache:
+    """An empty cache like ``template_cache`` (reading the tokenizer's spec once per module); ASCII
+    pieces through its ``AsciiEncoder`` unless ``ascii_fast`` is false."""
     return PrefixTokenCache(
-        template_cache._tokenizer, template_cache._special_ids, **{"min_chars": 1, **kwargs}
+        template_cache._tokenizer,
+        template_cache._special_ids,
+        ascii_encoder=template_cache._ascii if ascii_fast else None,
+        **{"min_chars": 1, **kwargs},
     )
 
 
@@ -171,7 +177,7 @@ def test_tokenizers_where_pieces_are_not_exact_get_no_cache(smollm2_files: dict[
 def test_a_budget_refuses_more_uncached_text_than_it_has_left(
     tokenizer: Tokenizer, qualified: PrefixTokenCache
 ) -> None:
-    cache = fresh(qualified, min_chars=200)
+    cache = fresh(qualified, ascii_fast=False, min_chars=200)  # every character costs one
     system = "Answer in French, then in German, and keep it short. " * 6  # 318 characters, kept
     user = "user\nHi! Which rivers cross Madrid, please?"  # over SHORT_CHARS: encoded every time
     text = f"<|im_start|>system\n{system}<|im_end|><|im_start|>{user}<|im_end|>"
@@ -189,6 +195,41 @@ def test_a_budget_refuses_more_uncached_text_than_it_has_left(
     cache.encode(short, budget)
     with pytest.raises(EncodeTooLong):
         cache.encode(short, budget)
+
+
+def test_ascii_text_costs_a_budget_a_quarter_of_its_characters(
+    tokenizer: Tokenizer, qualified: PrefixTokenCache
+) -> None:
+    cache = fresh(qualified, min_chars=10_000)  # nothing kept: every call encodes
+    plain = "Which rivers cross Madrid? " * 12  # 324 ASCII characters: they cost 81
+    accented = plain.replace("Madrid", "Léon")  # one non-ASCII character: the tokenizer's, 1 each
+    budget = EncodeBudget(100)
+    assert list(cache.encode(plain, budget)) == tokenizer.encode(plain, add_special_tokens=False).ids
+    assert budget.chars == 100 - len(plain) // ASCII_COST_DIVISOR
+    with pytest.raises(EncodeTooLong) as refused:
+        cache.encode(accented, EncodeBudget(100))
+    assert refused.value.texts == [accented]  # what a caller may learn before trying again
+
+
+def test_learnt_pieces_are_found_by_the_next_encode_and_not_counted_as_hits(
+    tokenizer: Tokenizer, qualified: PrefixTokenCache
+) -> None:
+    cache = fresh(qualified, min_chars=256)
+    system = "You answer questions about rivers, briefly and in plain words. " * 40  # 2,520 characters
+    prompt = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nThe Tagus?<|im_end|>\n"
+    with pytest.raises(EncodeTooLong) as refused:
+        cache.encode(prompt, EncodeBudget(100))
+    texts = refused.value.texts
+    assert cache.learnable(texts) and not cache.learnable(["Léon " * 60]) and not cache.learnable([])
+    slices = list(cache.learn_slices(texts))
+    assert len(slices) >= 1
+    budget = EncodeBudget(100)
+    assert list(cache.encode(prompt, budget)) == tokenizer.encode(prompt, add_special_tokens=False).ids
+    assert budget.chars > 90  # only the template's short words and the user turn were left
+    stats = cache.stats
+    assert (stats.misses, stats.hits, stats.cached_tokens) == (1, 0, 0)  # learnt for this prompt
+    cache.encode(prompt)
+    assert (stats.misses, stats.hits) == (1, 1)  # the next prompt with that system prompt: a hit
 
 
 def test_inline_limit_makes_the_preprocessor_refuse_long_uncached_prompts(preprocessor: Preprocessor) -> None:

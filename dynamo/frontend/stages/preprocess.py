@@ -8,9 +8,12 @@ template, tokenizer, sampling and stop mapping; 400 for a prompt it cannot serve
 
 Long prompts never stall the other streams: the preprocessing runs on the event loop only while it
 tokenizes at most ``INLINE_ENCODE_CHARS`` characters that the prefix cache does not hold (about a
-millisecond of tokenizer time); past that it starts again in a thread, where the tokenizer runs
-without the GIL. A prompt whose long parts are cached (a shared system prompt) stays on the loop,
-without a thread hop. ``offload`` (the caller's: a large body) skips the inline attempt. The
+millisecond of tokenizer time; ASCII text, which ``AsciiEncoder`` tokenizes, counts a quarter).
+Past that, ASCII pieces of up to ``LEARN_MAX_CHARS`` are encoded into the prefix cache on the loop,
+a slice at a time with the loop handed back in between (one prompt at a time), and the
+preprocessing runs again inline;
+anything else starts again in a thread, where the tokenizer runs without the GIL. A prompt whose
+long parts are cached (a shared system prompt) stays on the loop, without a thread hop. ``offload`` (the caller's: a large body) skips the inline attempt. The
 threads are a pool of ``DYN_PREPROCESS_THREADS``, else the process's cores
 (with ``--http-workers N`` each process has its own pool: set it to about cores / N). They run at
 a lower priority (``DYN_PREPROCESS_NICE``, default 10): a Linux thread has its own nice value, so
@@ -67,10 +70,31 @@ async def preprocess(
         try:
             with inline_encode_limit(INLINE_ENCODE_CHARS):
                 return endpoint.preprocess(model.preprocessor, request, request_id)
-        except EncodeTooLong:
-            pass  # too much to tokenize on the loop: all of it again, in a thread
+        except EncodeTooLong as exc:
+            cache = model.preprocessor.token_cache
+            if cache is not None and cache.learnable(exc.texts):
+                async with _learning_lock():  # one prompt at a time: at most one slice a loop turn
+                    for _ in cache.learn_slices(exc.texts):
+                        await asyncio.sleep(0)  # other streams run between slices
+                with contextlib.suppress(EncodeTooLong):  # evicted meanwhile, or more left: a thread
+                    with inline_encode_limit(INLINE_ENCODE_CHARS):
+                        return endpoint.preprocess(model.preprocessor, request, request_id)
+            # too much to tokenize on the loop: all of it again, in a thread
     work = functools.partial(endpoint.preprocess, model.preprocessor, request, request_id)
     return await asyncio.get_running_loop().run_in_executor(_threads(), work)
+
+
+_learner: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+
+
+def _learning_lock() -> asyncio.Lock:
+    """The running loop's lock for learning prompts in slices (many prompts learning at once would
+    each run a slice in the same loop turn)."""
+    global _learner
+    loop = asyncio.get_running_loop()
+    if _learner is None or _learner[0] is not loop:
+        _learner = (loop, asyncio.Lock())
+    return _learner[1]
 
 
 _settings: tuple[int, int] | None = None  # (threads, nice) from the frontend's config
