@@ -28,6 +28,8 @@ import logging
 import re
 from array import array
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import chain, islice
 from typing import Any
 
 from tokenizers import Tokenizer
@@ -37,7 +39,7 @@ from dynamo.llm.token_ids import TYPECODE, TokenIds
 log = logging.getLogger(__name__)
 
 MAX_WORDS = 1 << 16  # pre-tokens remembered; the table is emptied when full (the common words return at once)
-SLICE_PRETOKENS = 4096  # pre-tokens per slice of ``encode_slices`` (about half a millisecond here)
+SLICE_PRETOKENS = 2048  # pre-tokens per slice of ``encode_slices`` (about half a millisecond here)
 
 # ``ByteLevel``'s own regex (``use_regex``), as the Hugging Face tokenizers library writes it.
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -62,8 +64,6 @@ _ASCII_CATEGORIES = {
 # Escapes that mean the same to Oniguruma (Unicode) and to Python's ``re`` (ASCII) on ASCII text.
 _SAME_ESCAPES = set("sSdDwWrntfv") | set("\\.^$|?*+()[]{}/-'\" #&~!,:;<=>@%`_")
 _CATEGORY = re.compile(r"\\([pP])(?:\{\^?([A-Za-z_]+)\}|([A-Za-z]))")
-
-PreTokenizer = Callable[[str], list[str]]
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -139,35 +139,44 @@ def ascii_pattern(pattern: str) -> str | None:
     return "".join(out)
 
 
+@dataclass(frozen=True, slots=True)
+class PreTokenizer:
+    """One pre-tokenizer as a cut of a piece into pieces: all at once, or lazily as they are found."""
+
+    cut: Callable[[str], list[str]]
+    lazy: Callable[[str], Iterator[str]]
+
+
 def _isolating(regex: re.Pattern[str]) -> PreTokenizer:
     """``Split(regex, behavior="isolated")``: every match and every stretch between them a piece."""
-    grouped = re.compile(f"({regex.pattern})", regex.flags)
-    if grouped.groups == 1:  # ``split`` returns the stretches and the matches, with empty stretches
 
-        def split(text: str) -> list[str]:
-            return [piece for piece in grouped.split(text) if piece]
-
-        return split
-
-    def cut(text: str) -> list[str]:
-        pieces = []
+    def lazy(text: str) -> Iterator[str]:
         pos = 0
         for m in regex.finditer(text):
             start, end = m.span()
             if start > pos:
-                pieces.append(text[pos:start])
-            pieces.append(text[start:end])
+                yield text[pos:start]
+            yield text[start:end]
             pos = end
         if pos < len(text):
-            pieces.append(text[pos:])
-        return pieces
+            yield text[pos:]
 
-    return cut
+    grouped = re.compile(f"({regex.pattern})", regex.flags)
+    if grouped.groups != 1:
+        return PreTokenizer(lambda text: list(lazy(text)), lazy)
+
+    def split(text: str) -> list[str]:  # ``split`` returns the stretches (some empty) and the matches
+        return [piece for piece in grouped.split(text) if piece]
+
+    return PreTokenizer(split, lazy)
 
 
 def _covering(regex: re.Pattern[str]) -> PreTokenizer:
     """``ByteLevel``'s own split: its regex matches every character, so the matches are the pieces."""
-    return regex.findall
+    return PreTokenizer(regex.findall, lambda text: map(re.Match.group, regex.finditer(text)))
+
+
+_IDENTITY = PreTokenizer(lambda text: [text], lambda text: iter((text,)))
 
 
 def _step(spec: dict[str, Any], last: bool) -> PreTokenizer | None:
@@ -177,7 +186,7 @@ def _step(spec: dict[str, Any], last: bool) -> PreTokenizer | None:
         if not last or spec.get("add_prefix_space"):
             return None
         if not spec.get("use_regex", True):
-            return lambda text: [text]
+            return _IDENTITY
         return _covering(re.compile(ascii_pattern(GPT2_PATTERN) or "", re.ASCII))
     if last:
         return None  # the byte-level mapping must come last
@@ -210,7 +219,7 @@ def _steps(spec: dict[str, Any] | None) -> list[PreTokenizer] | None:
     steps = [_step(s, i == len(chain) - 1) for i, s in enumerate(chain)]
     if not steps or any(s is None for s in steps):
         return None
-    return [s for s in steps if s is not None]
+    return [s for s in steps if s is not None and s is not _IDENTITY]
 
 
 def _normalizer_keeps_ascii(spec: dict[str, Any] | None) -> bool:
@@ -266,7 +275,8 @@ class AsciiEncoder:
         """``text``'s pre-tokens, in order."""
         pieces = [text]
         for step in self._steps:
-            pieces = step(pieces[0]) if len(pieces) == 1 else [p for piece in pieces for p in step(piece)]
+            cut = step.cut
+            pieces = cut(pieces[0]) if len(pieces) == 1 else [p for piece in pieces for p in cut(piece)]
         return pieces
 
     def encode(self, text: str) -> TokenIds:
@@ -274,11 +284,19 @@ class AsciiEncoder:
         return self._ids(self.pretokens(text))
 
     def encode_slices(self, text: str, size: int = SLICE_PRETOKENS) -> Iterator[TokenIds]:
-        """``text``'s ids in consecutive slices of ``size`` pre-tokens (joined, they are ``encode``'s;
-        the cut into pre-tokens, in C, happens before the first)."""
-        pretokens = self.pretokens(text)
-        for start in range(0, len(pretokens), size):
-            yield self._ids(pretokens[start : start + size])
+        """``text``'s ids in consecutive slices of ``size`` pre-tokens (joined, they are ``encode``'s).
+        The last pre-tokenizer cuts lazily, a slice at a time; those before it (``Digits``: one C
+        call) cut the whole text before the first slice."""
+        if not self._steps:
+            yield self._ids([text])
+            return
+        *first, last = self._steps
+        pieces = [text]
+        for step in first:
+            pieces = [p for piece in pieces for p in step.cut(piece)]
+        pretokens = chain.from_iterable(map(last.lazy, pieces))
+        while slice_ := list(islice(pretokens, size)):
+            yield self._ids(slice_)
 
     def _ids(self, pretokens: list[str]) -> TokenIds:
         out = array(TYPECODE)

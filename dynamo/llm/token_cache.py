@@ -58,7 +58,7 @@ BUCKET = 4  # texts kept under one fingerprint (the oldest goes first)
 # ASCII text costs the budget a quarter of a character: ``AsciiEncoder`` spends 4-7x less CPU a
 # character than the tokenizer (benchmarks/results/profiles/README.md, "Tokenizing ASCII text").
 ASCII_COST_DIVISOR = 4
-LEARN_MAX_CHARS = 65536  # longer pieces are not learnt in slices on the loop (their cut is one C call)
+LEARN_MAX_CHARS = 1 << 19  # longer pieces go to a thread (``Digits`` cuts a piece in one C call: ~6 ms)
 
 
 class EncodeTooLong(Exception):

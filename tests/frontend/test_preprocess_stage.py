@@ -21,21 +21,23 @@ from dynamo.frontend.stages.preprocess import (
     preprocess_nice,
     preprocess_threads,
 )
-from dynamo.llm.errors import RequestError
+from dynamo.llm import token_cache
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.openai import ChatCompletionRequest
 from dynamo.llm.preprocessor import Preprocessor
-from dynamo.llm.token_cache import ASCII_COST_DIVISOR, LEARN_MAX_CHARS
+from dynamo.llm.token_cache import ASCII_COST_DIVISOR
 from dynamo.llm.token_ids import TokenIds
 
 
 def test_long_uncached_prompts_go_to_the_pool_or_are_learnt_in_slices_and_cached_ones_stay_on_the_loop(
-    smollm2_tokenizer_dir: Path,
+    smollm2_tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     card = ModelDeploymentCard.from_local_path(smollm2_tokenizer_dir)
     pre = Preprocessor.from_card(card, card.read_files())
     encode = pre.encode
     where: list[str] = []
+    learn_max = 25_000  # the prompt past it is small enough for SmolLM2's context
+    monkeypatch.setattr(token_cache, "LEARN_MAX_CHARS", learn_max)
 
     def recorded(text: str, add_special_tokens: bool) -> list[int]:
         where.append(threading.current_thread().name)
@@ -46,9 +48,9 @@ def test_long_uncached_prompts_go_to_the_pool_or_are_learnt_in_slices_and_cached
     model: Any = SimpleNamespace(preprocessor=pre, require=lambda _model_type: None)
     accented = "Vous êtes un assistant concis d'une société de transport ; une ligne. " * 80
     plain = "You are a terse assistant for a shipping company; answer in one line. " * 300
-    huge = "You are a terse assistant. " * (LEARN_MAX_CHARS // 20)
+    huge = "You are a terse assistant for parcels. " * (learn_max // 30)
     assert len(accented) > INLINE_ENCODE_CHARS and len(plain) > INLINE_ENCODE_CHARS * ASCII_COST_DIVISOR
-    assert len(huge) > LEARN_MAX_CHARS
+    assert len(huge) > learn_max
 
     def request(system: str, question: str) -> ChatCompletionRequest:
         return ChatCompletionRequest.model_validate(
@@ -89,8 +91,7 @@ def test_long_uncached_prompts_go_to_the_pool_or_are_learnt_in_slices_and_cached
         assert len(ticks) - before >= 2  # the loop ran other tasks between the learnt slices
         ticker.cancel()
         where.clear()
-        with pytest.raises(RequestError, match="maximum context length"):  # ~20k tokens for SmolLM2
-            await preprocess(model, CHAT, request(huge, "Where is parcel 4?"), "r4", offload=False)
+        await run(huge, "Where is parcel 4?")
         assert where[0] == loop and where[-1].startswith("preprocess")  # too long to learn on the loop
         return ids
 
