@@ -156,6 +156,9 @@ def serve(
             timeout_keep_alive=max(1, math.ceil(config.http_header_timeout)),
             log_level="warning",
             access_log=False,
+            # Nothing here reads the client's address or scheme: no X-Forwarded-* rewriting (it
+            # cost ~2% of the CPU a streamed request takes).
+            proxy_headers=False,
             timeout_graceful_shutdown=int(config.runtime.drain_timeout),
             log_config=None,
             # HTTPS with --tls-cert-path (uvicorn serves plain HTTP when no certificate is given)
