@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 from array import array
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
+from dynamo.llm import ascii_encoder
 from dynamo.llm.ascii_encoder import AsciiEncoder, ascii_pattern
 
 LLAMA3_PATTERN = (
@@ -84,10 +86,12 @@ def test_ascii_text_encodes_exactly(
         encoder = encoders[name]
         assert list(encoder.encode(text)) == expected, name
         assert list(encoder.encode(text)) == expected, name  # its words now from the table
-        joined = array("I")
-        for part in encoder.encode_slices(text, slice_size):
-            joined += part
-        assert list(joined) == expected, name
+        for eager_chars in (ascii_encoder.EAGER_CHARS, 0):  # cut at once, and lazily
+            with patch.object(ascii_encoder, "EAGER_CHARS", eager_chars):
+                joined = array("I")
+                for part in encoder.encode_slices(text, slice_size):
+                    joined += part
+            assert list(joined) == expected, (name, eager_chars)
 
 
 def test_the_word_table_is_bounded(tokenizers: dict[str, Tokenizer]) -> None:
