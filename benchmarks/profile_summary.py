@@ -27,7 +27,10 @@ from pathlib import Path
 # (category, patterns matched against frames "function (file:line)")
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("chat template render", ("ChatTemplate.", "render_chat", "jinja2/")),
-    ("tokenize (prefix cache + HF encode)", ("PrefixTokenCache.", "Preprocessor.encode", "tokenizers")),
+    (
+        "tokenize (prefix cache, ASCII encoder, HF encode)",
+        ("PrefixTokenCache.", "AsciiEncoder.", "ascii_encoder.py", "Preprocessor.encode", "tokenizers"),
+    ),
     ("preprocess other (sampling, checks)", ("dynamo/llm/preprocessor.py", "stages/preprocess.py")),
     ("parse + validate body (JSON, pydantic)", ("stages/parse.py", "pydantic", "dynamo/llm/openai.py")),
     ("KV router (block hashes, index, selection)", ("dynamo/router/", "kv_events.py")),
@@ -44,8 +47,13 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
 ]
 # Our frames whose own samples are a library's native call (py-spy without --native shows no frame
 # for it): the HF tokenizer's encode (cProfile: 41.2 of the listcomp's 42.0 us a request) and
-# DecodeStream.step (17.6 of 20.0).
-NATIVE_CALLS = ("PrefixTokenCache.encode.<locals>.<listcomp>", "Detokenizer._step (", "Preprocessor.encode (")
+# DecodeStream.step (17.6 of 20.0). ``_encode_all`` calls it since Dec 7 (before: the listcomp).
+NATIVE_CALLS = (
+    "PrefixTokenCache.encode.<locals>.<listcomp>",
+    "PrefixTokenCache._encode_all (",
+    "Detokenizer._step (",
+    "Preprocessor.encode (",
+)
 LOOP_C = "event loop's own C code (uvloop: sockets, epoll, callbacks)"
 OTHER = "other"
 _LOOP_ROOT = "Runner.run (asyncio/runners.py"  # below it: the loop's callbacks and coroutines

@@ -45,6 +45,20 @@ SLICE_PRETOKENS = 2048  # pre-tokens per slice of ``encode_slices`` (about half 
 # ``ByteLevel``'s own regex (``use_regex``), as the Hugging Face tokenizers library writes it.
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
+# ``Split`` regexes after which a space between two ASCII letters always ends a pre-token and
+# starts the next, with nothing before it depending on what follows (``segments``): Llama 3's and
+# Qwen 2's, as their ``tokenizer.json`` files write them. ``ByteLevel``'s own regex is one too.
+CUTTABLE_SPLITS = frozenset(
+    {
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+    }
+)
+_ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
 # The ASCII members of the Unicode general categories a pattern may name (others: not translated).
 _ASCII_CATEGORIES = {
     "L": "A-Za-z",
@@ -146,9 +160,10 @@ class PreTokenizer:
 
     cut: Callable[[str], list[str]]
     lazy: Callable[[str], Iterator[str]]
+    cuttable: bool = False  # a space between two ASCII letters is a boundary (see ``CUTTABLE_SPLITS``)
 
 
-def _isolating(regex: re.Pattern[str]) -> PreTokenizer:
+def _isolating(regex: re.Pattern[str], cuttable: bool = False) -> PreTokenizer:
     """``Split(regex, behavior="isolated")``: every match and every stretch between them a piece."""
 
     def lazy(text: str) -> Iterator[str]:
@@ -164,20 +179,20 @@ def _isolating(regex: re.Pattern[str]) -> PreTokenizer:
 
     grouped = re.compile(f"({regex.pattern})", regex.flags)
     if grouped.groups != 1:
-        return PreTokenizer(lambda text: list(lazy(text)), lazy)
+        return PreTokenizer(lambda text: list(lazy(text)), lazy, cuttable)
 
     def split(text: str) -> list[str]:  # ``split`` returns the stretches (some empty) and the matches
         return [piece for piece in grouped.split(text) if piece]
 
-    return PreTokenizer(split, lazy)
+    return PreTokenizer(split, lazy, cuttable)
 
 
 def _covering(regex: re.Pattern[str]) -> PreTokenizer:
     """``ByteLevel``'s own split: its regex matches every character, so the matches are the pieces."""
-    return PreTokenizer(regex.findall, lambda text: map(re.Match.group, regex.finditer(text)))
+    return PreTokenizer(regex.findall, lambda text: map(re.Match.group, regex.finditer(text)), True)
 
 
-_IDENTITY = PreTokenizer(lambda text: [text], lambda text: iter((text,)))
+_IDENTITY = PreTokenizer(lambda text: [text], lambda text: iter((text,)), True)
 
 
 def _step(spec: dict[str, Any], last: bool) -> PreTokenizer | None:
@@ -192,7 +207,7 @@ def _step(spec: dict[str, Any], last: bool) -> PreTokenizer | None:
     if last:
         return None  # the byte-level mapping must come last
     if kind == "Digits":
-        return _isolating(re.compile("[0-9]" if spec.get("individual_digits") else "[0-9]+"))
+        return _isolating(re.compile("[0-9]" if spec.get("individual_digits") else "[0-9]+"), True)
     if kind == "Split":
         if spec.get("behavior") != "Isolated" or spec.get("invert"):
             return None
@@ -209,7 +224,7 @@ def _step(spec: dict[str, Any], last: bool) -> PreTokenizer | None:
             return None
         if regex.match(""):
             return None  # a pattern that matches nothing at all: its empty pieces are not modelled
-        return _isolating(regex)
+        return _isolating(regex, pattern.get("Regex") in CUTTABLE_SPLITS)
     return None
 
 
@@ -244,6 +259,7 @@ class AsciiEncoder:
 
     def __init__(self, tokenizer: Tokenizer, steps: list[PreTokenizer], max_words: int = MAX_WORDS) -> None:
         self._model = tokenizer.model
+        self.cuttable = all(step.cuttable for step in steps)  # ``segments`` may cut mixed text
         self._steps = steps
         self._words: dict[str, TokenIds] = {}
         self._max_words = max_words
@@ -302,6 +318,41 @@ class AsciiEncoder:
         while slice_ := list(islice(lazy, size)):
             yield self._ids(slice_)
 
+    def segments(self, text: str) -> list[tuple[str, bool]]:
+        """``text`` (any characters, no added tokens) cut into pieces that pre-tokenize on their
+        own as they do inside it, each with whether it is ASCII: every non-ASCII character is in a
+        non-ASCII piece reaching from the nearest boundary before it to the nearest after it, where
+        a boundary is a space between two ASCII letters (``cuttable`` tokenizers only; ``[(text,
+        False)]`` for the others). Joined, the pieces are ``text``."""
+        if not self.cuttable:
+            return [(text, text.isascii())]
+        pieces: list[tuple[str, bool]] = []
+        done = 0  # text[:done] is in ``pieces``
+        start = end = -1  # the non-ASCII piece being grown
+        for run in _NON_ASCII.finditer(text):
+            first, last = run.span()
+            if first < end:
+                continue  # inside the piece being grown
+            cut = _last_cut(text, max(done, end), first)
+            if start >= 0 and cut < 0:  # no boundary since the piece's end: grow it
+                end = _first_cut(text, last)
+                continue
+            if start >= 0:
+                pieces.append((text[start:end], False))
+                done = end
+            if cut < 0:
+                cut = done
+            if cut > done:
+                pieces.append((text[done:cut], True))
+            start, end = cut, _first_cut(text, last)
+            done = cut
+        if start >= 0:
+            pieces.append((text[start:end], False))
+            done = end
+        if done < len(text):
+            pieces.append((text[done:], True))
+        return pieces
+
     def _ids(self, pretokens: list[str]) -> TokenIds:
         out = array(TYPECODE)
         words = self._words
@@ -317,3 +368,24 @@ class AsciiEncoder:
                 words[word] = ids
             out += ids
         return out
+
+
+def _is_cut(text: str, at: int) -> bool:
+    """A space between two ASCII letters at ``at``."""
+    return 0 < at < len(text) - 1 and text[at - 1] in _ASCII_LETTERS and text[at + 1] in _ASCII_LETTERS
+
+
+def _first_cut(text: str, start: int) -> int:
+    """The first boundary at or after ``start``, else the end of ``text``."""
+    at = text.find(" ", start)
+    while at != -1 and not _is_cut(text, at):
+        at = text.find(" ", at + 1)
+    return len(text) if at == -1 else at
+
+
+def _last_cut(text: str, low: int, high: int) -> int:
+    """The last boundary in ``low..high-1``, else -1."""
+    at = text.rfind(" ", low, high)
+    while at != -1 and not _is_cut(text, at):
+        at = text.rfind(" ", low, at)
+    return at

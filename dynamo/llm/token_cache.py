@@ -30,8 +30,10 @@ GIL, while a cached prompt costs no thread hop.
 
 Pieces to encode that are ASCII go through ``AsciiEncoder`` (``dynamo.llm.ascii_encoder``: the same
 ids, a fraction of the CPU) when the tokenizer qualifies, and cost a budget a quarter of a
-character each. ``learn_slices`` encodes refused ASCII pieces a slice at a time and keeps them: a
-caller on the event loop hands the loop back between slices, then encodes the prompt from here.
+character each; text with other characters is cut (``AsciiEncoder.segments``) so that only the
+words around them go to the tokenizer. ``learn_slices`` encodes refused pieces a slice at a time
+and keeps them: a caller on the event loop hands the loop back between slices, then encodes the
+prompt from here.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ BUCKET = 4  # texts kept under one fingerprint (the oldest goes first)
 # character than the tokenizer (benchmarks/results/profiles/README.md, "Tokenizing ASCII text").
 ASCII_COST_DIVISOR = 4
 LEARN_MAX_CHARS = 1 << 19  # longer pieces go to a thread (``Digits`` cuts a piece in one C call: ~6 ms)
+LEARN_FOREIGN_CHARS = 4096  # at most this much non-ASCII text is learnt on the loop (~1 ms of tokenizer)
 
 
 class EncodeTooLong(Exception):
@@ -189,13 +192,8 @@ class PrefixTokenCache:
                 to_encode.append(i)
         if to_encode:
             texts = [parts[i] for i in to_encode]
-            if budget is not None:
-                try:
-                    budget.spend(sum(map(self._cost, texts)))
-                except EncodeTooLong as exc:
-                    raise EncodeTooLong(exc.chars, texts) from None
             misses = []
-            for i, fresh in zip(to_encode, self._encode_all(texts), strict=True):
+            for i, fresh in zip(to_encode, self._encode_all(texts, budget), strict=True):
                 uncached += len(fresh)
                 found[i] = fresh
                 if len(parts[i]) >= self._min_chars:
@@ -222,12 +220,12 @@ class PrefixTokenCache:
         return out
 
     def learnable(self, texts: list[str]) -> bool:
-        """Whether ``learn_slices`` can encode every one of ``texts``."""
-        return (
-            self._ascii is not None
-            and bool(texts)
-            and all(t.isascii() and len(t) <= LEARN_MAX_CHARS for t in texts)
-        )
+        """Whether ``learn_slices`` can encode every one of ``texts`` on the event loop: ASCII, or cut
+        into ASCII pieces and at most ``LEARN_FOREIGN_CHARS`` in all of pieces for the tokenizer."""
+        if self._ascii is None or not texts or any(len(t) > LEARN_MAX_CHARS for t in texts):
+            return False
+        foreign = sum(len(piece) for t in texts for piece, ascii in self._pieces(t) if not ascii)
+        return foreign <= LEARN_FOREIGN_CHARS
 
     def learn_slices(self, texts: list[str]) -> Iterator[None]:
         """Encodes ``texts`` (``learnable``) slice by slice, yielding between slices, and keeps the
@@ -236,9 +234,13 @@ class PrefixTokenCache:
         assert self._ascii is not None
         for text in texts:
             ids = array(TYPECODE)
-            for part in self._ascii.encode_slices(text):
-                ids += part
-                yield
+            for piece, ascii in self._pieces(text):
+                if ascii:
+                    for part in self._ascii.encode_slices(piece):
+                        ids += part
+                        yield
+                else:
+                    ids += array(TYPECODE, self._tokenizer.encode(piece, add_special_tokens=False).ids)
             if len(text) >= self._min_chars:
                 self._keep([(text, ids)])
                 with self._lock:
@@ -246,35 +248,63 @@ class PrefixTokenCache:
                         self._learnt.clear()
                     self._learnt.add(_fingerprint(text))
 
-    def _cost(self, text: str) -> int:
-        """What encoding ``text`` spends of an ``EncodeBudget``."""
-        if self._ascii is not None and text.isascii():
-            return len(text) // ASCII_COST_DIVISOR
-        return len(text)
+    def _pieces(self, text: str) -> list[tuple[str, bool]]:
+        """``text`` as pieces for ``AsciiEncoder`` (True) and for the tokenizer (False)."""
+        if self._ascii is None:
+            return [(text, False)]
+        if text.isascii():
+            return [(text, True)]
+        return self._ascii.segments(text)
 
-    def _encode_all(self, texts: list[str]) -> list[TokenIds]:
-        """Fresh ids of each of ``texts``: ASCII ones by ``AsciiEncoder``, the rest by the tokenizer."""
+    def _encode_all(self, texts: list[str], budget: EncodeBudget | None) -> list[TokenIds]:
+        """Fresh ids of each of ``texts``: ASCII pieces by ``AsciiEncoder``, the rest by the
+        tokenizer. ``budget`` is spent first (a quarter of a character for ASCII): ``EncodeTooLong``
+        with ``texts`` when it does not cover them, before anything is encoded."""
+        plans = [self._pieces(t) for t in texts]
+        if budget is not None:
+            cost = sum(
+                len(piece) // ASCII_COST_DIVISOR if ascii else len(piece)
+                for plan in plans
+                for piece, ascii in plan
+            )
+            try:
+                budget.spend(cost)
+            except EncodeTooLong as exc:
+                raise EncodeTooLong(exc.chars, texts) from None
         ascii_encoder = self._ascii
-        out: list[TokenIds | None] = [None] * len(texts)
-        rest: list[int] = []
-        for i, text in enumerate(texts):
-            if ascii_encoder is not None and text.isascii():
-                out[i] = ascii_encoder.encode(text)
-            else:
-                rest.append(i)
-        if rest:
-            tokenizer = self._tokenizer
-            others = [texts[i] for i in rest]
-            if sum(map(len, others)) <= SERIAL_CHARS:
-                # Short pieces: one by one on this thread; a batch call hands them to the
-                # tokenizer's worker threads and waits.
-                encoded = [tokenizer.encode(t, add_special_tokens=False) for t in others]
-            else:
-                # ``_fast``: the same ids without the offsets (a quarter less CPU for a long prompt).
-                encoded = tokenizer.encode_batch_fast(others, add_special_tokens=False)
-            for i, enc in zip(rest, encoded, strict=True):
-                out[i] = array(TYPECODE, enc.ids)
-        return out  # type: ignore[return-value]  # every slot filled above
+        parts: list[list[TokenIds | None]] = []
+        others: list[str] = []  # the pieces for the tokenizer, in order
+        for plan in plans:
+            ids: list[TokenIds | None] = []
+            for piece, ascii in plan:
+                if ascii and ascii_encoder is not None:
+                    ids.append(ascii_encoder.encode(piece))
+                else:
+                    ids.append(None)
+                    others.append(piece)
+            parts.append(ids)
+        encoded = iter(self._tokenize(others))
+        out = []
+        for ids in parts:
+            joined = array(TYPECODE)
+            for piece_ids in ids:
+                joined += piece_ids if piece_ids is not None else next(encoded)
+            out.append(joined)
+        return out
+
+    def _tokenize(self, texts: list[str]) -> list[TokenIds]:
+        """The tokenizer's ids of each of ``texts``."""
+        if not texts:
+            return []
+        tokenizer = self._tokenizer
+        if sum(map(len, texts)) <= SERIAL_CHARS:
+            # Short pieces: one by one on this thread; a batch call hands them to the tokenizer's
+            # worker threads and waits.
+            encoded = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        else:
+            # ``_fast``: the same ids without the offsets (a quarter less CPU for a long prompt).
+            encoded = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        return [array(TYPECODE, enc.ids) for enc in encoded]
 
     def split(self, text: str) -> list[str]:
         """``text`` cut at its added tokens: text, added token, text, ..., text (what

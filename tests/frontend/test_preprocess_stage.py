@@ -1,5 +1,6 @@
-"""The preprocess stage tokenizes a long uncached prompt in its thread pool (ASCII ones: learnt in
-slices on the event loop) and a cached one on the event loop, with the same token ids either way."""
+"""The preprocess stage tokenizes a long uncached prompt in its thread pool (mostly ASCII ones:
+learnt in slices on the event loop) and a cached one on the event loop, with the same token ids
+either way."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from dynamo.llm import token_cache
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.openai import ChatCompletionRequest
 from dynamo.llm.preprocessor import Preprocessor
-from dynamo.llm.token_cache import ASCII_COST_DIVISOR
+from dynamo.llm.token_cache import ASCII_COST_DIVISOR, LEARN_FOREIGN_CHARS
 from dynamo.llm.token_ids import TokenIds
 
 
@@ -46,10 +47,15 @@ def test_long_uncached_prompts_go_to_the_pool_or_are_learnt_in_slices_and_cached
     pre.encode = recorded  # type: ignore[method-assign]
     # The stage reads only these two attributes of the served model.
     model: Any = SimpleNamespace(preprocessor=pre, require=lambda _model_type: None)
+    cyrillic = "Вы краткий помощник транспортной компании. " * 110  # no ASCII piece at all
     accented = "Vous êtes un assistant concis d'une société de transport ; une ligne. " * 80
     plain = "You are a terse assistant for a shipping company; answer in one line. " * 300
     huge = "You are a terse assistant for parcels. " * (learn_max // 30)
-    assert len(accented) > INLINE_ENCODE_CHARS and len(plain) > INLINE_ENCODE_CHARS * ASCII_COST_DIVISOR
+    assert (
+        len(cyrillic) > LEARN_FOREIGN_CHARS
+        and len(accented) > INLINE_ENCODE_CHARS
+        and len(plain) > INLINE_ENCODE_CHARS * ASCII_COST_DIVISOR
+    )
     assert len(huge) > learn_max
 
     def request(system: str, question: str) -> ChatCompletionRequest:
@@ -77,21 +83,24 @@ def test_long_uncached_prompts_go_to_the_pool_or_are_learnt_in_slices_and_cached
             [out] = await preprocess(model, CHAT, request(system, question), f"r{len(asked)}", offload=False)
             ids.append(out.request.token_ids)
 
-        await run(accented, "Où est le colis 1 ?")
+        await run(cyrillic, "Где посылка 1?")
         assert where[0] == loop and where[-1].startswith("preprocess")  # tried here, then the pool
         where.clear()
-        await run(accented, "Où est le colis 2 ?")
+        await run(cyrillic, "Где посылка 2?")
         assert where == [loop]  # the system prompt was cached: no thread hop
+        where.clear()
+        await run(accented, "Où est le colis 3 ?")
+        assert set(where) == {loop}  # ASCII words and a few others: encoded here, no thread hop
         where.clear()
         ticker = asyncio.create_task(ticking())
         await asyncio.sleep(0)
         before = len(ticks)
-        await run(plain, "Where is parcel 3?")
+        await run(plain, "Where is parcel 4?")
         assert where == [loop, loop]  # ASCII: refused inline, learnt here, then preprocessed here
         assert len(ticks) - before >= 2  # the loop ran other tasks between the learnt slices
         ticker.cancel()
         where.clear()
-        await run(huge, "Where is parcel 4?")
+        await run(huge, "Where is parcel 5?")
         assert where[0] == loop and where[-1].startswith("preprocess")  # too long to learn on the loop
         return ids
 

@@ -94,6 +94,43 @@ def test_ascii_text_encodes_exactly(
             assert list(joined) == expected, (name, eager_chars)
 
 
+# ASCII words and spaces with other characters among them: accents inside and beside words, a
+# curly apostrophe, CJK, an emoji, a no-break space (Unicode whitespace), a combining mark.
+MIXED_TEXT = st.lists(
+    st.one_of(
+        st.sampled_from(["the", " cat", "Word", " ", "  ", "\n", "'s", "7", " 42", ".", " --"]),
+        st.sampled_from(
+            ["é", "café", " Léon", "\u2019", "\u2019s", "日本", " 語", "🙂", "\u00a0", "e\u0301", "—"]
+        ),
+    ),
+    max_size=40,
+).map("".join)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=MIXED_TEXT)
+def test_mixed_text_cut_at_spaces_between_ascii_letters_encodes_exactly(
+    tokenizers: dict[str, Tokenizer], encoders: dict[str, AsciiEncoder], text: str
+) -> None:
+    for name, tokenizer in tokenizers.items():
+        encoder = encoders[name]
+        assert encoder.cuttable, name
+        pieces = encoder.segments(text)
+        assert "".join(piece for piece, _ in pieces) == text
+        ids: list[int] = []
+        for piece, ascii in pieces:
+            assert piece and (not ascii or piece.isascii())
+            ids += encoder.encode(piece) if ascii else tokenizer.encode(piece, add_special_tokens=False).ids
+        assert ids == tokenizer.encode(text, add_special_tokens=False).ids, (name, pieces)
+
+
+def test_only_known_split_patterns_are_cut(spec: dict[str, Any]) -> None:
+    other = AsciiEncoder.for_tokenizer(_variant(spec, _split_then_bytes(r"\p{L}+|[^\p{L}]+")))
+    assert other is not None and not other.cuttable
+    assert other.segments("a café b") == [("a café b", False)]
+    assert other.segments("plain") == [("plain", True)]
+
+
 def test_the_word_table_is_bounded(tokenizers: dict[str, Tokenizer]) -> None:
     tokenizer = tokenizers["smollm2"]
     encoder = AsciiEncoder.for_tokenizer(tokenizer)
