@@ -9,11 +9,12 @@ template, tokenizer, sampling and stop mapping; 400 for a prompt it cannot serve
 Long prompts never stall the other streams: the preprocessing runs on the event loop only while it
 tokenizes at most ``INLINE_ENCODE_CHARS`` characters that the prefix cache does not hold (about a
 millisecond of tokenizer time; ASCII text, which ``AsciiEncoder`` tokenizes, counts a quarter).
-Past that, ASCII pieces of up to ``LEARN_MAX_CHARS`` are encoded into the prefix cache on the loop,
-a slice at a time with the loop handed back in between (one prompt at a time), and the
-preprocessing runs again inline;
+Past that, pieces of up to ``LEARN_MAX_CHARS`` that are ASCII but for at most
+``LEARN_FOREIGN_CHARS`` are encoded into the prefix cache on the loop, a slice at a time with the
+loop handed back in between (one prompt at a time), and the preprocessing runs again inline;
 anything else starts again in a thread, where the tokenizer runs without the GIL. A prompt whose
-long parts are cached (a shared system prompt) stays on the loop, without a thread hop. ``offload`` (the caller's: a large body) skips the inline attempt. The
+long parts are cached (a shared system prompt) stays on the loop, without a thread hop.
+``offload`` (the caller's: a large body) skips the inline attempt. The
 threads are a pool of ``DYN_PREPROCESS_THREADS``, else the process's cores
 (with ``--http-workers N`` each process has its own pool: set it to about cores / N). They run at
 a lower priority (``DYN_PREPROCESS_NICE``, default 10): a Linux thread has its own nice value, so
