@@ -124,12 +124,14 @@ class Preprocessor:
         self.context_length = card.context_length
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.token_cache = PrefixTokenCache.for_tokenizer(tokenizer, max_bytes=token_cache_bytes)
-        # Whether encoding with special tokens adds any (a BOS/EOS post-processor): then completion
-        # prompts are encoded whole, as the cache encodes without them.
+        # Whether encoding with special tokens adds any (a BOS/EOS post-processor), and if it only
+        # puts fixed ids around the text, which: then the cache's ids go between them; else such
+        # prompts (completions) are encoded whole, as the cache encodes without them.
         self._adds_specials = bool(
             tokenizer.encode("a", add_special_tokens=True).ids
             != tokenizer.encode("a", add_special_tokens=False).ids
         )
+        self._special_wrap = _special_wrap(tokenizer) if self._adds_specials else None
 
     @classmethod
     def from_card(
@@ -299,6 +301,9 @@ class Preprocessor:
         budget = _INLINE_BUDGET.get()
         if cache is not None and not (add_special_tokens and self._adds_specials):
             return cache.encode(text, budget)
+        if cache is not None and self._special_wrap is not None:
+            before, after = self._special_wrap
+            return before + cache.encode(text, budget) + after
         if budget is not None:
             budget.spend(len(text))
         # ``encode_batch_fast``: the ids ``encode`` gives, without tracking offsets (less CPU).
@@ -521,3 +526,34 @@ def _instance_id(value: int | str | None) -> int | None:
         raise bad_request(
             "'backend_instance_id' must be an integer or a hex string.", "nvext.backend_instance_id"
         ) from None
+
+
+# Post-processors that put the same special tokens around any single text (with
+# ``add_special_tokens``): Llama's and Mistral's BOS (``TemplateProcessing``), BERT's and RoBERTa's
+# CLS/SEP; ``ByteLevel`` adds none.
+_WRAPPING_POST_PROCESSORS = {"TemplateProcessing", "BertProcessing", "RobertaProcessing", "ByteLevel"}
+_WRAP_PROBES = ("a", "Hello, world! 12 caf\u00e9 \u2603\n<x>", "")
+
+
+def _special_wrap(tokenizer: Tokenizer) -> tuple[TokenIds, TokenIds] | None:
+    """The ids the tokenizer puts before and after any single text when it adds special tokens, if
+    its post-processor is one that only does that (checked on a few texts); else ``None``."""
+    spec = json.loads(tokenizer.to_str()).get("post_processor") or {}
+    kinds = (
+        [p.get("type") for p in spec.get("processors", [])]
+        if spec.get("type") == "Sequence"
+        else [spec.get("type")]
+    )
+    if tokenizer.truncation is not None or not all(k in _WRAPPING_POST_PROCESSORS for k in kinds):
+        return None
+    plain = tokenizer.encode("a", add_special_tokens=False).ids
+    full = tokenizer.encode("a", add_special_tokens=True).ids
+    starts = [i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain]
+    if len(starts) != 1:
+        return None
+    before, after = full[: starts[0]], full[starts[0] + len(plain) :]
+    for probe in _WRAP_PROBES:
+        ids = tokenizer.encode(probe, add_special_tokens=False).ids
+        if tokenizer.encode(probe, add_special_tokens=True).ids != before + ids + after:
+            return None
+    return as_token_ids(before), as_token_ids(after)

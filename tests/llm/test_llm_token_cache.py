@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from array import array
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from dynamo.llm.chat_template import ChatTemplate
+from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.openai import ChatCompletionRequest
 from dynamo.llm.preprocessor import Preprocessor, inline_encode_limit
 from dynamo.llm.token_cache import (
@@ -307,3 +309,57 @@ def test_pieces_with_one_fingerprint_are_all_kept_and_found(
     assert cache.stats.evictions == 1 and cache.stats.entries == BUCKET
     assert [t for t, _ in cache.pieces()] == texts[1:]
     assert cache.stats.bytes == sum(_size(t, ids) for t, ids in cache.pieces())
+
+
+def _with_post_processor(spec: dict[str, Any], post_processor: dict[str, Any]) -> Tokenizer:
+    changed = json.loads(json.dumps(spec))
+    changed["post_processor"] = post_processor
+    return Tokenizer.from_str(json.dumps(changed))
+
+
+BOS_TEMPLATE = {  # Llama's: the BOS token before the text (here SmolLM2's <|endoftext|>, id 0)
+    "type": "TemplateProcessing",
+    "single": [
+        {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+        {"Sequence": {"id": "A", "type_id": 0}},
+    ],
+    "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+    "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [0], "tokens": ["<|endoftext|>"]}},
+}
+
+
+@pytest.fixture(scope="module")
+def bos_preprocessor(smollm2_card: ModelDeploymentCard, smollm2_files: dict[str, bytes]) -> Preprocessor:
+    spec = json.loads(smollm2_files["tokenizer.json"])
+    tokenizer = _with_post_processor(
+        spec, {"type": "Sequence", "processors": [spec["post_processor"], BOS_TEMPLATE]}
+    )
+    return Preprocessor(smollm2_card, tokenizer, None)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=st.lists(st.one_of(TEXT, st.sampled_from(SPECIALS)), min_size=0, max_size=6))
+def test_prompts_of_a_bos_adding_tokenizer_go_through_the_cache_exactly(
+    bos_preprocessor: Preprocessor, pieces: list[str]
+) -> None:
+    """A completions prompt (``add_special_tokens``) of a tokenizer that puts a BOS before every
+    text: the cache's ids between the BOS and nothing, as the tokenizer's own encode."""
+    text = "".join(pieces)
+    expected = bos_preprocessor.tokenizer.encode(text, add_special_tokens=True).ids
+    assert list(bos_preprocessor.encode(text, add_special_tokens=True)) == expected
+    assert list(bos_preprocessor.encode(text, add_special_tokens=True)) == expected  # cached now
+
+
+def test_post_processors_that_do_more_than_wrap_the_text_are_not_wrapped(
+    smollm2_card: ModelDeploymentCard, smollm2_files: dict[str, bytes]
+) -> None:
+    spec = json.loads(smollm2_files["tokenizer.json"])
+    assert bos_wrap(Preprocessor(smollm2_card, _with_post_processor(spec, BOS_TEMPLATE), None)) == ([0], [])
+    truncating = _with_post_processor(spec, BOS_TEMPLATE)
+    truncating.enable_truncation(8)
+    assert bos_wrap(Preprocessor(smollm2_card, truncating, None)) is None
+
+
+def bos_wrap(pre: Preprocessor) -> tuple[list[int], list[int]] | None:
+    wrap = pre._special_wrap
+    return None if wrap is None else (list(wrap[0]), list(wrap[1]))
