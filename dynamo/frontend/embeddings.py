@@ -53,6 +53,7 @@ from dynamo.llm.openai_embeddings import (
     EmbeddingResponse,
     parse_embedding_request,
 )
+from dynamo.llm.token_cache import tokenizer_only
 from dynamo.runtime import InstanceRecord, InstanceUnreachable, RemoteError, StreamBroken
 from dynamo.runtime.names import new_request_id
 from dynamo.runtime.request_plane import RequestPlaneClient
@@ -96,7 +97,7 @@ async def handle_embeddings(service: FrontendService, request: Request) -> Respo
             served.require(EMBEDDINGS)
         model = admit(service.models, name, config.max_inflight_requests)
         with model.hold_slot():
-            inputs = await _maybe_thread(offload, tokenize, model, req)
+            inputs = await _maybe_thread(offload, _tokenize_off_loop if offload else tokenize, model, req)
     except RequestError as exc:
         # Labelled by model only when it is served: client-chosen names must not add series.
         label = name if name is not None and name in service.models.models else "unknown"
@@ -252,3 +253,9 @@ def response_body(req: EmbeddingRequest, model: str, outputs: list[EmbedOutput])
 
 async def _maybe_thread(offload: bool, fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args) if offload else fn(*args)
+
+
+def _tokenize_off_loop(model: ServedModel, req: EmbeddingRequest) -> list[list[int]]:
+    """``tokenize`` in a thread beside the event loop: with the GIL-free tokenizer alone."""
+    with tokenizer_only():
+        return tokenize(model, req)

@@ -16,9 +16,11 @@ normalizer (or a Unicode normal form, which leaves ASCII alone), pre-tokenizers 
 ``Split`` (a regex or a string, behaviour ``isolated``, not inverted; regexes whose escapes and
 ``\\p{..}`` classes translate to ASCII) and ``ByteLevel`` (last, no prefix space), a BPE model
 without dropout, no truncation or padding. It also checks itself against the tokenizer on a sample
-of every ASCII character before it is used. The caller passes only ASCII text without added tokens
-(``PrefixTokenCache`` cuts those out first). ``encode_slices`` yields a long text's ids in slices,
-so that a caller on the event loop can hand it back between them.
+of every ASCII character before it is used. ``encode`` takes ASCII text without added tokens
+(``PrefixTokenCache`` cuts those out first); ``segments`` cuts other text into ASCII pieces and
+pieces for the tokenizer, where that is exact (Llama 3's, Qwen 2's and ``ByteLevel``'s patterns);
+``encode_slices`` yields a long text's ids in slices, so that a caller on the event loop can hand
+it back between them.
 """
 
 from __future__ import annotations
@@ -322,8 +324,8 @@ class AsciiEncoder:
         """``text`` (any characters, no added tokens) cut into pieces that pre-tokenize on their
         own as they do inside it, each with whether it is ASCII: every non-ASCII character is in a
         non-ASCII piece reaching from the nearest boundary before it to the nearest after it, where
-        a boundary is a space between two ASCII letters (``cuttable`` tokenizers only; ``[(text,
-        False)]`` for the others). Joined, the pieces are ``text``."""
+        a boundary is a space between two ASCII letters (``cuttable`` tokenizers only; for the
+        others, ``text`` whole). Joined, the pieces are ``text``."""
         if not self.cuttable:
             return [(text, text.isascii())]
         pieces: list[tuple[str, bool]] = []

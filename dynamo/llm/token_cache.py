@@ -44,6 +44,8 @@ import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
@@ -58,10 +60,26 @@ SHORT_CHARS = 32  # pieces this short (``assistant\n``, ``\n``) are remembered a
 SHORT_ENTRIES = 4096  # at most this many; emptied when full (the template's words come back at once)
 BUCKET = 4  # texts kept under one fingerprint (the oldest goes first)
 # ASCII text costs the budget a quarter of a character: ``AsciiEncoder`` spends 4-7x less CPU a
-# character than the tokenizer (benchmarks/results/profiles/README.md, "Tokenizing ASCII text").
+# character than the tokenizer (benchmarks/results/profiles/README.md, change 20).
 ASCII_COST_DIVISOR = 4
 LEARN_MAX_CHARS = 1 << 19  # longer pieces go to a thread (``Digits`` cuts a piece in one C call: ~6 ms)
 LEARN_FOREIGN_CHARS = 4096  # at most this much non-ASCII text is learnt on the loop (~1 ms of tokenizer)
+
+
+# Set in threads beside an event loop (``tokenizer_only``): there the tokenizer, which releases the
+# GIL, encodes everything; ``AsciiEncoder`` is Python and would hold the GIL the loop needs.
+_TOKENIZER_ONLY: ContextVar[bool] = ContextVar("tokenizer_only", default=False)
+
+
+@contextmanager
+def tokenizer_only() -> Iterator[None]:
+    """Within this block the cache encodes what it does not hold with the tokenizer alone (for a
+    thread beside the event loop: the tokenizer runs without the GIL)."""
+    token = _TOKENIZER_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _TOKENIZER_ONLY.reset(token)
 
 
 class EncodeTooLong(Exception):
@@ -250,7 +268,7 @@ class PrefixTokenCache:
 
     def _pieces(self, text: str) -> list[tuple[str, bool]]:
         """``text`` as pieces for ``AsciiEncoder`` (True) and for the tokenizer (False)."""
-        if self._ascii is None:
+        if self._ascii is None or _TOKENIZER_ONLY.get():
             return [(text, False)]
         if text.isascii():
             return [(text, True)]

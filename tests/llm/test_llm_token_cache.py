@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
+from dynamo.llm.ascii_encoder import AsciiEncoder
 from dynamo.llm.chat_template import ChatTemplate
 from dynamo.llm.model_card import ModelDeploymentCard
 from dynamo.llm.openai import ChatCompletionRequest
@@ -26,6 +27,7 @@ from dynamo.llm.token_cache import (
     PrefixTokenCache,
     _fingerprint,
     _size,
+    tokenizer_only,
 )
 
 # Letters, digits, punctuation, whitespace runs and multi-byte characters (accents, CJK, emoji,
@@ -363,3 +365,23 @@ def test_post_processors_that_do_more_than_wrap_the_text_are_not_wrapped(
 def bos_wrap(pre: Preprocessor) -> tuple[list[int], list[int]] | None:
     wrap = pre._special_wrap
     return None if wrap is None else (list(wrap[0]), list(wrap[1]))
+
+
+def test_within_tokenizer_only_the_ascii_encoder_is_not_used(
+    tokenizer: Tokenizer, qualified: PrefixTokenCache
+) -> None:
+    """A pool thread beside the event loop encodes with the tokenizer alone (it releases the GIL;
+    ``AsciiEncoder`` is Python and would not)."""
+    encoder = AsciiEncoder.for_tokenizer(tokenizer)
+    assert encoder is not None
+    used: list[str] = []
+    ascii_encode = encoder.encode
+    encoder.encode = lambda text: used.append(text) or ascii_encode(text)  # type: ignore[method-assign]
+    cache = PrefixTokenCache(tokenizer, qualified._special_ids, min_chars=10_000, ascii_encoder=encoder)
+    text = "<|im_start|>user\nWhich rivers cross Madrid, and how long are they?<|im_end|>"
+    expected = tokenizer.encode(text, add_special_tokens=False).ids
+    with tokenizer_only():
+        assert list(cache.encode(text)) == expected
+    assert used == []
+    assert list(cache.encode(text)) == expected
+    assert used  # outside the block, ASCII pieces go through it

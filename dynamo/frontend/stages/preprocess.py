@@ -12,11 +12,12 @@ millisecond of tokenizer time; ASCII text, which ``AsciiEncoder`` tokenizes, cou
 Past that, pieces of up to ``LEARN_MAX_CHARS`` that are ASCII but for at most
 ``LEARN_FOREIGN_CHARS`` are encoded into the prefix cache on the loop, a slice at a time with the
 loop handed back in between (one prompt at a time), and the preprocessing runs again inline;
-anything else starts again in a thread, where the tokenizer runs without the GIL. A prompt whose
-long parts are cached (a shared system prompt) stays on the loop, without a thread hop.
-``offload`` (the caller's: a large body) skips the inline attempt. The
-threads are a pool of ``DYN_PREPROCESS_THREADS``, else the process's cores
-(with ``--http-workers N`` each process has its own pool: set it to about cores / N). They run at
+anything else starts again in a thread, where the tokenizer runs without the GIL and encodes all
+of it (``AsciiEncoder`` is Python: it would hold the GIL the loop needs). A prompt whose long parts
+are cached (a shared system prompt) stays on the loop, without a thread hop. ``offload`` (the
+caller's: a large body) skips the inline attempt. The threads are a pool of
+``DYN_PREPROCESS_THREADS``, else the process's cores (with ``--http-workers N`` each process has
+its own pool: set it to about cores / N). They run at
 a lower priority (``DYN_PREPROCESS_NICE``, default 10): a Linux thread has its own nice value, so
 the event loop's thread gets a core back the moment it wakes, ahead of a tokenizing thread, and
 the loop does not lag behind the pool; with fewer threads than cores a core sits idle while
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +39,7 @@ from dynamo.frontend.endpoints import CompletionEndpoint
 from dynamo.frontend.models import ModelManager, ServedModel
 from dynamo.llm.errors import model_not_found, service_unavailable, too_many_requests
 from dynamo.llm.preprocessor import PreprocessedOutput, inline_encode_limit
-from dynamo.llm.token_cache import EncodeTooLong
+from dynamo.llm.token_cache import EncodeTooLong, tokenizer_only
 
 # Characters tokenized on the event loop at most per request (~0.25 us each: about 1 ms); measured
 # in benchmarks/results/profiles/README.md.
@@ -81,7 +81,11 @@ async def preprocess(
                     with inline_encode_limit(INLINE_ENCODE_CHARS):
                         return endpoint.preprocess(model.preprocessor, request, request_id)
             # too much to tokenize on the loop: all of it again, in a thread
-    work = functools.partial(endpoint.preprocess, model.preprocessor, request, request_id)
+
+    def work() -> list[PreprocessedOutput]:
+        with tokenizer_only():  # the GIL-free tokenizer: this thread runs beside the loop
+            return endpoint.preprocess(model.preprocessor, request, request_id)
+
     return await asyncio.get_running_loop().run_in_executor(_threads(), work)
 
 
