@@ -36,6 +36,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from dynamo.llm.byte_level import byte_level_alphabet
 from dynamo.llm.token_ids import TYPECODE, TokenIds
 
 log = logging.getLogger(__name__)
@@ -83,19 +84,7 @@ _SAME_ESCAPES = set("sSdDwWrntfv") | set("\\.^$|?*+()[]{}/-'\" #&~!,:;<=>@%`_")
 _CATEGORY = re.compile(r"\\([pP])(?:\{\^?([A-Za-z_]+)\}|([A-Za-z]))")
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> character map (printable bytes stand for themselves)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in keep}
-    n = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + n)
-            n += 1
-    return table
-
-
-_ASCII_TO_BYTE_LEVEL = {b: c for b, c in _bytes_to_unicode().items() if b < 128}
+_ASCII_TO_BYTE_LEVEL = {b: c for b, c in byte_level_alphabet().items() if b < 128}
 
 
 def ascii_pattern(pattern: str) -> str | None:

@@ -22,6 +22,8 @@ from typing import Any
 from gguf import GGUFValueType
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
+from dynamo.llm.byte_level import byte_level_alphabet
+
 _CONTROL = 3  # llama.cpp token type of special (control) tokens
 
 
@@ -178,19 +180,6 @@ def generation_config(meta: GGUFMetadata) -> dict[str, Any]:
     return _special_ids(meta)
 
 
-def _byte_level_alphabet() -> dict[int, str]:
-    """GPT-2's byte -> printable character map (what byte-level BPE vocabularies are spelled in)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    mapping = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
-
-
 def _pre_tokenizer(name: str | None) -> pre_tokenizers.PreTokenizer:
     """llama.cpp's split rules for ``tokenizer.ggml.pre``, as HF pre-tokenizers.
 
@@ -210,7 +199,7 @@ def build_tokenizer(meta: GGUFMetadata) -> Tokenizer:
     kind = meta.require("tokenizer.ggml.model")
     if kind != "gpt2":
         raise UnsupportedGGUF(f"GGUF tokenizer model '{kind}' is not supported (only byte-level BPE 'gpt2')")
-    alphabet = _byte_level_alphabet()
+    alphabet = byte_level_alphabet()
     spelling = set(alphabet.values())
     tokens: list[str] = meta.require("tokenizer.ggml.tokens")
     # llama.cpp may write a token in plain UTF-8 rather than the byte alphabet: respell it.
