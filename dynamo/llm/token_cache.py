@@ -238,19 +238,23 @@ class PrefixTokenCache:
         return out
 
     def learnable(self, texts: list[str]) -> bool:
-        """Whether ``learn_slices`` can encode every one of ``texts`` on the event loop: ASCII, or cut
-        into ASCII pieces and at most ``LEARN_FOREIGN_CHARS`` in all of pieces for the tokenizer."""
-        if self._ascii is None or not texts or any(len(t) > LEARN_MAX_CHARS for t in texts):
+        """Whether ``learn_slices`` would keep any of ``texts`` (at least ``min_chars`` long) and can
+        encode those on the event loop: ASCII, or cut into ASCII pieces and at most
+        ``LEARN_FOREIGN_CHARS`` in all of pieces for the tokenizer."""
+        long = [t for t in texts if len(t) >= self._min_chars]
+        if self._ascii is None or not long or any(len(t) > LEARN_MAX_CHARS for t in long):
             return False
-        foreign = sum(len(piece) for t in texts for piece, ascii in self._pieces(t) if not ascii)
+        foreign = sum(len(piece) for t in long for piece, ascii in self._pieces(t) if not ascii)
         return foreign <= LEARN_FOREIGN_CHARS
 
     def learn_slices(self, texts: list[str]) -> Iterator[None]:
-        """Encodes ``texts`` (``learnable``) slice by slice, yielding between slices, and keeps the
-        pieces long enough to keep: a caller on the event loop hands it back at each yield, then
-        finds those pieces here when it encodes their prompt."""
+        """Encodes those of ``texts`` long enough to keep (``learnable``) slice by slice, yielding
+        between slices, and keeps them: a caller on the event loop hands it back at each yield,
+        then finds them here when it encodes their prompt (the shorter ones are encoded then)."""
         assert self._ascii is not None
         for text in texts:
+            if len(text) < self._min_chars:
+                continue
             ids = array(TYPECODE)
             for piece, ascii in self._pieces(text):
                 if ascii:
@@ -259,12 +263,11 @@ class PrefixTokenCache:
                         yield
                 else:
                     ids += array(TYPECODE, self._tokenizer.encode(piece, add_special_tokens=False).ids)
-            if len(text) >= self._min_chars:
-                self._keep([(text, ids)])
-                with self._lock:
-                    if len(self._learnt) >= SHORT_ENTRIES:
-                        self._learnt.clear()
-                    self._learnt.add(_fingerprint(text))
+            self._keep([(text, ids)])
+            with self._lock:
+                if len(self._learnt) >= SHORT_ENTRIES:
+                    self._learnt.clear()
+                self._learnt.add(_fingerprint(text))
 
     def _pieces(self, text: str) -> list[tuple[str, bool]]:
         """``text`` as pieces for ``AsciiEncoder`` (True) and for the tokenizer (False)."""

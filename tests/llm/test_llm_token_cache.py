@@ -225,9 +225,9 @@ def test_learnt_pieces_are_found_by_the_next_encode_and_not_counted_as_hits(
         cache.encode(prompt, EncodeBudget(100))
     texts = refused.value.texts
     assert cache.learnable(texts) and cache.learnable(["Léon " * 60]) and not cache.learnable([])
-    assert not cache.learnable(
-        ["日本語の文章です。" * 500]
-    )  # more than LEARN_FOREIGN_CHARS for the tokenizer
+    # More than LEARN_FOREIGN_CHARS for the tokenizer:
+    assert not cache.learnable(["日本語の文章です。" * 500])
+    assert not cache.learnable(["Short turn one.", "Short turn two."])  # nothing it would keep
     slices = list(cache.learn_slices(texts))
     assert len(slices) >= 1
     budget = EncodeBudget(100)
