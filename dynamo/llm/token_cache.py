@@ -262,7 +262,8 @@ class PrefixTokenCache:
                         ids += part
                         yield
                 else:
-                    ids += array(TYPECODE, self._tokenizer.encode(piece, add_special_tokens=False).ids)
+                    [piece_ids] = self._tokenize([piece])
+                    ids += piece_ids
             self._keep([(text, ids)])
             with self._lock:
                 if len(self._learnt) >= SHORT_ENTRIES:
