@@ -17,7 +17,6 @@ on a model without Matryoshka support, ``input[i]``), its failures 500s.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import sys
@@ -33,6 +32,7 @@ from starlette.responses import Response
 
 from dynamo.frontend.metrics import RequestMetrics
 from dynamo.frontend.models import EMBEDDINGS, ServedModel
+from dynamo.frontend.off_loop import maybe_off_loop
 from dynamo.frontend.openapi import error_responses, request_body
 from dynamo.frontend.responses import error_response
 from dynamo.frontend.routing import AllWorkersBusy, NoWorkers
@@ -53,7 +53,6 @@ from dynamo.llm.openai_embeddings import (
     EmbeddingResponse,
     parse_embedding_request,
 )
-from dynamo.llm.token_cache import tokenizer_only
 from dynamo.runtime import InstanceRecord, InstanceUnreachable, RemoteError, StreamBroken
 from dynamo.runtime.names import new_request_id
 from dynamo.runtime.request_plane import RequestPlaneClient
@@ -90,14 +89,14 @@ async def handle_embeddings(service: FrontendService, request: Request) -> Respo
     try:
         body = await read_body(request, config.max_body_size)
         offload = len(body) > LARGE_BODY
-        req = await _maybe_thread(offload, parse_embedding_request, body)
+        req = await maybe_off_loop(offload, parse_embedding_request, body)
         name = req.model
         served = service.models.get(name)
         if served is not None:
             served.require(EMBEDDINGS)
         model = admit(service.models, name, config.max_inflight_requests)
         with model.hold_slot():
-            inputs = await _maybe_thread(offload, _tokenize_off_loop if offload else tokenize, model, req)
+            inputs = await maybe_off_loop(offload, tokenize, model, req)
     except RequestError as exc:
         # Labelled by model only when it is served: client-chosen names must not add series.
         label = name if name is not None and name in service.models.models else "unknown"
@@ -113,7 +112,7 @@ async def handle_embeddings(service: FrontendService, request: Request) -> Respo
         outputs = await embed_on_worker(service.runtime.request_client, model, embed, req.is_batch)
         record.first_output()
         big = len(outputs) * len(outputs[0].embedding) // 4 > LARGE_RESPONSE
-        content = await _maybe_thread(big, response_body, req, model.name, outputs)
+        content = await maybe_off_loop(big, response_body, req, model.name, outputs)
         status = "200"
         return Response(content, media_type="application/json")
     except RequestError as exc:
@@ -249,13 +248,3 @@ def response_body(req: EmbeddingRequest, model: str, outputs: list[EmbedOutput])
     tokens = sum(o.prompt_tokens for o in outputs)
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return _json.encode({"object": "list", "data": data, "model": model, "usage": usage})
-
-
-async def _maybe_thread(offload: bool, fn: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.to_thread(fn, *args) if offload else fn(*args)
-
-
-def _tokenize_off_loop(model: ServedModel, req: EmbeddingRequest) -> list[list[int]]:
-    """``tokenize`` in a thread beside the event loop: with the GIL-free tokenizer alone."""
-    with tokenizer_only():
-        return tokenize(model, req)

@@ -12,11 +12,10 @@ goes out, so a follow-up sent the moment it arrives finds it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
@@ -27,6 +26,7 @@ from dynamo.frontend.disconnect import ClientGone, DisconnectWatch
 from dynamo.frontend.endpoints import CHAT
 from dynamo.frontend.metrics import RequestMetrics
 from dynamo.frontend.models import ServedModel
+from dynamo.frontend.off_loop import maybe_off_loop
 from dynamo.frontend.responses import error_response
 from dynamo.frontend.responses_api.conversations import ResponseStore, StoredResponse
 from dynamo.frontend.responses_api.output import Event, OutputBuilder, new_id, response_object
@@ -52,7 +52,6 @@ LABEL = "responses"  # the endpoint label of dynamo_frontend_requests
 CHAT_MODEL = "chat"  # the card model type /v1/responses needs
 
 _json = msgspec.json.Encoder()
-_T = TypeVar("_T")
 
 
 def response_store(service: FrontendService) -> ResponseStore:
@@ -64,10 +63,6 @@ def response_store(service: FrontendService) -> ResponseStore:
         config.response_ttl,
         config.max_stored_response_bytes,
     )
-
-
-async def _maybe_thread(offload: bool, fn: Callable[..., _T], *args: Any) -> _T:
-    return await asyncio.to_thread(fn, *args) if offload else fn(*args)
 
 
 async def _load(store: ResponseStore, response_id: str) -> StoredResponse | None:
@@ -90,7 +85,7 @@ async def create_response(service: FrontendService, request: Request) -> Respons
     try:
         body = await read_body(request, config.max_body_size)
         offload = len(body) > LARGE_BODY
-        req = await _maybe_thread(offload, parse_responses_request, body)
+        req = await maybe_off_loop(offload, parse_responses_request, body)
         name = req.model
         served = service.models.get(name)
         if served is not None:
@@ -103,7 +98,7 @@ async def create_response(service: FrontendService, request: Request) -> Respons
                 if previous is None:
                     raise previous_response_not_found(req.previous_response_id)
                 history = previous.messages
-            chat = await _maybe_thread(offload, chat_request, req, history)
+            chat = await maybe_off_loop(offload, chat_request, req, history)
             response_id = new_id("resp")
             request_id = request.headers.get("x-request-id") or response_id
             try:

@@ -11,12 +11,12 @@ one huge prompt does not hold it for milliseconds.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
 from dynamo.frontend.endpoints import CompletionEndpoint
+from dynamo.frontend.off_loop import maybe_off_loop
 from dynamo.llm.errors import RequestError, payload_too_large
 
 # Bytes; bodies above this are parsed and preprocessed in a thread. Parsing and templating hold the
@@ -53,6 +53,4 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def validate(endpoint: CompletionEndpoint, body: bytes, offload: bool) -> Any:
     """The endpoint's request type parsed from ``body`` (in a thread when ``offload``)."""
-    if offload:
-        return await asyncio.to_thread(endpoint.parse, body)
-    return endpoint.parse(body)
+    return await maybe_off_loop(offload, endpoint.parse, body)
