@@ -56,6 +56,7 @@ from dynamo.vllm.args import WorkerConfig, parse_args
 from dynamo.vllm.cpu import CoreClaim, claim_cores
 from dynamo.vllm.kv_events import kv_event_subscriber
 from dynamo.vllm.metrics import LoadState, LoadStatLogger, register_vllm_metrics
+from dynamo.vllm.model_path import is_missing_local_path, missing_model_detail
 from dynamo.vllm.sampling import build_sampling_params, convert_logprobs, convert_prompt_logprobs
 from dynamo.worker import EngineContext, EngineFacts, EngineStartError, WorkerEngine
 from dynamo.worker.zmq_kv_events import ZmqKvEventSubscriber
@@ -85,11 +86,6 @@ def _exception_detail(exc: Exception) -> str:
             return msg.strip().splitlines()[0]
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
-
-
-def _is_missing_local_path(model: str) -> bool:
-    """A model given as a filesystem path that does not exist (hub ids are left to vLLM)."""
-    return model.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(model))
 
 
 class VllmEngine(WorkerEngine):
@@ -140,8 +136,8 @@ class VllmEngine(WorkerEngine):
         t0 = time.monotonic()
         engine_args = dataclasses.replace(self.config.engine_args)
         model = self.config.model
-        if await asyncio.to_thread(_is_missing_local_path, model):
-            raise EngineStartError(f"cannot load model {model!r}: no such file or directory")
+        if await asyncio.to_thread(is_missing_local_path, model):
+            raise EngineStartError(missing_model_detail(model))
         try:
             await self._prepare_environment(engine_args)
             if self.config.max_model_len_cap is not None and engine_args.max_model_len is None:

@@ -10,15 +10,26 @@ worker instead (``dynamo.vllm.embedding``).
 
 from __future__ import annotations
 
+import logging
 import sys
 
+from dynamo.runtime.logging import configure_logging
+from dynamo.vllm.model_path import is_missing_local_path, missing_model_detail, model_argument
 from dynamo.worker import run_worker
+
+log = logging.getLogger("dynamo.worker.run")  # the logger of every other start failure
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    model = model_argument(args)
+    if model is not None and is_missing_local_path(model):  # before vLLM's import (~15 s)
+        configure_logging()
+        log.error("vLLM engine failed to start: %s", missing_model_detail(model))
+        raise SystemExit(1)
     from dynamo.vllm.args import parse_args
 
-    config = parse_args(argv)  # a missing vLLM ends here, with one line that says how to install it
+    config = parse_args(args)  # a missing vLLM ends here, with one line that says how to install it
     from dynamo.vllm.embedding import VllmEmbeddingEngine, pooling_config, runs_pooling
     from dynamo.vllm.engine import VllmEngine
 
