@@ -110,7 +110,6 @@ OTHER_LANE_VLLM_MODULES = frozenset(
     {
         "embeddings/test_embeddings_vllm.py",
         "embeddings/test_embeddings_worker_args.py",
-        "openai_sdk/test_vllm_embeddings.py",
     }
 )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import array
 import base64
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +168,12 @@ def test_base64_is_the_float32_bytes_of_the_float_vectors(graph: Graph):
         decoded = array.array("f", base64.b64decode(item["embedding"])).tolist()
         assert decoded == floats.data[i].embedding == sdk_default.data[i].embedding
     assert len(floats.data[0].embedding) == 576  # SmolLM2's hidden size
+    assert all(math.isfinite(x) for d in floats.data for x in d.embedding)
+    # the same input twice in one request: the same vector in both places
+    twice = client.embeddings.create(
+        model=MODEL, input=[TEXTS[1], TEXTS[0], TEXTS[1]], encoding_format="float"
+    )
+    assert twice.data[0].embedding == twice.data[2].embedding != twice.data[1].embedding
 
 
 def test_text_equals_its_token_ids_with_special_tokens(graph: Graph, smollm2_dir: Path):
@@ -230,6 +237,8 @@ def test_models_and_endpoints_follow_the_model_type(graph: Graph):
     with pytest.raises(openai.NotFoundError) as chat_on_embedding:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert "/v1/embeddings" in str(chat_on_embedding.value)
+    error = chat_on_embedding.value.response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and MODEL in error["message"]
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model=MODEL, prompt="hi")
     with pytest.raises(openai.NotFoundError) as embed_on_generate:

@@ -5,18 +5,15 @@
   --dyn-reasoning-parser basic``), file discovery, started once for the whole directory.
 - ``reference`` (session): the answers of vLLM's own server to ``reference.REFERENCE_REQUESTS``,
   gathered before ``ours`` starts (the server is stopped first).
-- ``embed_reference`` / ``embed_stack``: the vectors vLLM's server gives (computed with
-  ``transformers``, see the fixture) and our stack with a ``--runner pooling`` worker; these tests
-  run last, after the generating worker is stopped.
 - ``mock`` (session): frontend + ``python -m dynamo.mocker`` (tokenizer only, no engine).
 
 ``EngineSlot`` keeps at most one vLLM engine of this directory alive at a time (~4 GiB each, two
 cores). Test order: mocker modules first (cheap; vLLM's reference server loads meanwhile when a
-selected test compares with it), embeddings last.
+selected test compares with it). ``/v1/embeddings`` through the SDK is tested in ``tests/embeddings``
+(against vLLM's own server).
 
-Self-check: ``DYN_SDK_TESTS_URL`` (and ``DYN_SDK_TESTS_EMBED_URL``) point ``ours`` (``embed_stack``)
-at a server you started, e.g. vLLM's own with ``--enable-auto-tool-choice --tool-call-parser
-hermes``, to see which assertions it meets; nothing is started for them. Not how CI runs.
+Self-check: ``DYN_SDK_TESTS_URL`` points ``ours`` at a server you started, e.g. vLLM's own with
+``--enable-auto-tool-choice --tool-call-parser hermes``, to see which assertions it meets; nothing is started for them. Not how CI runs.
 """
 
 from __future__ import annotations
@@ -39,20 +36,16 @@ from tests.openai_sdk.shapes import MOCK_MODEL, MODEL
 from tests.support.graph import Frontend, discovery_env, start_mocker
 from tests.support.procs import ManagedProcess, wait_until
 
-EMBED_MODEL = f"{MODEL}-embed"
-EMBED_FLAGS = ["--runner", "pooling"]
-EMBED_INPUTS = ["The capital of France is Paris.", "Zebras have stripes.", "Zebras have stripes."]
 OURS_PARSERS = ["--dyn-tool-call-parser", "hermes", "--dyn-reasoning-parser", "basic"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Within this directory's tests (where they stand in the session): the mocker's first,
-    embeddings last (their engine replaces the generating one)."""
+    """Within this directory's tests (where they stand in the session): the mocker's first."""
     here = Path(__file__).parent
     slots = [i for i, item in enumerate(items) if item.path.parent == here]
 
     def rank(item: pytest.Item) -> int:
-        return 0 if item.path.name.startswith("test_mocker") else 2 if "embeddings" in item.path.name else 1
+        return 0 if item.path.name.startswith("test_mocker") else 1
 
     for i, item in zip(slots, sorted((items[i] for i in slots), key=rank), strict=True):
         items[i] = item
@@ -225,42 +218,6 @@ def sdk(ours: OursStack) -> Iterator[openai.OpenAI]:
     client = openai.OpenAI(base_url=ours.base_url, api_key="none", max_retries=0, timeout=180)
     yield client
     client.close()
-
-
-@pytest.fixture(scope="module")
-def embed_reference(smollm2_dir: Path) -> list[list[float]]:
-    """The embeddings vLLM's own server gives for ``EMBED_INPUTS`` with SmolLM2 under ``--runner
-    pooling``: the last token's final hidden state, L2-normalised (vLLM's pooler for this model:
-    LAST, normalised). Computed with ``transformers`` in this process (~5 s) rather than by a
-    second vLLM server start (~26 s); on vLLM 0.32 here the two agree within 5e-7."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_dir)
-    model = transformers.AutoModel.from_pretrained(smollm2_dir, torch_dtype=torch.float32).eval()
-    out = []
-    with torch.no_grad():
-        for text in EMBED_INPUTS:
-            hidden = model(**tokenizer(text, return_tensors="pt")).last_hidden_state[0, -1]
-            out.append(torch.nn.functional.normalize(hidden, dim=0).tolist())
-    return out
-
-
-@pytest.fixture(scope="module")
-def embed_stack(
-    engine_slot: EngineSlot,
-    smollm2_dir: Path,
-    log_dir: Path,
-    tmp_path_factory,
-) -> OursStack:
-    """Our stack serving SmolLM2 as an embedding model named ``EMBED_MODEL`` (replaces ``ours``)."""
-    if os.environ.get("DYN_SDK_TESTS_EMBED_URL"):
-        return external(os.environ["DYN_SDK_TESTS_EMBED_URL"])
-    pytest.importorskip("vllm")
-    discovery = tmp_path_factory.mktemp("sdk-embed-discovery")
-    flags = [*EMBED_FLAGS, "--served-model-name", EMBED_MODEL]
-    return engine_slot.acquire(
-        "ours-embed", lambda: start_ours(log_dir, smollm2_dir, discovery, EMBED_MODEL, *flags)
-    )
 
 
 # ----- the mocker --------------------------------------------------------------------------------
