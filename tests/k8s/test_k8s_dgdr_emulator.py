@@ -24,7 +24,7 @@ import kmock
 import kopf
 import pytest
 import yaml
-from k8s_emulator import declare_resources, operator_running, wait_for
+from k8s_emulator import VersionedEmulator, declare_resources, operator_running, wait_for
 from k8s_schemas import custom_errors
 
 from dynamo.operator.config import OperatorConfig
@@ -44,7 +44,7 @@ EXTRA = {
 }
 PLANNER_ROLE = ("ClusterRole", "dynamo-platform-operator-planner")
 PROFILER_ROLE = ("ClusterRole", "dynamo-platform-operator-profiler")
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.kmock(cls=VersionedEmulator)]
 log = logging.getLogger("test")
 
 

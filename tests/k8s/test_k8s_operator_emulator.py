@@ -17,7 +17,7 @@ import kmock as kmock_lib
 import kopf
 import pytest
 import yaml
-from k8s_emulator import declare_resources, operator_running, wait_for
+from k8s_emulator import VersionedEmulator, declare_resources, operator_running, wait_for
 
 from dynamo.operator.config import OperatorConfig
 from dynamo.operator.kube import KubeClient, resource_path
@@ -25,7 +25,7 @@ from dynamo.operator.reconcile import reconcile_graph, refresh_status
 
 ROOT = Path(__file__).resolve().parents[2]
 DGD = "nvidia.com/v1alpha1"
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.kmock(cls=VersionedEmulator)]
 
 
 def graph_body(
@@ -85,6 +85,23 @@ async def get_deployments(api: KubeClient, namespace: str, count: int) -> dict[s
         return {d["metadata"]["name"]: d for d in items} if len(items) == count else None
 
     return await wait_for(check, what=f"{count} deployments in {namespace}")
+
+
+async def test_the_emulator_versions_objects_as_an_api_server_does(api) -> None:
+    from dynamo.operator.kube import ApiError
+
+    created = await api.create(dgd_path("ns1"), graph_body())
+    v1, path = created["metadata"]["resourceVersion"], dgd_path("ns1", "vllm-agg")
+    assert created["metadata"]["generation"] == 1
+    status = await api.merge_patch(path + "/status", {"status": {"state": "pending"}})
+    v2 = status["metadata"]["resourceVersion"]
+    assert v2 != v1 and status["metadata"]["generation"] == 1  # a status write: same generation
+    spec = await api.merge_patch(path, {"spec": {"services": {"Frontend": {"replicas": 2}}}})
+    assert spec["metadata"]["resourceVersion"] not in (v1, v2) and spec["metadata"]["generation"] == 2
+    with pytest.raises(ApiError) as stale:
+        await api.merge_patch(path + "/status", {"metadata": {"resourceVersion": v2}, "status": {}})
+    assert stale.value.status == 409
+    assert (await api.get(path))["metadata"]["resourceVersion"] == spec["metadata"]["resourceVersion"]
 
 
 async def test_emulator_create_makes_deployments_service_env_and_owner_refs(api, config) -> None:
@@ -397,10 +414,10 @@ async def test_emulator_multinode_without_leaderworkerset_says_what_to_install(a
 
 
 async def test_emulator_status_refresh_that_loses_a_write_race_reads_again(api, config) -> None:
-    """A real API server refuses a status write conditional on an older resourceVersion (409);
-    kmock keeps no versions, so the client here answers the first such write with that 409 as the
-    server would. The refresh reads the graph again and writes the status, instead of dropping
-    the child's event that may be the last one."""
+    """A status write conditional on an older resourceVersion is refused (409, as the emulator
+    does too); here the client answers the first such write with that 409, as if another writer
+    had won the race. The refresh reads the graph again and writes the status, instead of
+    dropping the child's event that may be the last one."""
     import logging
 
     from dynamo.operator.kube import ApiError
@@ -413,22 +430,14 @@ async def test_emulator_status_refresh_that_loses_a_write_race_reads_again(api, 
         await api.merge_patch(deploy_path("ns1", name) + "/status", {"status": counts})
     real_patch, refused = api.merge_patch, []
 
-    async def patch_as_a_server_would(path: str, patch: dict[str, Any]) -> Any:
+    async def lose_the_first_race(path: str, patch: dict[str, Any]) -> Any:
         if path.endswith("/status") and "resourceVersion" in patch.get("metadata", {}) and not refused:
             refused.append(path)
             raise ApiError(409, "PATCH", path, "the object has been modified")
         return await real_patch(path, patch)
 
-    real_get = api.get
-
-    async def get_with_version(path: str) -> Any:
-        obj = await real_get(path)
-        if obj is not None and path == dgd_path("ns1", "vllm-agg"):
-            obj["metadata"]["resourceVersion"] = "7"  # as a real server's read would carry
-        return obj
-
-    api.merge_patch, api.get = patch_as_a_server_would, get_with_version  # type: ignore[method-assign]
+    api.merge_patch = lose_the_first_race  # type: ignore[method-assign]
     status = await refresh_status(api, "ns1", "vllm-agg", logging.getLogger("test"))
     assert refused and status is not None and status["state"] == "successful"
-    stored = (await real_get(dgd_path("ns1", "vllm-agg")))["status"]
+    stored = (await api.get(dgd_path("ns1", "vllm-agg")))["status"]
     assert stored["state"] == "successful"

@@ -15,7 +15,7 @@ import kmock
 import kopf
 import pytest
 import yaml
-from k8s_emulator import declare_resources, operator_running, wait_for
+from k8s_emulator import VersionedEmulator, declare_resources, operator_running, wait_for
 
 from dynamo.operator.config import OperatorConfig
 from dynamo.operator.kube import KubeClient, resource_path
@@ -32,7 +32,7 @@ EXTRA = {
     "rbac.authorization.k8s.io/v1/rolebindings": "RoleBinding",
 }
 NO_STORE = cast(KeyValueStore, None)  # the Kubernetes connector keeps nothing in the graph's store
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.kmock(cls=VersionedEmulator)]
 
 
 def declare(emulator: kmock.KubernetesEmulator) -> None:
