@@ -17,13 +17,13 @@ from dynamo.runtime.logging import configure_logging
 from dynamo.vllm.model_path import is_missing_local_path, missing_model_detail, model_argument
 from dynamo.worker import run_worker
 
-log = logging.getLogger("dynamo.worker.run")  # the logger of every other start failure
+log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     model = model_argument(args)
-    if model is not None and is_missing_local_path(model):  # before vLLM's import (~15 s)
+    if model is not None and is_missing_local_path(model):  # before vLLM's (slow) import
         configure_logging()
         log.error("vLLM engine failed to start: %s", missing_model_detail(model))
         raise SystemExit(1)

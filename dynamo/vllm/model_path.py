@@ -1,8 +1,8 @@
 """The ``--model`` of a vLLM worker as a filesystem path: given, but not there.
 
 Checked twice on the worker's start: by ``main`` before vLLM is imported (a typo in a path then
-costs a user a second, not the ~15 s of vLLM's import), and by ``VllmEngine.start`` for engines
-built in-process. Hub ids (``Qwen/Qwen3-0.6B``) are left to vLLM.
+fails at once, not after vLLM's import), and by ``VllmEngine.start`` for engines built
+in-process. Hub ids (``Qwen/Qwen3-0.6B``) are left to vLLM.
 """
 
 from __future__ import annotations
