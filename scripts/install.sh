@@ -32,9 +32,7 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 else
   PY="$VIRTUAL_ENV/bin/python"
 fi
-# --no-compile: pip would byte-compile all ~26,000 .py files it installs (torch, vLLM, transformers:
-# ~2 min on two cores, serially); Python compiles the few thousand a process imports on first use.
-PIP=("$PY" -m pip install -q --disable-pip-version-check --no-compile)
+PIP=("$PY" -m pip install -q --disable-pip-version-check)
 
 # Debian packages (root only) install in the background while pip works: one apt-get run.
 is_root_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; }
