@@ -55,8 +55,9 @@ class StaleResourceVersion(kmock.KubernetesError):
 
 class VersionedEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with resource versions: every create and write stamps the object with the
-    next ``resourceVersion`` (one counter for all objects, as etcd's revision), a write that
-    changes ``spec`` bumps ``metadata.generation``, and a write that names a ``resourceVersion``
+    next ``resourceVersion`` (one counter for all objects, as etcd's revision), a write to
+    ``spec`` bumps ``metadata.generation`` (a real server only does so when the spec changes:
+    no test here writes an unchanged spec), and a write that names a ``resourceVersion``
     other than the stored one is refused with 409. (kmock keeps every object at its first
     version: kopf then takes the watch events of the operator's own status writes, which still
     carry the old handled-configuration annotation, for new changes, and runs its handlers again
